@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# Two real single-node Ceph clusters (site-a, site-b) on 127.0.0.1, with pool
+# `replicapool` mirrored both ways by rbd-mirror daemons. Used by the tests and
+# the demo; nothing here touches /etc/ceph.
+#
+#   scripts/lab.sh up     install what is missing, start both sites (idempotent)
+#   scripts/lab.sh down   stop what this script started and delete the lab
+#   scripts/lab.sh env    print the lab's facts (also in $CEPHLAB_DIR/lab.json)
+#
+# Knobs: CEPHLAB_DIR (/tmp/cephlab), CEPHLAB_PORT_BASE (13300),
+# CEPHLAB_OSD_BYTES (4 GiB), CEPHLAB_TIMEOUT (120 s, bound of every wait).
+set -euo pipefail
+
+LAB=${CEPHLAB_DIR:-/tmp/cephlab}
+PORT_BASE=${CEPHLAB_PORT_BASE:-13300}
+OSD_BYTES=${CEPHLAB_OSD_BYTES:-4294967296}
+TIMEOUT=${CEPHLAB_TIMEOUT:-120}
+POOL=replicapool
+NAMESPACE=tenant-a
+CSI_USER=csi-rbd
+CLUSTER_ID=rook-ceph
+SITES=(a b)
+
+log() { printf '[lab %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+site_dir() { echo "$LAB/$1"; }
+site_name() { echo "site-$1"; }
+peer_of() { if [ "$1" = a ]; then echo b; else echo a; fi; }
+port_base() { if [ "$1" = a ]; then echo "$PORT_BASE"; else echo $((PORT_BASE + 100)); fi; }
+mon_host() { local p; p=$(port_base "$1"); echo "[v2:127.0.0.1:$p,v1:127.0.0.1:$((p + 1))]"; }
+
+# Every CLI call is bounded: a cluster that is not up must not hang the script.
+ceph_at() { local s=$1; shift; timeout 60 ceph --connect-timeout 20 -c "$(site_dir "$s")/ceph.conf" "$@"; }
+rbd_at() { local s=$1; shift; timeout 60 rbd -c "$(site_dir "$s")/ceph.conf" "$@"; }
+
+# wait_for DESCRIPTION COMMAND...: poll until COMMAND succeeds, at most $TIMEOUT s.
+wait_for() {
+  local what=$1; shift
+  local deadline=$((SECONDS + TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "timed out after ${TIMEOUT}s waiting for $what"
+    sleep 0.5
+  done
+}
+
+install_packages() {
+  local need=()
+  for bin in ceph-mon ceph-mgr ceph-osd rbd-mirror ceph rbd jq uuidgen; do
+    command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
+  done
+  [ -e /usr/share/ceph/mgr/rbd_support ] || need+=(mgr-modules)
+  [ "${#need[@]}" -eq 0 ] && return 0
+  log "installing Ceph packages (missing: ${need[*]})"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends ceph-mon ceph-mgr ceph-osd rbd-mirror \
+    ceph-common ceph-mgr-modules-core jq uuid-runtime >/dev/null
+}
+
+# start_daemon SITE NAME CWD COMMAND...: run detached in its own session and record
+# the real PID (the sh wrapper execs the daemon, so $$ is the daemon's PID).
+start_daemon() {
+  local s=$1 name=$2 cwd=$3; shift 3
+  local d; d=$(site_dir "$s")
+  local pidfile="$d/run/$name.pid"
+  # setsid -f forks, so no shell of ours stays behind holding the caller's pipes.
+  (cd "$cwd" && exec setsid -f sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" \
+    >"$d/log/$name.stdout" 2>&1 </dev/null)
+  local deadline=$((SECONDS + 10))
+  until [ -s "$pidfile" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || die "$name on site-$s did not start"
+    sleep 0.1
+  done
+  echo "$(site_name "$s") $name $(cat "$pidfile")" >>"$LAB/pids"
+}
+
+write_conf() {
+  local s=$1 fsid=$2
+  local d; d=$(site_dir "$s")
+  local p; p=$(port_base "$s")
+  cat >"$d/ceph.conf" <<EOF
+[global]
+fsid = $fsid
+mon_host = $(mon_host "$s")
+public_addr = 127.0.0.1
+cluster_addr = 127.0.0.1
+ms_bind_ipv6 = false
+ms_bind_port_min = $((p + 10))
+ms_bind_port_max = $((p + 99))
+auth_cluster_required = cephx
+auth_service_required = cephx
+auth_client_required = cephx
+auth_allow_insecure_global_id_reclaim = false
+keyring = $d/\$name.keyring
+run_dir = $d/run
+log_file = $d/log/\$name.log
+osd_pool_default_size = 1
+osd_pool_default_min_size = 1
+osd_pool_default_pg_autoscale_mode = off
+mon_allow_pool_size_one = true
+mon_allow_pool_delete = true
+osd_crush_chooseleaf_type = 0
+mon_warn_on_pool_no_redundancy = false
+mon_data_avail_warn = 2
+mon_data_avail_crit = 1
+mon_osd_initial_require_min_compat_client = mimic
+mgr_service_beacon_grace = 15
+
+[mon]
+mon_data = $d/mon
+keyring = $d/mon/keyring
+# Every snapshot allocates a snap id through an OSDMap proposal; the default 1 s
+# batching makes each snapshot, promote and demote ~10x slower.
+paxos_propose_interval = 0.05
+paxos_min_wait = 0.01
+mgr_initial_modules = iostat
+
+[mgr]
+mgr_data = $d/mgr
+mgr_disabled_modules = alerts cephadm dashboard diskprediction_local influx insights k8sevents localpool mds_autoscaler mirroring nfs osd_perf_query osd_support prometheus restful rook selftest snap_schedule stats telegraf test_orchestrator zabbix
+
+[osd]
+osd_data = $d/osd
+osd_objectstore = memstore
+memstore_device_bytes = $OSD_BYTES
+osd_fast_shutdown = false
+
+[client]
+# Without these a client waits forever on a cluster whose PGs are not active.
+rados_mon_op_timeout = 30
+rados_osd_op_timeout = 30
+rbd_mirror_image_state_check_interval = 1
+rbd_mirror_pool_replayers_refresh_interval = 5
+rbd_mirror_delete_retry_interval = 5
+rbd_mirror_journal_poll_age = 1
+EOF
+  # rbd-mirror opens the peer cluster under the peer's site name and reads
+  # ./<site-name>.conf from its working directory: keep its sockets in the lab.
+  printf '[global]\nrun_dir = %s/run\nlog_file = %s/log/peer-$name.log\n' "$d" "$d" \
+    >"$d/$(site_name "$(peer_of "$s")").conf"
+}
+
+osd_up() { [ "$(ceph_at "$1" osd stat -f json | jq .num_up_osds)" = 1 ]; }
+mgr_up() { ceph_at "$1" mgr stat -f json | jq -e '.available == true'; }
+pgs_active() {
+  ceph_at "$1" pg stat -f json | jq -e '.pg_summary.num_pgs > 0 and
+    ([.pg_summary.num_pg_by_state[] | select(.name != "active+clean") | .num] | add // 0) == 0'
+}
+
+create_site() {
+  local s=$1 fsid=$2
+  local d; d=$(site_dir "$s")
+  mkdir -p "$d"/{mon,mgr,osd,run,log}
+  write_conf "$s" "$fsid"
+
+  # The seed keyring and monmap live outside mon_data: mkfs silently does
+  # nothing when mon_data is not empty.
+  ceph-authtool "$d/seed.keyring" --create-keyring --gen-key -n mon. --cap mon 'allow *' >/dev/null
+  ceph-authtool "$d/client.admin.keyring" --create-keyring --gen-key -n client.admin \
+    --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' >/dev/null
+  ceph-authtool "$d/seed.keyring" --import-keyring "$d/client.admin.keyring" >/dev/null
+  monmaptool --create --fsid "$fsid" --addv "$s" "$(mon_host "$s")" "$d/monmap" >/dev/null
+  ceph-mon -c "$d/ceph.conf" --mkfs -i "$s" --monmap "$d/monmap" --keyring "$d/seed.keyring" \
+    >"$d/log/mon-mkfs.log" 2>&1
+  [ -e "$d/mon/store.db/CURRENT" ] || die "ceph-mon --mkfs on site-$s created no store"
+  start_daemon "$s" mon "$d" ceph-mon -c "$d/ceph.conf" -i "$s" -f
+  wait_for "mon on site-$s" ceph_at "$s" mon stat
+
+  ceph_at "$s" auth get-or-create "mgr.$s" mon 'allow profile mgr' osd 'allow *' mds 'allow *' \
+    -o "$d/mgr.$s.keyring"
+  start_daemon "$s" mgr "$d" ceph-mgr -c "$d/ceph.conf" -i "$s" -f
+
+  local uuid key
+  uuid=$(uuidgen)
+  ceph-authtool "$d/osd.0.keyring" --create-keyring --gen-key -n osd.0 >/dev/null
+  key=$(ceph-authtool -p -n osd.0 "$d/osd.0.keyring")
+  printf '{"cephx_secret": "%s"}' "$key" >"$d/osd-secret.json"
+  ceph_at "$s" osd new "$uuid" -i "$d/osd-secret.json" >/dev/null
+  rm -f "$d/osd-secret.json"
+  ceph-osd -c "$d/ceph.conf" -i 0 --mkfs --osd-uuid "$uuid" >"$d/log/osd-mkfs.log" 2>&1
+  start_daemon "$s" osd "$d" ceph-osd -c "$d/ceph.conf" -i 0 -f
+  wait_for "osd on site-$s" osd_up "$s"
+  wait_for "mgr on site-$s" mgr_up "$s"
+
+  # On site-b a padding pool is created first, so that replicapool's ID differs
+  # between the sites, as it does in real deployments.
+  if [ "$s" = b ]; then
+    ceph_at "$s" osd pool create padding 1 1 >/dev/null 2>&1
+    ceph_at "$s" osd pool set padding size 1 --yes-i-really-mean-it >/dev/null 2>&1
+  fi
+  ceph_at "$s" osd pool create "$POOL" 8 8 >/dev/null 2>&1
+  ceph_at "$s" osd pool set "$POOL" size 1 --yes-i-really-mean-it >/dev/null 2>&1
+  rbd_at "$s" pool init "$POOL"
+  rbd_at "$s" namespace create "$POOL/$NAMESPACE"
+  rbd_at "$s" mirror pool enable --site-name "$(site_name "$s")" "$POOL" image
+  rbd_at "$s" mirror pool enable "$POOL/$NAMESPACE" image
+  wait_for "active PGs on site-$s" pgs_active "$s"
+
+  ceph_at "$s" auth get-or-create "client.rbd-mirror.$s" mon 'profile rbd-mirror' osd 'profile rbd' \
+    -o "$d/client.rbd-mirror.$s.keyring"
+  ceph_at "$s" auth import -i "$LAB/client.$CSI_USER.keyring" >/dev/null 2>&1
+}
+
+mirror_ready() {
+  local s=$1 sock
+  # A client's admin socket name carries its PID; there is one rbd-mirror per site.
+  sock=$(compgen -G "$(site_dir "$s")/run/ceph-client.rbd-mirror.$s.*.asok" | head -n 1) || return 1
+  timeout 10 ceph --admin-daemon "$sock" rbd mirror status -f json 2>/dev/null |
+    jq -e --arg peer "$(site_name "$(peer_of "$s")")" \
+      '[.pool_replayers[] | select(.state == "running" and .leader == true
+         and (.peer | contains("cluster: " + $peer)))] | length == 1'
+}
+
+pool_id() { ceph_at "$1" osd pool ls detail -f json | jq -r --arg p "$POOL" '.[] | select(.pool_name == $p) | .pool_id'; }
+
+write_facts() {
+  local key
+  key=$(ceph-authtool -p -n "client.$CSI_USER" "$LAB/client.$CSI_USER.keyring")
+  for s in "${SITES[@]}"; do
+    local d; d=$(site_dir "$s")
+    # ceph-csi's config.json: the same clusterID on both sites (as Rook names it
+    # after the namespace), plus one entry that puts volumes in a RADOS namespace.
+    jq -n --arg mon "$(mon_host "$s")" --arg id "$CLUSTER_ID" --arg ns "$NAMESPACE" \
+      '[{clusterID: $id, monitors: [$mon]},
+        {clusterID: ($id + "-" + $ns), monitors: [$mon], rbd: {radosNamespace: $ns}}]' \
+      >"$d/csi-config.json"
+  done
+  jq -n --arg dir "$LAB" --arg pool "$POOL" --arg ns "$NAMESPACE" --arg user "$CSI_USER" \
+    --arg key "$key" --arg cid "$CLUSTER_ID" \
+    --arg amon "$(mon_host a)" --arg bmon "$(mon_host b)" \
+    --argjson apool "$(pool_id a)" --argjson bpool "$(pool_id b)" \
+    '{dir: $dir, pool: $pool, namespace: $ns, user: $user, key: $key, cluster_id: $cid,
+      sites: {
+        a: {name: "site-a", conf: ($dir + "/a/ceph.conf"), mon_host: $amon, pool_id: $apool,
+            csi_config: ($dir + "/a/csi-config.json")},
+        b: {name: "site-b", conf: ($dir + "/b/ceph.conf"), mon_host: $bmon, pool_id: $bpool,
+            csi_config: ($dir + "/b/csi-config.json")}}}' >"$LAB/lab.json"
+  chmod 600 "$LAB/lab.json"
+  cat >"$LAB/env.sh" <<EOF
+export CEPHLAB_DIR=$LAB
+export CEPH_CONF_A=$LAB/a/ceph.conf
+export CEPH_CONF_B=$LAB/b/ceph.conf
+export CEPHLAB_CSI_USER=$CSI_USER
+export CEPHLAB_CSI_CONFIG_A=$LAB/a/csi-config.json
+export CEPHLAB_CSI_CONFIG_B=$LAB/b/csi-config.json
+export CEPHLAB_POOL_ID_A=$(pool_id a)
+export CEPHLAB_POOL_ID_B=$(pool_id b)
+EOF
+}
+
+is_running() {
+  [ -s "$LAB/pids" ] && [ -s "$LAB/lab.json" ] || return 1
+  local site name pid
+  while read -r site name pid; do
+    owned "$pid" || return 1
+  done <"$LAB/pids"
+  for s in "${SITES[@]}"; do pgs_active "$s" >/dev/null 2>&1 || return 1; done
+}
+
+# owned PID: the process is alive and is one of ours (guards against PID reuse).
+owned() { [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q -- "$LAB/"; }
+
+cmd_down() {
+  if [ -s "$LAB/pids" ]; then
+    local site name pid pids=()
+    while read -r site name pid; do
+      if owned "$pid"; then kill -TERM "$pid" 2>/dev/null || true; pids+=("$pid"); fi
+    done <"$LAB/pids"
+    local deadline=$((SECONDS + 15))
+    for pid in "${pids[@]}"; do
+      while owned "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+      if owned "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
+  fi
+  if [ "${1:-}" != --keep ]; then rm -rf "$LAB"; fi
+  log "down"
+}
+
+cmd_up() {
+  install_packages
+  if is_running; then log "already up"; cmd_env; return 0; fi
+  cmd_down
+  local start=$SECONDS
+  mkdir -p "$LAB"
+  chmod 700 "$LAB"
+  : >"$LAB/pids"
+  ceph-authtool "$LAB/client.$CSI_USER.keyring" --create-keyring --gen-key -n "client.$CSI_USER" \
+    --cap mon 'profile rbd' --cap osd "profile rbd pool=$POOL" --cap mgr 'allow rw' >/dev/null
+  for s in "${SITES[@]}"; do create_site "$s" "$(uuidgen)"; done
+
+  for s in "${SITES[@]}"; do
+    local d; d=$(site_dir "$s")
+    start_daemon "$s" rbd-mirror "$d" rbd-mirror -c "$d/ceph.conf" --id "rbd-mirror.$s" -f
+  done
+  rbd_at a mirror pool peer bootstrap create --site-name site-a "$POOL" >"$LAB/bootstrap-token"
+  rbd_at b mirror pool peer bootstrap import --site-name site-b --direction rx-tx \
+    "$POOL" "$LAB/bootstrap-token" 2>>"$LAB/b/log/bootstrap.log"
+  for s in "${SITES[@]}"; do wait_for "rbd-mirror leader on site-$s" mirror_ready "$s"; done
+  write_facts
+  log "up in $((SECONDS - start)) s"
+  cmd_env
+}
+
+cmd_env() {
+  [ -s "$LAB/lab.json" ] || die "no lab at $LAB: run scripts/lab.sh up"
+  cat "$LAB/env.sh"
+  echo "# facts (incl. the CSI user's key): $LAB/lab.json"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) shift; cmd_down "$@" ;;
+  env) cmd_env ;;
+  *) echo "usage: $0 up|down [--keep]|env" >&2; exit 2 ;;
+esac
