@@ -1,1 +1,6 @@
+pub mod ceph;
+pub mod cephcsi;
+pub mod exec;
 pub mod proto;
+pub mod replication;
+pub mod server;

@@ -1,0 +1,22 @@
+//! Safe, blocking wrappers over librados and librbd. Nothing here knows about
+//! gRPC or ceph-csi; every call blocks and must run off the async runtime.
+
+mod error;
+mod pool;
+mod rados;
+mod rbd;
+
+pub use error::CephError;
+pub use pool::{ConnectionKey, ConnectionPool};
+pub use rados::{Cluster, ConnectOptions, IoCtx};
+pub use rbd::{
+    GlobalStatus, Image, MirrorImageMode, MirrorInfo, MirrorState, ParentSpec, PoolMirrorMode,
+    SiteState, SiteStatus,
+};
+
+use std::ffi::CString;
+
+/// Converts a Rust string for a C call; an interior NUL can never be valid input.
+fn c_string(op: &'static str, s: &str) -> Result<CString, CephError> {
+    CString::new(s).map_err(|_| CephError::new(op, libc::EINVAL))
+}

@@ -1,0 +1,270 @@
+use std::collections::BTreeMap;
+use std::ffi::{CStr, c_char};
+use std::ptr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rados_sys as sys;
+
+use super::{CephError, c_string};
+
+/// How to reach a cluster without any conf file: what ceph-csi gets from its
+/// config.json (monitors) and from the request's secret (user and key).
+pub struct ConnectOptions<'a> {
+    pub mon_host: &'a str,
+    /// The cephx user without the `client.` prefix, as in a ceph-csi secret.
+    pub user: &'a str,
+    pub key: &'a str,
+    /// Bound of every monitor and OSD operation, and of the initial connect, so
+    /// that a dead cluster fails a call instead of hanging its thread forever.
+    pub op_timeout: Duration,
+}
+
+/// A connected librados cluster handle.
+pub struct Cluster {
+    handle: sys::rados_t,
+}
+
+// SAFETY: librados documents `rados_t` as thread-safe: any thread may issue
+// operations on a connected handle. The handle is only shut down in Drop, when
+// no other reference (and so no IoCtx, which holds an Arc<Cluster>) remains.
+unsafe impl Send for Cluster {}
+// SAFETY: see Send; shared use from several threads is librados' intended use.
+unsafe impl Sync for Cluster {}
+
+impl Cluster {
+    pub fn connect(opts: &ConnectOptions<'_>) -> Result<Arc<Self>, CephError> {
+        let name = c_string("rados_create2", &format!("client.{}", opts.user))?;
+        let cluster_name = c_string("rados_create2", "ceph")?;
+        let mut handle: sys::rados_t = ptr::null_mut();
+        // SAFETY: both strings are valid NUL-terminated C strings that outlive the
+        // call; on success librados hands us a handle we own and must shut down.
+        let ret =
+            unsafe { sys::rados_create2(&mut handle, cluster_name.as_ptr(), name.as_ptr(), 0) };
+        CephError::check("rados_create2", ret)?;
+        // From here the handle is owned by `cluster`, whose Drop shuts it down on
+        // every early return below.
+        let cluster = Self { handle };
+        let secs = opts.op_timeout.as_secs().max(1).to_string();
+        cluster.set("mon_host", opts.mon_host)?;
+        cluster.set("key", opts.key)?;
+        cluster.set("rados_mon_op_timeout", &secs)?;
+        cluster.set("rados_osd_op_timeout", &secs)?;
+        cluster.set("client_mount_timeout", &secs)?;
+        // SAFETY: the handle is created and configured but not yet connected.
+        let ret = unsafe { sys::rados_connect(cluster.handle) };
+        CephError::check("rados_connect", ret)?;
+        Ok(Arc::new(cluster))
+    }
+
+    fn set(&self, option: &str, value: &str) -> Result<(), CephError> {
+        let o = c_string("rados_conf_set", option)?;
+        let v = c_string("rados_conf_set", value)?;
+        // SAFETY: the handle is valid; librados copies both strings.
+        let ret = unsafe { sys::rados_conf_set(self.handle, o.as_ptr(), v.as_ptr()) };
+        CephError::check("rados_conf_set", ret).map(drop)
+    }
+
+    /// The name of the pool with this ID; ENOENT when there is none.
+    pub fn pool_name(&self, pool_id: i64) -> Result<String, CephError> {
+        let mut buf = vec![0u8; 256];
+        loop {
+            // SAFETY: buf is writable for buf.len() bytes; librados writes a
+            // NUL-terminated name or returns -ERANGE when it does not fit.
+            let ret = unsafe {
+                sys::rados_pool_reverse_lookup(
+                    self.handle,
+                    pool_id,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if ret == -libc::ERANGE && buf.len() < 65536 {
+                buf.resize(buf.len() * 4, 0);
+                continue;
+            }
+            CephError::check("rados_pool_reverse_lookup", ret)?;
+            let name = CStr::from_bytes_until_nul(&buf)
+                .map_err(|_| CephError::new("rados_pool_reverse_lookup", libc::EINVAL))?;
+            return Ok(name.to_string_lossy().into_owned());
+        }
+    }
+
+    /// Sends one JSON command to the active mgr and returns its output.
+    /// The error carries the mgr's status text, which says what was wrong.
+    pub fn mgr_command(&self, json: &str) -> Result<String, (CephError, String)> {
+        let cmd = c_string("rados_mgr_command", json).map_err(|e| (e, String::new()))?;
+        let mut cmds = [cmd.as_ptr()];
+        let mut outbuf: *mut c_char = ptr::null_mut();
+        let mut outbuf_len = 0usize;
+        let mut outs: *mut c_char = ptr::null_mut();
+        let mut outs_len = 0usize;
+        // SAFETY: `cmds` holds one valid C string for the duration of the call. On
+        // return librados may have allocated `outbuf` and `outs`; both are freed
+        // below with rados_buffer_free, the deallocator librados pairs with them.
+        let ret = unsafe {
+            sys::rados_mgr_command(
+                self.handle,
+                cmds.as_mut_ptr(),
+                1,
+                ptr::null(),
+                0,
+                &mut outbuf,
+                &mut outbuf_len,
+                &mut outs,
+                &mut outs_len,
+            )
+        };
+        // SAFETY: each buffer is either null or valid for its reported length.
+        let take = |p: *mut c_char, len: usize| unsafe {
+            if p.is_null() {
+                return String::new();
+            }
+            let s = String::from_utf8_lossy(std::slice::from_raw_parts(p.cast::<u8>(), len))
+                .into_owned();
+            sys::rados_buffer_free(p);
+            s
+        };
+        let out = take(outbuf, outbuf_len);
+        let status = take(outs, outs_len);
+        match CephError::check("rados_mgr_command", ret) {
+            Ok(_) => Ok(out),
+            Err(e) => Err((e, status)),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SAFETY: we own the handle and nothing else refers to it any more:
+        // every IoCtx holds an Arc<Cluster>, so they are all gone by now.
+        unsafe { sys::rados_shutdown(self.handle) }
+    }
+}
+
+/// An I/O context on one pool (and RADOS namespace). It keeps its cluster alive.
+pub struct IoCtx {
+    handle: sys::rados_ioctx_t,
+    pool_name: String,
+    namespace: String,
+    cluster: Arc<Cluster>,
+}
+
+// SAFETY: a librados ioctx may be used from any thread, one call at a time; we
+// never share an IoCtx between threads (it is not Sync), only move it.
+unsafe impl Send for IoCtx {}
+
+impl IoCtx {
+    /// Opens the pool with this ID in the given RADOS namespace ("" = default).
+    pub fn open(cluster: &Arc<Cluster>, pool_id: i64, namespace: &str) -> Result<Self, CephError> {
+        let pool_name = cluster.pool_name(pool_id)?;
+        let ns = c_string("rados_ioctx_set_namespace", namespace)?;
+        let mut handle: sys::rados_ioctx_t = ptr::null_mut();
+        // SAFETY: the cluster handle is connected; on success we own the ioctx
+        // and destroy it in Drop.
+        let ret = unsafe { sys::rados_ioctx_create2(cluster.handle, pool_id, &mut handle) };
+        CephError::check("rados_ioctx_create2", ret)?;
+        // SAFETY: the ioctx was just created and is not shared; librados copies ns.
+        unsafe { sys::rados_ioctx_set_namespace(handle, ns.as_ptr()) };
+        Ok(Self {
+            handle,
+            pool_name,
+            namespace: namespace.to_owned(),
+            cluster: cluster.clone(),
+        })
+    }
+
+    pub fn pool_name(&self) -> &str {
+        &self.pool_name
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    pub(super) fn raw(&self) -> sys::rados_ioctx_t {
+        self.handle
+    }
+
+    /// Reads the given omap keys of one object. Keys that are absent are simply
+    /// missing from the result; a missing object is ENOENT.
+    pub fn omap_get(
+        &self,
+        oid: &str,
+        keys: &[&str],
+    ) -> Result<BTreeMap<String, Vec<u8>>, CephError> {
+        const OP: &str = "rados_read_op_omap_get_vals_by_keys";
+        let oid_c = c_string(OP, oid)?;
+        let keys_c = keys
+            .iter()
+            .map(|k| c_string(OP, k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key_ptrs: Vec<*const c_char> = keys_c.iter().map(|k| k.as_ptr()).collect();
+        // SAFETY: a read op is created here and released below on every path.
+        let op = unsafe { sys::rados_create_read_op() };
+        if op.is_null() {
+            return Err(CephError::new(OP, libc::ENOMEM));
+        }
+        let mut iter: sys::rados_omap_iter_t = ptr::null_mut();
+        let mut prval: i32 = 0;
+        // SAFETY: key pointers stay valid until the op has been operated; the
+        // iterator is filled by operate and ended with rados_omap_get_end.
+        let ret = unsafe {
+            sys::rados_read_op_omap_get_vals_by_keys(
+                op,
+                key_ptrs.as_ptr(),
+                key_ptrs.len(),
+                &mut iter,
+                &mut prval,
+            );
+            sys::rados_read_op_operate(op, self.handle, oid_c.as_ptr(), 0)
+        };
+        let mut out = BTreeMap::new();
+        let result = CephError::check("rados_read_op_operate", ret)
+            .and_then(|_| CephError::check(OP, prval))
+            .map(|_| {
+                while !iter.is_null() {
+                    let mut k: *mut c_char = ptr::null_mut();
+                    let mut v: *mut c_char = ptr::null_mut();
+                    let mut len = 0usize;
+                    // SAFETY: the iterator is valid until get_end; the key and value
+                    // it returns are owned by the iterator and copied at once.
+                    let r = unsafe { sys::rados_omap_get_next(iter, &mut k, &mut v, &mut len) };
+                    if r < 0 || k.is_null() {
+                        break;
+                    }
+                    // SAFETY: k is a NUL-terminated key, v is valid for len bytes.
+                    let (key, val) = unsafe {
+                        let key = CStr::from_ptr(k).to_string_lossy().into_owned();
+                        let val = if v.is_null() {
+                            Vec::new()
+                        } else {
+                            std::slice::from_raw_parts(v.cast::<u8>(), len).to_vec()
+                        };
+                        (key, val)
+                    };
+                    out.insert(key, val);
+                }
+            });
+        // SAFETY: the iterator (if any) and the op are ours and released once.
+        unsafe {
+            if !iter.is_null() {
+                sys::rados_omap_get_end(iter);
+            }
+            sys::rados_release_read_op(op);
+        }
+        result.map(|_| out)
+    }
+}
+
+impl Drop for IoCtx {
+    fn drop(&mut self) {
+        // SAFETY: we own the ioctx; no image opened on it outlives it, because
+        // Image borrows its IoCtx.
+        unsafe { sys::rados_ioctx_destroy(self.handle) }
+    }
+}

@@ -1,0 +1,360 @@
+use std::ffi::{CStr, c_char};
+use std::mem::MaybeUninit;
+use std::ptr;
+
+use rbd_sys as sys;
+
+use super::{CephError, IoCtx, c_string};
+
+/// The pool's (or RADOS namespace's) mirroring mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMirrorMode {
+    Disabled,
+    Image,
+    Pool,
+}
+
+/// How an image is mirrored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorImageMode {
+    Journal,
+    Snapshot,
+}
+
+impl MirrorImageMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Journal => "journal",
+            Self::Snapshot => "snapshot",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorState {
+    Disabling,
+    Enabled,
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorInfo {
+    pub global_id: String,
+    pub state: MirrorState,
+    pub primary: bool,
+}
+
+/// rbd-mirror's view of an image on one site (`rbd_mirror_image_status_state_t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteState {
+    Unknown,
+    Error,
+    Syncing,
+    StartingReplay,
+    Replaying,
+    StoppingReplay,
+    Stopped,
+}
+
+impl SiteState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Error => "error",
+            Self::Syncing => "syncing",
+            Self::StartingReplay => "starting_replay",
+            Self::Replaying => "replaying",
+            Self::StoppingReplay => "stopping_replay",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteStatus {
+    /// Empty for the local site; the peer's mirror uuid otherwise.
+    pub mirror_uuid: String,
+    pub state: SiteState,
+    pub description: String,
+    /// Unix seconds of the daemon's last status update.
+    pub last_update: i64,
+    /// Whether an rbd-mirror daemon is reporting for this site.
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalStatus {
+    pub info: MirrorInfo,
+    pub sites: Vec<SiteStatus>,
+}
+
+impl GlobalStatus {
+    pub fn local(&self) -> Option<&SiteStatus> {
+        self.sites.iter().find(|s| s.mirror_uuid.is_empty())
+    }
+
+    pub fn remotes(&self) -> impl Iterator<Item = &SiteStatus> {
+        self.sites.iter().filter(|s| !s.mirror_uuid.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentSpec {
+    pub pool_id: i64,
+    pub pool_name: String,
+    pub namespace: String,
+    pub image: String,
+}
+
+impl ParentSpec {
+    pub fn spec(&self) -> String {
+        match self.namespace.as_str() {
+            "" => format!("{}/{}", self.pool_name, self.image),
+            ns => format!("{}/{}/{}", self.pool_name, ns, self.image),
+        }
+    }
+}
+
+/// An open RBD image; closed on drop. It borrows its IoCtx, which librbd
+/// requires to outlive the image.
+pub struct Image<'io> {
+    handle: sys::rbd_image_t,
+    name: String,
+    _io: &'io IoCtx,
+}
+
+impl<'io> Image<'io> {
+    pub fn open(io: &'io IoCtx, name: &str) -> Result<Self, CephError> {
+        let name_c = c_string("rbd_open", name)?;
+        let mut handle: sys::rbd_image_t = ptr::null_mut();
+        // SAFETY: the ioctx is valid for 'io; a null snap name opens the head. On
+        // success we own the image handle and close it in Drop.
+        let ret = unsafe { sys::rbd_open(io.raw(), name_c.as_ptr(), &mut handle, ptr::null()) };
+        CephError::check("rbd_open", ret)?;
+        Ok(Self {
+            handle,
+            name: name.to_owned(),
+            _io: io,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn mirror_info(&self) -> Result<MirrorInfo, CephError> {
+        let mut raw = MaybeUninit::<sys::rbd_mirror_image_info_t>::zeroed();
+        // SAFETY: librbd fills the struct (allocating global_id) on success;
+        // rbd_mirror_image_get_info_cleanup frees what it allocated.
+        let ret = unsafe {
+            sys::rbd_mirror_image_get_info(
+                self.handle,
+                raw.as_mut_ptr(),
+                size_of::<sys::rbd_mirror_image_info_t>(),
+            )
+        };
+        CephError::check("rbd_mirror_image_get_info", ret)?;
+        // SAFETY: filled on success, see above; cleaned up once, after copying.
+        unsafe {
+            let mut raw = raw.assume_init();
+            let info = convert_info(&raw);
+            sys::rbd_mirror_image_get_info_cleanup(&mut raw);
+            Ok(info)
+        }
+    }
+
+    pub fn mirror_mode(&self) -> Result<MirrorImageMode, CephError> {
+        let mut mode = sys::rbd_mirror_image_mode_t(0);
+        // SAFETY: plain out-parameter.
+        let ret = unsafe { sys::rbd_mirror_image_get_mode(self.handle, &mut mode) };
+        CephError::check("rbd_mirror_image_get_mode", ret)?;
+        Ok(
+            if mode == sys::rbd_mirror_image_mode_t::RBD_MIRROR_IMAGE_MODE_JOURNAL {
+                MirrorImageMode::Journal
+            } else {
+                MirrorImageMode::Snapshot
+            },
+        )
+    }
+
+    pub fn mirror_enable(&self, mode: MirrorImageMode) -> Result<(), CephError> {
+        let raw = match mode {
+            MirrorImageMode::Journal => sys::rbd_mirror_image_mode_t::RBD_MIRROR_IMAGE_MODE_JOURNAL,
+            MirrorImageMode::Snapshot => {
+                sys::rbd_mirror_image_mode_t::RBD_MIRROR_IMAGE_MODE_SNAPSHOT
+            }
+        };
+        // SAFETY: valid open image.
+        let ret = unsafe { sys::rbd_mirror_image_enable2(self.handle, raw) };
+        CephError::check("rbd_mirror_image_enable", ret).map(drop)
+    }
+
+    pub fn mirror_disable(&self, force: bool) -> Result<(), CephError> {
+        // SAFETY: valid open image.
+        let ret = unsafe { sys::rbd_mirror_image_disable(self.handle, force) };
+        CephError::check("rbd_mirror_image_disable", ret).map(drop)
+    }
+
+    pub fn mirror_global_status(&self) -> Result<GlobalStatus, CephError> {
+        let mut raw = MaybeUninit::<sys::rbd_mirror_image_global_status_t>::zeroed();
+        // SAFETY: librbd fills the struct and allocates its strings and the
+        // site_statuses array; rbd_mirror_image_global_status_cleanup frees them all.
+        let ret = unsafe {
+            sys::rbd_mirror_image_get_global_status(
+                self.handle,
+                raw.as_mut_ptr(),
+                size_of::<sys::rbd_mirror_image_global_status_t>(),
+            )
+        };
+        CephError::check("rbd_mirror_image_get_global_status", ret)?;
+        // SAFETY: filled on success; the array holds site_statuses_count entries;
+        // everything is copied out before the single cleanup call.
+        unsafe {
+            let mut raw = raw.assume_init();
+            let count = raw.site_statuses_count as usize;
+            let sites = if raw.site_statuses.is_null() || count == 0 {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(raw.site_statuses, count)
+                    .iter()
+                    .map(|s| SiteStatus {
+                        mirror_uuid: owned(s.mirror_uuid),
+                        state: convert_site_state(s.state),
+                        description: owned(s.description),
+                        last_update: s.last_update,
+                        up: s.up,
+                    })
+                    .collect()
+            };
+            let info = convert_info(&raw.info);
+            sys::rbd_mirror_image_global_status_cleanup(&mut raw);
+            Ok(GlobalStatus { info, sites })
+        }
+    }
+
+    /// The image's parent, if it is a clone.
+    pub fn parent(&self) -> Result<Option<ParentSpec>, CephError> {
+        let mut spec = MaybeUninit::<sys::rbd_linked_image_spec_t>::zeroed();
+        let mut snap = MaybeUninit::<sys::rbd_snap_spec_t>::zeroed();
+        // SAFETY: on success librbd allocates strings in both specs, freed by the
+        // paired rbd_linked_image_spec_cleanup / rbd_snap_spec_cleanup below.
+        let ret = unsafe { sys::rbd_get_parent(self.handle, spec.as_mut_ptr(), snap.as_mut_ptr()) };
+        if ret == -libc::ENOENT {
+            return Ok(None);
+        }
+        CephError::check("rbd_get_parent", ret)?;
+        // SAFETY: see above.
+        unsafe {
+            let mut spec = spec.assume_init();
+            let mut snap = snap.assume_init();
+            let parent = ParentSpec {
+                pool_id: spec.pool_id,
+                pool_name: owned(spec.pool_name),
+                namespace: owned(spec.pool_namespace),
+                image: owned(spec.image_name),
+            };
+            sys::rbd_linked_image_spec_cleanup(&mut spec);
+            sys::rbd_snap_spec_cleanup(&mut snap);
+            Ok(Some(parent))
+        }
+    }
+
+    /// An image metadata value, or None when the key is absent.
+    pub fn metadata_get(&self, key: &str) -> Result<Option<String>, CephError> {
+        let key_c = c_string("rbd_metadata_get", key)?;
+        let mut buf = vec![0u8; 256];
+        loop {
+            let mut len = buf.len();
+            // SAFETY: buf is writable for len bytes; on -ERANGE librbd sets len to
+            // the size it needs.
+            let ret = unsafe {
+                sys::rbd_metadata_get(
+                    self.handle,
+                    key_c.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            if ret == -libc::ERANGE && len > buf.len() {
+                buf.resize(len, 0);
+                continue;
+            }
+            if ret == -libc::ENOENT {
+                return Ok(None);
+            }
+            CephError::check("rbd_metadata_get", ret)?;
+            let value = CStr::from_bytes_until_nul(&buf).map(|c| c.to_string_lossy().into_owned());
+            return Ok(Some(value.unwrap_or_default()));
+        }
+    }
+}
+
+impl Drop for Image<'_> {
+    fn drop(&mut self) {
+        // SAFETY: we own the handle; it is closed exactly once.
+        unsafe {
+            sys::rbd_close(self.handle);
+        }
+    }
+}
+
+/// The mirroring mode of the ioctx's pool or namespace.
+fn pool_mirror_mode(io: &IoCtx) -> Result<PoolMirrorMode, CephError> {
+    let mut mode = sys::rbd_mirror_mode_t(0);
+    // SAFETY: plain out-parameter on a valid ioctx.
+    let ret = unsafe { sys::rbd_mirror_mode_get(io.raw(), &mut mode) };
+    CephError::check("rbd_mirror_mode_get", ret)?;
+    Ok(match mode {
+        sys::rbd_mirror_mode_t::RBD_MIRROR_MODE_IMAGE => PoolMirrorMode::Image,
+        sys::rbd_mirror_mode_t::RBD_MIRROR_MODE_POOL => PoolMirrorMode::Pool,
+        _ => PoolMirrorMode::Disabled,
+    })
+}
+
+impl IoCtx {
+    pub fn mirror_mode(&self) -> Result<PoolMirrorMode, CephError> {
+        pool_mirror_mode(self)
+    }
+}
+
+/// Copies a C string owned by librbd; null becomes "".
+///
+/// # Safety
+/// `p` must be null or a valid NUL-terminated string.
+unsafe fn owned(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: guaranteed by the caller.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+/// # Safety
+/// `raw` must have been filled by librbd.
+unsafe fn convert_info(raw: &sys::rbd_mirror_image_info_t) -> MirrorInfo {
+    let state = match raw.state {
+        sys::rbd_mirror_image_state_t::RBD_MIRROR_IMAGE_DISABLING => MirrorState::Disabling,
+        sys::rbd_mirror_image_state_t::RBD_MIRROR_IMAGE_ENABLED => MirrorState::Enabled,
+        _ => MirrorState::Disabled,
+    };
+    // SAFETY: global_id is null or a librbd-owned C string.
+    MirrorInfo {
+        global_id: unsafe { owned(raw.global_id) },
+        state,
+        primary: raw.primary,
+    }
+}
+
+fn convert_site_state(raw: sys::rbd_mirror_image_status_state_t) -> SiteState {
+    use sys::rbd_mirror_image_status_state_t as S;
+    match raw {
+        S::MIRROR_IMAGE_STATUS_STATE_ERROR => SiteState::Error,
+        S::MIRROR_IMAGE_STATUS_STATE_SYNCING => SiteState::Syncing,
+        S::MIRROR_IMAGE_STATUS_STATE_STARTING_REPLAY => SiteState::StartingReplay,
+        S::MIRROR_IMAGE_STATUS_STATE_REPLAYING => SiteState::Replaying,
+        S::MIRROR_IMAGE_STATUS_STATE_STOPPING_REPLAY => SiteState::StoppingReplay,
+        S::MIRROR_IMAGE_STATUS_STATE_STOPPED => SiteState::Stopped,
+        _ => SiteState::Unknown,
+    }
+}

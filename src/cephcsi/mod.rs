@@ -1,0 +1,112 @@
+//! ceph-csi compatibility: its volume IDs, config.json, secrets and journal, so
+//! that a volume ceph-csi provisioned is found exactly as ceph-csi finds it.
+
+mod config;
+mod secrets;
+mod volume_id;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use config::{ClusterInfo, ConfigError};
+pub use secrets::{Credentials, SecretsError};
+pub use volume_id::{CsiId, CsiIdError};
+
+use crate::ceph::{CephError, ConnectionPool, IoCtx};
+
+/// The omap key of a volume's journal object that names its RBD image.
+const IMAGE_NAME_KEY: &str = "csi.imagename";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid volume ID: it {0}")]
+    BadId(#[from] CsiIdError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("cannot connect to cluster {cluster_id:?} as user {user:?}: {source}")]
+    Connect {
+        cluster_id: String,
+        user: String,
+        source: CephError,
+    },
+    #[error("pool {pool_id} of cluster {cluster_id:?} does not exist")]
+    PoolNotFound { cluster_id: String, pool_id: i64 },
+    #[error("cannot open pool {pool_id}: {source}")]
+    OpenPool { pool_id: i64, source: CephError },
+    #[error("cannot read the volume's journal object {object}: {source}")]
+    Journal { object: String, source: CephError },
+}
+
+/// Where a volume lives: its pool (as an open I/O context) and image name.
+pub struct ResolvedVolume {
+    pub io: IoCtx,
+    pub image: String,
+}
+
+impl ResolvedVolume {
+    /// `pool/[namespace/]image`, as the rbd CLI and the mgr spell an image.
+    pub fn spec(&self) -> String {
+        match self.io.namespace() {
+            "" => format!("{}/{}", self.io.pool_name(), self.image),
+            ns => format!("{}/{}/{}", self.io.pool_name(), ns, self.image),
+        }
+    }
+}
+
+/// Turns ceph-csi volume IDs into open pools and image names.
+pub struct Resolver {
+    config_path: PathBuf,
+    connections: Arc<ConnectionPool>,
+}
+
+impl Resolver {
+    pub fn new(config_path: PathBuf, connections: Arc<ConnectionPool>) -> Self {
+        Self {
+            config_path,
+            connections,
+        }
+    }
+
+    /// Blocking: reads config.json, may connect, reads the journal omap.
+    pub fn resolve(&self, id: &CsiId, creds: &Credentials) -> Result<ResolvedVolume, Error> {
+        let cluster_info = config::lookup(&self.config_path, &id.cluster_id)?;
+        let cluster = self
+            .connections
+            .get(&cluster_info.mon_host, &creds.user, creds.key())
+            .map_err(|source| Error::Connect {
+                cluster_id: id.cluster_id.clone(),
+                user: creds.user.clone(),
+                source,
+            })?;
+        let io =
+            IoCtx::open(&cluster, id.pool_id, &cluster_info.rados_namespace).map_err(|source| {
+                if source.is(libc::ENOENT) {
+                    Error::PoolNotFound {
+                        cluster_id: id.cluster_id.clone(),
+                        pool_id: id.pool_id,
+                    }
+                } else {
+                    Error::OpenPool {
+                        pool_id: id.pool_id,
+                        source,
+                    }
+                }
+            })?;
+        let object = format!("csi.volume.{}", id.uuid);
+        // ceph-csi records a custom image name (volumeNamePrefix) in the journal;
+        // a volume without a journal entry uses the default name.
+        let image = match io.omap_get(&object, &[IMAGE_NAME_KEY]) {
+            Ok(vals) => vals
+                .get(IMAGE_NAME_KEY)
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
+            Err(e) if e.is(libc::ENOENT) => None,
+            Err(source) => return Err(Error::Journal { object, source }),
+        };
+        let image = image
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("csi-vol-{}", id.uuid));
+        Ok(ResolvedVolume { io, image })
+    }
+}

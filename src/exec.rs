@@ -1,0 +1,169 @@
+//! The only door to blocking Ceph work. Every librados/librbd call runs on the
+//! blocking pool behind a global semaphore, bounded by the op deadline, and one
+//! volume (or group) is worked on by at most one call at a time.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, timeout_at};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("an operation on {0} is already in progress; retry when it has finished")]
+    Busy(String),
+    #[error("too many Ceph operations are queued; none became free within {}s", .0.as_secs())]
+    Overloaded(Duration),
+    #[error("the operation did not finish within {}s; it goes on in the background and {key} stays locked until it ends", .after.as_secs())]
+    TimedOut { after: Duration, key: String },
+    #[error("the operation failed unexpectedly (it panicked)")]
+    Panicked,
+}
+
+pub struct Executor {
+    permits: Arc<Semaphore>,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    op_timeout: Duration,
+}
+
+/// Marks a key as being worked on; dropping it frees the key. It is moved into
+/// the blocking closure, so a caller that gives up (deadline, cancel) cannot
+/// free the key while librbd is still working on the volume.
+struct KeyGuard {
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl Executor {
+    pub fn new(max_concurrent: usize, op_timeout: Duration) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+            op_timeout,
+        }
+    }
+
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    /// Runs `work` for `key` (a volume or group ID) off the async runtime.
+    /// Waiting for a permit and the work itself share one deadline.
+    pub async fn run<T, E, F>(&self, key: &str, work: F) -> Result<T, E>
+    where
+        F: FnOnce() -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<ExecError> + Send + 'static,
+    {
+        let deadline = Instant::now() + self.op_timeout;
+        let guard = {
+            let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if !set.insert(key.to_owned()) {
+                return Err(ExecError::Busy(key.to_owned()).into());
+            }
+            KeyGuard {
+                in_flight: self.in_flight.clone(),
+                key: key.to_owned(),
+            }
+        };
+        let permit = match timeout_at(deadline, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            // The semaphore is never closed; a timeout means the queue is full.
+            _ => return Err(ExecError::Overloaded(self.op_timeout).into()),
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let _permit = permit;
+            work()
+        });
+        match timeout_at(deadline, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_join)) => Err(ExecError::Panicked.into()),
+            Err(_elapsed) => Err(ExecError::TimedOut {
+                after: self.op_timeout,
+                key: key.to_owned(),
+            }
+            .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[tokio::test]
+    async fn second_call_on_a_busy_key_is_refused_until_the_first_ends() {
+        let exec = Arc::new(Executor::new(4, Duration::from_secs(5)));
+        let (release, wait) = mpsc::channel::<()>();
+        let first = {
+            let exec = exec.clone();
+            tokio::spawn(async move {
+                exec.run::<_, ExecError, _>("vol", move || {
+                    wait.recv().ok();
+                    Ok(1)
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = exec.run::<i32, ExecError, _>("vol", || Ok(2)).await;
+        assert_eq!(second, Err(ExecError::Busy("vol".into())));
+        assert_eq!(
+            exec.run::<i32, ExecError, _>("other", || Ok(3)).await,
+            Ok(3)
+        );
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), Ok(1));
+        assert_eq!(exec.run::<i32, ExecError, _>("vol", || Ok(4)).await, Ok(4));
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_call_keeps_its_key_until_the_work_ends() {
+        let exec = Executor::new(4, Duration::from_millis(100));
+        let (release, wait) = mpsc::channel::<()>();
+        let r = exec
+            .run::<i32, ExecError, _>("vol", move || {
+                wait.recv().ok();
+                Ok(1)
+            })
+            .await;
+        assert!(matches!(r, Err(ExecError::TimedOut { .. })));
+        assert_eq!(
+            exec.run::<i32, ExecError, _>("vol", || Ok(2)).await,
+            Err(ExecError::Busy("vol".into()))
+        );
+        release.send(()).unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            match exec.run::<i32, ExecError, _>("vol", || Ok(3)).await {
+                Ok(3) => break,
+                _ if start.elapsed() < Duration::from_secs(5) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                other => panic!("key never freed: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_becomes_an_error_and_frees_the_key() {
+        let exec = Executor::new(1, Duration::from_secs(5));
+        let r = exec
+            .run::<i32, ExecError, _>("vol", || panic!("boom"))
+            .await;
+        assert_eq!(r, Err(ExecError::Panicked));
+        assert_eq!(exec.run::<i32, ExecError, _>("vol", || Ok(1)).await, Ok(1));
+    }
+}

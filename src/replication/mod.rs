@@ -1,0 +1,53 @@
+//! What each replication RPC means for one volume, on top of librbd. Works on
+//! typed values; gRPC types and codes stay in `server`.
+
+mod params;
+mod status;
+mod volume;
+
+pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
+pub use status::{Health, ReplayDescription, health};
+pub use volume::{ReplicationInfo, disable, enable, info};
+
+use crate::ceph::CephError;
+use crate::cephcsi;
+use crate::exec::ExecError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    #[error(transparent)]
+    Resolve(#[from] cephcsi::Error),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("image {image} does not exist")]
+    ImageNotFound { image: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The controller reads NOT_FOUND from GetVolumeReplicationInfo as "no info yet".
+    #[error("{0}")]
+    NoInfoYet(String),
+    /// A transition librbd is still making; a retry will see it finished.
+    #[error("{0}")]
+    InProgress(String),
+    #[error("{what}: {source}")]
+    Ceph { what: String, source: CephError },
+    #[error("{what}: {status} ({source})")]
+    Mgr {
+        what: String,
+        source: CephError,
+        status: String,
+    },
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+}
+
+impl Error {
+    pub(crate) fn ceph(what: impl Into<String>) -> impl FnOnce(CephError) -> Self {
+        let what = what.into();
+        move |source| Self::Ceph { what, source }
+    }
+}

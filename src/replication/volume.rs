@@ -1,0 +1,332 @@
+//! Enable, Disable and GetVolumeReplicationInfo for one RBD image. Every
+//! function is idempotent: called again in the state it produced, it succeeds
+//! without changing anything.
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::Error;
+use super::params::{DisableParams, EnableParams, FlattenMode, Schedule};
+use super::status::{Health, ReplayDescription, health};
+use crate::ceph::{
+    Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState, PoolMirrorMode, SiteState,
+};
+use crate::cephcsi::ResolvedVolume;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationInfo {
+    /// Unix seconds of the newest point in time the peer site holds.
+    pub last_sync_time: i64,
+    pub last_sync_duration_secs: Option<i64>,
+    pub last_sync_bytes: i64,
+    pub health: Health,
+    pub status_message: String,
+}
+
+fn open<'io>(io: &'io IoCtx, vol: &ResolvedVolume) -> Result<Image<'io>, Error> {
+    Image::open(io, &vol.image).map_err(|e| {
+        if e.is(libc::ENOENT) {
+            Error::ImageNotFound { image: vol.spec() }
+        } else {
+            Error::Ceph {
+                what: format!("cannot open image {}", vol.spec()),
+                source: e,
+            }
+        }
+    })
+}
+
+fn mirror_info(image: &Image<'_>) -> Result<MirrorInfo, Error> {
+    image
+        .mirror_info()
+        .map_err(Error::ceph("cannot read the image's mirroring state"))
+}
+
+pub fn enable(vol: &ResolvedVolume, params: &EnableParams) -> Result<(), Error> {
+    let io = &vol.io;
+    let image = open(io, vol)?;
+    let current = mirror_info(&image)?;
+    match current.state {
+        MirrorState::Enabled => {
+            if current.primary {
+                // Repeated Enable succeeds as is; the schedule is (re)applied
+                // because a primary must always carry it.
+                let mode = image
+                    .mirror_mode()
+                    .map_err(Error::ceph("cannot read the image's mirroring mode"))?;
+                if mode != params.mode {
+                    warn!(image = %vol.spec(), current = mode.as_str(), requested = params.mode.as_str(),
+                        "mirroring already enabled in another mode; keeping it");
+                }
+                apply_schedule(vol, mode, params.schedule.as_ref())?;
+            }
+            return Ok(());
+        }
+        MirrorState::Disabling => {
+            return Err(Error::InProgress(format!(
+                "mirroring of {} is being disabled; retry when done",
+                vol.spec()
+            )));
+        }
+        MirrorState::Disabled => {}
+    }
+
+    match io
+        .mirror_mode()
+        .map_err(Error::ceph("cannot read the pool's mirroring mode"))?
+    {
+        PoolMirrorMode::Image => {}
+        PoolMirrorMode::Disabled => {
+            return Err(Error::FailedPrecondition(format!(
+                "mirroring is not enabled on pool {}; run `rbd mirror pool enable {} image` on both sites",
+                pool_spec(io),
+                pool_spec(io)
+            )));
+        }
+        PoolMirrorMode::Pool => {
+            return Err(Error::FailedPrecondition(format!(
+                "pool {} mirrors in pool mode, where images cannot be enabled one by one; switch it to image mode",
+                pool_spec(io)
+            )));
+        }
+    }
+
+    check_parent(vol, &image, params.flatten)?;
+
+    image.mirror_enable(params.mode).map_err(|e| {
+        if e.is(libc::EINVAL) {
+            Error::FailedPrecondition(format!(
+                "librbd refused to enable {} mirroring of {} ({e}); journal mode needs the exclusive-lock feature",
+                params.mode.as_str(),
+                vol.spec()
+            ))
+        } else {
+            Error::Ceph { what: format!("cannot enable mirroring of {}", vol.spec()), source: e }
+        }
+    })?;
+    info!(image = %vol.spec(), mode = params.mode.as_str(), "mirroring enabled");
+
+    if let Err(err) = apply_schedule(vol, params.mode, params.schedule.as_ref()) {
+        // The mgr refused the schedule of an image we have just enabled: undo the
+        // enable so that the failed call leaves the volume as it found it.
+        if matches!(err, Error::Mgr { source, .. } if source.is(libc::EINVAL)) {
+            if let Err(undo) = image.mirror_disable(false) {
+                warn!(image = %vol.spec(), error = %undo, "could not undo the enable after a refused schedule");
+            }
+            return Err(Error::InvalidArgument(err.to_string()));
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+fn pool_spec(io: &IoCtx) -> String {
+    match io.namespace() {
+        "" => io.pool_name().to_owned(),
+        ns => format!("{}/{}", io.pool_name(), ns),
+    }
+}
+
+/// A clone can only be mirrored when its parent is, or once it is flattened.
+fn check_parent(
+    vol: &ResolvedVolume,
+    image: &Image<'_>,
+    flatten: FlattenMode,
+) -> Result<(), Error> {
+    let Some(parent) = image
+        .parent()
+        .map_err(Error::ceph("cannot read the image's parent"))?
+    else {
+        return Ok(());
+    };
+    if flatten == FlattenMode::Force {
+        let cmd = json!({"prefix": "rbd task add flatten", "image_spec": vol.spec()}).to_string();
+        vol.io
+            .cluster()
+            .mgr_command(&cmd)
+            .map_err(|(source, status)| Error::Mgr {
+                what: format!("cannot queue the flatten of {}", vol.spec()),
+                source,
+                status,
+            })?;
+        return Err(Error::InProgress(format!(
+            "{} is a clone of {}; it is being flattened (flattenMode=force), retry when done",
+            vol.spec(),
+            parent.spec()
+        )));
+    }
+    let parent_io = IoCtx::open(vol.io.cluster(), parent.pool_id, &parent.namespace).map_err(
+        Error::ceph(format!("cannot open the pool of parent {}", parent.spec())),
+    )?;
+    let parent_image = Image::open(&parent_io, &parent.image)
+        .map_err(Error::ceph(format!("cannot open parent {}", parent.spec())))?;
+    let parent_info = mirror_info(&parent_image)?;
+    if parent_info.state != MirrorState::Enabled {
+        return Err(Error::FailedPrecondition(format!(
+            "{} is a clone of {}, which is not mirrored; mirror the parent or set flattenMode=force",
+            vol.spec(),
+            parent.spec()
+        )));
+    }
+    Ok(())
+}
+
+/// Adds the snapshot schedule (the mgr treats a repeated add as a no-op).
+/// Journal mode replicates every write and takes no schedule.
+fn apply_schedule(
+    vol: &ResolvedVolume,
+    mode: MirrorImageMode,
+    schedule: Option<&Schedule>,
+) -> Result<(), Error> {
+    let Some(schedule) = schedule else {
+        return Ok(());
+    };
+    if mode == MirrorImageMode::Journal {
+        warn!(image = %vol.spec(), "schedulingInterval ignored: journal mirroring takes no snapshot schedule");
+        return Ok(());
+    }
+    let mut cmd = json!({
+        "prefix": "rbd mirror snapshot schedule add",
+        "level_spec": vol.spec(),
+        "interval": schedule.interval,
+    });
+    if let Some(start) = &schedule.start_time {
+        cmd["start_time"] = json!(start);
+    }
+    vol.io
+        .cluster()
+        .mgr_command(&cmd.to_string())
+        .map_err(|(source, status)| Error::Mgr {
+            what: format!(
+                "cannot add snapshot schedule {} to {}",
+                schedule.interval,
+                vol.spec()
+            ),
+            source,
+            status,
+        })?;
+    Ok(())
+}
+
+pub fn disable(vol: &ResolvedVolume, params: &DisableParams) -> Result<(), Error> {
+    let image = open(&vol.io, vol)?;
+    let current = mirror_info(&image)?;
+    match current.state {
+        MirrorState::Disabled => return Ok(()),
+        MirrorState::Disabling => {
+            return Err(Error::InProgress(format!(
+                "mirroring of {} is being disabled; retry when done",
+                vol.spec()
+            )));
+        }
+        MirrorState::Enabled => {}
+    }
+    if !current.primary {
+        // A healthy secondary is cleaned up by the primary's disable; the
+        // controller disables both sites' VRs, so this side has nothing to do.
+        let status = image
+            .mirror_global_status()
+            .map_err(Error::ceph("cannot read the mirroring status"))?;
+        let local = status.local();
+        if local.is_some_and(|l| l.up && l.state == SiteState::Replaying) {
+            return Ok(());
+        }
+        let shown = local.map_or("unknown".to_owned(), |l| {
+            format!("{}+{}", if l.up { "up" } else { "down" }, l.state.as_str())
+        });
+        return Err(Error::FailedPrecondition(format!(
+            "{} is a secondary that is not replaying (status {shown}); disable replication on the primary site first",
+            vol.spec()
+        )));
+    }
+    image
+        .mirror_disable(params.force)
+        .map_err(Error::ceph(format!(
+            "cannot disable mirroring of {}",
+            vol.spec()
+        )))?;
+    if mirror_info(&image)?.state != MirrorState::Disabled {
+        return Err(Error::InProgress(format!(
+            "mirroring of {} is still being disabled; retry",
+            vol.spec()
+        )));
+    }
+    // A schedule left behind would come back into force on a later enable
+    // without one.
+    let cmd = json!({"prefix": "rbd mirror snapshot schedule remove", "level_spec": vol.spec()})
+        .to_string();
+    if let Err((e, status)) = vol.io.cluster().mgr_command(&cmd) {
+        warn!(image = %vol.spec(), error = %e, status, "could not remove the snapshot schedule");
+    }
+    info!(image = %vol.spec(), force = params.force, "mirroring disabled");
+    Ok(())
+}
+
+pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
+    let image = open(&vol.io, vol)?;
+    let status = image
+        .mirror_global_status()
+        .map_err(Error::ceph("cannot read the mirroring status"))?;
+    if status.info.state != MirrorState::Enabled {
+        return Err(Error::FailedPrecondition(format!(
+            "replication is not enabled on {}",
+            vol.spec()
+        )));
+    }
+    if !status.info.primary {
+        return Err(Error::FailedPrecondition(format!(
+            "{} is not primary on this site; ask the primary site",
+            vol.spec()
+        )));
+    }
+    let (health, status_message) = health(status.local());
+    let Some(remote) = status.remotes().next() else {
+        return Err(Error::NoInfoYet(format!(
+            "no peer site has reported on {} yet",
+            vol.spec()
+        )));
+    };
+    let desc = ReplayDescription::parse(&remote.description).unwrap_or_default();
+    let mode = image
+        .mirror_mode()
+        .map_err(Error::ceph("cannot read the image's mirroring mode"))?;
+    let info = match mode {
+        MirrorImageMode::Snapshot => match desc.local_snapshot_timestamp {
+            Some(ts) if ts > 0 => ReplicationInfo {
+                last_sync_time: ts,
+                last_sync_duration_secs: desc.last_snapshot_sync_seconds,
+                last_sync_bytes: desc.last_snapshot_bytes.unwrap_or(0).max(0),
+                health,
+                status_message,
+            },
+            _ => {
+                return Err(Error::NoInfoYet(format!(
+                    "the peer site has not reported a completed sync of {} yet",
+                    vol.spec()
+                )));
+            }
+        },
+        // Journal mode has no snapshots: the peer is in sync as of its last
+        // status update when it has replayed every entry.
+        MirrorImageMode::Journal => match desc.entries_behind_primary {
+            Some(0)
+                if remote.up && remote.state == SiteState::Replaying && remote.last_update > 0 =>
+            {
+                ReplicationInfo {
+                    last_sync_time: remote.last_update,
+                    last_sync_duration_secs: None,
+                    last_sync_bytes: 0,
+                    health,
+                    status_message,
+                }
+            }
+            _ => {
+                return Err(Error::NoInfoYet(format!(
+                    "the peer site has not reported {} as caught up yet",
+                    vol.spec()
+                )));
+            }
+        },
+    };
+    Ok(info)
+}

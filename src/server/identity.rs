@@ -1,0 +1,64 @@
+use tonic::{Request, Response, Status};
+
+use crate::proto::identity::capability::{self, Service, VolumeReplication};
+use crate::proto::identity::identity_server::Identity;
+use crate::proto::identity::{
+    Capability, GetCapabilitiesRequest, GetCapabilitiesResponse, GetIdentityRequest,
+    GetIdentityResponse, ProbeRequest, ProbeResponse,
+};
+
+/// Answers without touching Ceph: credentials come with each request, and the
+/// sidecar blocks its start-up on Probe.
+pub struct IdentityService {
+    driver_name: String,
+}
+
+impl IdentityService {
+    pub fn new(driver_name: String) -> Self {
+        Self { driver_name }
+    }
+}
+
+/// Only what really works is advertised; the controller trusts this list.
+pub fn capabilities() -> Vec<Capability> {
+    vec![
+        Capability {
+            r#type: Some(capability::Type::Service(Service {
+                r#type: capability::service::Type::ControllerService as i32,
+            })),
+        },
+        Capability {
+            r#type: Some(capability::Type::VolumeReplication(VolumeReplication {
+                r#type: capability::volume_replication::Type::VolumeReplication as i32,
+            })),
+        },
+    ]
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn get_identity(
+        &self,
+        _: Request<GetIdentityRequest>,
+    ) -> Result<Response<GetIdentityResponse>, Status> {
+        Ok(Response::new(GetIdentityResponse {
+            name: self.driver_name.clone(),
+            vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
+            manifest: Default::default(),
+        }))
+    }
+
+    async fn get_capabilities(
+        &self,
+        _: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<GetCapabilitiesResponse>, Status> {
+        Ok(Response::new(GetCapabilitiesResponse {
+            capabilities: capabilities(),
+        }))
+    }
+
+    async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        tracing::debug!("probe");
+        Ok(Response::new(ProbeResponse { ready: Some(true) }))
+    }
+}

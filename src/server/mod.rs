@@ -1,0 +1,221 @@
+//! Thin tonic services over the domain layer, and the Unix socket they serve on.
+
+mod identity;
+mod replication;
+mod status;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+pub use identity::capabilities;
+pub use status::{code_of, to_status};
+
+use crate::ceph::ConnectionPool;
+use crate::cephcsi::Resolver;
+use crate::exec::Executor;
+use crate::proto::identity::identity_server::IdentityServer;
+use crate::proto::replication::controller_server::ControllerServer;
+
+/// Services listed by reflection: exactly the ones answered on the socket.
+pub const SERVED_SERVICES: &[&str] = &[
+    "identity.Identity",
+    "replication.Controller",
+    "grpc.health.v1.Health",
+];
+
+/// How long in-flight calls may run on after SIGTERM before we exit anyway.
+const DRAIN_GRACE: Duration = Duration::from_secs(20);
+
+pub struct ServeConfig {
+    pub socket_path: PathBuf,
+    pub socket_mode: u32,
+    pub driver_name: String,
+    pub ceph_csi_config: PathBuf,
+    pub op_timeout: Duration,
+    pub ceph_timeout: Duration,
+    pub max_concurrent_ops: usize,
+    pub connection_idle_expiry: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("endpoint {0:?} is not a Unix socket; use unix:///absolute/path or /absolute/path")]
+    BadEndpoint(String),
+    #[error("refusing to start: {0} exists and is not a socket")]
+    NotASocket(String),
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// `unix:///abs/path` or `/abs/path`; TCP and relative paths are refused.
+pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf, ServeError> {
+    let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+    if path.starts_with('/') && path.len() > 1 {
+        Ok(PathBuf::from(path))
+    } else {
+        Err(ServeError::BadEndpoint(endpoint.to_owned()))
+    }
+}
+
+/// Binds the socket with its mode set on the fd before bind, so the path never
+/// exists with looser permissions, then chmods it because bind applies umask.
+fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+    let listen_err = |source| ServeError::Listen {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            info!(path = %path.display(), "removing stale socket");
+            std::fs::remove_file(path).map_err(listen_err)?;
+        }
+        Ok(_) => return Err(ServeError::NotASocket(path.display().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(listen_err(e)),
+    }
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+        .map_err(listen_err)?;
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fchmod on a socket fd we own; it only changes the mode the
+        // socket file gets at bind.
+        let ret = unsafe { libc::fchmod(socket.as_raw_fd(), mode as libc::mode_t) };
+        if ret != 0 {
+            return Err(listen_err(std::io::Error::last_os_error()));
+        }
+    }
+    let addr = socket2::SockAddr::unix(path).map_err(listen_err)?;
+    socket.bind(&addr).map_err(listen_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen_err)?;
+    socket.listen(1024).map_err(listen_err)?;
+    socket.set_nonblocking(true).map_err(listen_err)?;
+    let std_listener: std::os::unix::net::UnixListener = socket.into();
+    UnixListener::from_std(std_listener).map_err(listen_err)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    // We may be PID 1 in a container, where the kernel gives SIGTERM no default
+    // action: both signals must be handled here.
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, shutting down"),
+        _ = int.recv() => info!("SIGINT received, shutting down"),
+    }
+}
+
+pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    let listener = bind(&cfg.socket_path, cfg.socket_mode)?;
+    let connections = Arc::new(ConnectionPool::new(
+        cfg.connection_idle_expiry,
+        cfg.ceph_timeout,
+    ));
+    let resolver = Arc::new(Resolver::new(cfg.ceph_csi_config.clone(), connections));
+    let exec = Arc::new(Executor::new(cfg.max_concurrent_ops, cfg.op_timeout));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<IdentityServer<identity::IdentityService>>()
+        .await;
+    health_reporter
+        .set_serving::<ControllerServer<replication::ReplicationService>>()
+        .await;
+
+    let mut v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    let mut v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for name in SERVED_SERVICES {
+        v1 = v1.with_service_name(*name);
+        v1alpha = v1alpha.with_service_name(*name);
+    }
+
+    info!(
+        socket = %cfg.socket_path.display(),
+        driver = %cfg.driver_name,
+        version = env!("CARGO_PKG_VERSION"),
+        config = %cfg.ceph_csi_config.display(),
+        op_timeout_s = cfg.op_timeout.as_secs(),
+        "serving"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(v1.build_v1()?)
+        .add_service(v1alpha.build_v1alpha()?)
+        .add_service(IdentityServer::new(identity::IdentityService::new(
+            cfg.driver_name.clone(),
+        )))
+        .add_service(ControllerServer::new(replication::ReplicationService::new(
+            exec, resolver,
+        )))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            stop_rx.await.ok();
+        });
+    tokio::pin!(server);
+
+    let result = tokio::select! {
+        r = &mut server => r.map_err(ServeError::from),
+        () = shutdown_signal() => {
+            stop_tx.send(()).ok();
+            // Let in-flight calls finish, within bounds: a call stuck in librbd
+            // must not keep the pod from terminating.
+            match tokio::time::timeout(DRAIN_GRACE, &mut server).await {
+                Ok(r) => r.map_err(ServeError::from),
+                Err(_) => {
+                    warn!(grace_s = DRAIN_GRACE.as_secs(), "calls still running after the grace period; exiting");
+                    Ok(())
+                }
+            }
+        }
+    };
+    if let Err(e) = std::fs::remove_file(&cfg.socket_path) {
+        warn!(error = %e, "could not remove the socket");
+    }
+    info!("stopped");
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoint("unix:///csi/csi-addons.sock").unwrap(),
+            PathBuf::from("/csi/csi-addons.sock")
+        );
+        assert_eq!(
+            parse_endpoint("/tmp/x.sock").unwrap(),
+            PathBuf::from("/tmp/x.sock")
+        );
+        for bad in [
+            "tcp://127.0.0.1:9070",
+            "unix://relative.sock",
+            "relative.sock",
+            "",
+            "unix://",
+            "/",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+}
