@@ -1,0 +1,361 @@
+//! Shared harness of the integration tests: the real `rbd-addons serve` on a
+//! temporary socket, a generated client, and the two-site lab from
+//! `scripts/lab.sh up`, checked through the `rbd` CLI (Ceph's own view).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rbd_addons::proto::identity::identity_client::IdentityClient;
+use rbd_addons::proto::replication::ReplicationSource;
+use rbd_addons::proto::replication::controller_client::ControllerClient;
+use rbd_addons::proto::replication::replication_source::{Type as SourceType, VolumeSource};
+use serde_json::Value;
+use tonic::transport::{Channel, Endpoint};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rbd-addons");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    A,
+    B,
+}
+
+impl Site {
+    pub fn key(self) -> &'static str {
+        match self {
+            Site::A => "a",
+            Site::B => "b",
+        }
+    }
+}
+
+/// Facts of the running lab, from $CEPHLAB_DIR/lab.json.
+pub struct Lab {
+    pub facts: Value,
+}
+
+impl Lab {
+    pub fn load() -> Self {
+        let dir = std::env::var("CEPHLAB_DIR").unwrap_or_else(|_| "/tmp/cephlab".into());
+        let path = Path::new(&dir).join("lab.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "no Ceph lab at {}: {e}; run `scripts/lab.sh up` first",
+                path.display()
+            )
+        });
+        Self {
+            facts: serde_json::from_str(&text).expect("lab.json"),
+        }
+    }
+
+    fn site(&self, s: Site) -> &Value {
+        &self.facts["sites"][s.key()]
+    }
+
+    pub fn conf(&self, s: Site) -> String {
+        self.site(s)["conf"].as_str().unwrap().to_owned()
+    }
+
+    pub fn csi_config(&self, s: Site) -> PathBuf {
+        PathBuf::from(self.site(s)["csi_config"].as_str().unwrap())
+    }
+
+    pub fn mon_host(&self, s: Site) -> String {
+        self.site(s)["mon_host"].as_str().unwrap().to_owned()
+    }
+
+    pub fn pool_id(&self, s: Site) -> i64 {
+        self.site(s)["pool_id"].as_i64().unwrap()
+    }
+
+    pub fn pool(&self) -> String {
+        self.facts["pool"].as_str().unwrap().to_owned()
+    }
+
+    pub fn namespace(&self) -> String {
+        self.facts["namespace"].as_str().unwrap().to_owned()
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.facts["cluster_id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn user(&self) -> String {
+        self.facts["user"].as_str().unwrap().to_owned()
+    }
+
+    pub fn key(&self) -> String {
+        self.facts["key"].as_str().unwrap().to_owned()
+    }
+
+    pub fn secrets(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("userID".into(), self.user()),
+            ("userKey".into(), self.key()),
+        ])
+    }
+
+    /// Runs the rbd CLI as the site's admin; panics with its stderr on failure.
+    pub fn rbd(&self, s: Site, args: &[&str]) -> String {
+        let out = self.rbd_try(s, args);
+        out.unwrap_or_else(|e| panic!("rbd {args:?} on site-{} failed: {e}", s.key()))
+    }
+
+    pub fn rbd_try(&self, s: Site, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("timeout")
+            .args(["60", "rbd", "-c", &self.conf(s)])
+            .args(args)
+            .output()
+            .expect("run rbd");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn rbd_json(&self, s: Site, args: &[&str]) -> Result<Value, String> {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        self.rbd_try(s, &all)
+            .map(|o| serde_json::from_str(&o).unwrap_or(Value::Null))
+    }
+
+    pub fn rados(&self, s: Site, args: &[&str]) {
+        let st = Command::new("timeout")
+            .args(["60", "rados", "-c", &self.conf(s)])
+            .args(args)
+            .status()
+            .expect("run rados");
+        assert!(st.success(), "rados {args:?} failed");
+    }
+
+    /// A ceph-csi style volume on site A: image `csi-vol-<uuid>` (or a custom
+    /// name recorded in the journal omap, as ceph-csi does for a name prefix).
+    pub fn create_volume(&self, opts: VolumeOpts) -> TestVolume {
+        let uuid = new_uuid();
+        let pool = self.pool();
+        let ns = if opts.namespace {
+            self.namespace()
+        } else {
+            String::new()
+        };
+        let cluster_id = if opts.namespace {
+            format!("{}-{}", self.cluster_id(), ns)
+        } else {
+            self.cluster_id()
+        };
+        let image = opts
+            .image_name
+            .clone()
+            .unwrap_or_else(|| format!("csi-vol-{uuid}"));
+        let spec = if ns.is_empty() {
+            format!("{pool}/{image}")
+        } else {
+            format!("{pool}/{ns}/{image}")
+        };
+        self.rbd(
+            Site::A,
+            &["create", &spec, "--size", &opts.size_mb.to_string()],
+        );
+        if opts.image_name.is_some() {
+            let mut args = vec!["-p", pool.as_str()];
+            if !ns.is_empty() {
+                args.extend(["-N", ns.as_str()]);
+            }
+            let object = format!("csi.volume.{uuid}");
+            args.extend([
+                "setomapval",
+                object.as_str(),
+                "csi.imagename",
+                image.as_str(),
+            ]);
+            self.rados(Site::A, &args);
+        }
+        let id = volume_id(&cluster_id, self.pool_id(Site::A), &uuid);
+        TestVolume { id, spec, uuid }
+    }
+
+    pub fn mirror_status(&self, s: Site, spec: &str) -> Option<Value> {
+        self.rbd_json(s, &["mirror", "image", "status", spec]).ok()
+    }
+
+    /// The image's mirroring section of `rbd info` on a site; None when the
+    /// image is absent. `rbd info` omits the section when mirroring is off.
+    pub fn mirror_info(&self, s: Site, spec: &str) -> Option<Value> {
+        self.rbd_json(s, &["info", spec])
+            .ok()
+            .map(|v| match &v["mirroring"] {
+                Value::Null => serde_json::json!({"state": "disabled"}),
+                m => m.clone(),
+            })
+    }
+}
+
+pub struct VolumeOpts {
+    pub namespace: bool,
+    pub image_name: Option<String>,
+    pub size_mb: u32,
+}
+
+impl Default for VolumeOpts {
+    fn default() -> Self {
+        Self {
+            namespace: false,
+            image_name: None,
+            size_mb: 16,
+        }
+    }
+}
+
+pub struct TestVolume {
+    pub id: String,
+    pub spec: String,
+    pub uuid: String,
+}
+
+pub fn new_uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .expect("uuid")
+        .trim()
+        .to_owned()
+}
+
+pub fn volume_id(cluster_id: &str, pool_id: i64, uuid: &str) -> String {
+    format!(
+        "0001-{:04x}-{}-{:016x}-{}",
+        cluster_id.len(),
+        cluster_id,
+        pool_id,
+        uuid
+    )
+}
+
+pub fn source(volume_id: &str) -> Option<ReplicationSource> {
+    Some(ReplicationSource {
+        r#type: Some(SourceType::Volume(VolumeSource {
+            volume_id: volume_id.into(),
+        })),
+    })
+}
+
+/// A running `rbd-addons serve`, stopped with SIGTERM on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub async fn start(config: &Path, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("rbd-addons-test-{}", new_uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("csi-addons.sock");
+        let log = dir.join("server.log");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--ceph-csi-config")
+            .arg(config)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start rbd-addons");
+        let server = Self {
+            child: Some(child),
+            dir,
+            socket,
+            log,
+        };
+        wait_until("the server's socket", Duration::from_secs(10), || {
+            server.socket.exists()
+        })
+        .await;
+        server
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("unix://{}", self.socket.display()))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the server's socket")
+    }
+
+    pub async fn replication(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel().await)
+    }
+
+    pub async fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.channel().await)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                child.kill().ok();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// Polls `check` every 250 ms until it holds; panics after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A site's mirror status state ("up+replaying", ...) or "" when unavailable.
+pub fn state_of(status: &Option<Value>) -> String {
+    status
+        .as_ref()
+        .and_then(|s| s["state"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Removes a test image on site A, disabling mirroring first (so B's copy goes too).
+pub fn cleanup(lab: &Lab, spec: &str) {
+    lab.rbd_try(Site::A, &["mirror", "image", "disable", spec, "--force"])
+        .ok();
+    lab.rbd_try(Site::A, &["snap", "purge", spec]).ok();
+    lab.rbd_try(Site::A, &["rm", "--no-progress", spec]).ok();
+}
