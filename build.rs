@@ -3,11 +3,7 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &[
-    "identity/identity.proto",
-    "replication/replication.proto",
-    "volumegroup/volumegroup.proto",
-];
+const PROTOS: &[&str] = &["identity/identity.proto", "replication/replication.proto", "volumegroup/volumegroup.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -17,10 +13,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds_bytes = prost::Message::encode_to_vec(&fds);
     std::fs::write(out_dir.join("file_descriptor_set.bin"), fds_bytes)?;
 
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .include_file("protos.rs")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).include_file("protos.rs").compile_fds(fds)?;
     Ok(())
 }

@@ -37,10 +37,7 @@ struct KeyGuard {
 
 impl Drop for KeyGuard {
     fn drop(&mut self) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }
 
@@ -71,10 +68,7 @@ impl Executor {
             if !set.insert(key.to_owned()) {
                 return Err(ExecError::Busy(key.to_owned()).into());
             }
-            KeyGuard {
-                in_flight: self.in_flight.clone(),
-                key: key.to_owned(),
-            }
+            KeyGuard { in_flight: self.in_flight.clone(), key: key.to_owned() }
         };
         let permit = match timeout_at(deadline, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => permit,
@@ -89,11 +83,7 @@ impl Executor {
         match timeout_at(deadline, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(_join)) => Err(ExecError::Panicked.into()),
-            Err(_elapsed) => Err(ExecError::TimedOut {
-                after: self.op_timeout,
-                key: key.to_owned(),
-            }
-            .into()),
+            Err(_elapsed) => Err(ExecError::TimedOut { after: self.op_timeout, key: key.to_owned() }.into()),
         }
     }
 }
@@ -120,10 +110,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let second = exec.run::<i32, ExecError, _>("vol", || Ok(2)).await;
         assert_eq!(second, Err(ExecError::Busy("vol".into())));
-        assert_eq!(
-            exec.run::<i32, ExecError, _>("other", || Ok(3)).await,
-            Ok(3)
-        );
+        assert_eq!(exec.run::<i32, ExecError, _>("other", || Ok(3)).await, Ok(3));
         release.send(()).unwrap();
         assert_eq!(first.await.unwrap(), Ok(1));
         assert_eq!(exec.run::<i32, ExecError, _>("vol", || Ok(4)).await, Ok(4));
@@ -140,18 +127,13 @@ mod tests {
             })
             .await;
         assert!(matches!(r, Err(ExecError::TimedOut { .. })));
-        assert_eq!(
-            exec.run::<i32, ExecError, _>("vol", || Ok(2)).await,
-            Err(ExecError::Busy("vol".into()))
-        );
+        assert_eq!(exec.run::<i32, ExecError, _>("vol", || Ok(2)).await, Err(ExecError::Busy("vol".into())));
         release.send(()).unwrap();
         let start = std::time::Instant::now();
         loop {
             match exec.run::<i32, ExecError, _>("vol", || Ok(3)).await {
                 Ok(3) => break,
-                _ if start.elapsed() < Duration::from_secs(5) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await
-                }
+                _ if start.elapsed() < Duration::from_secs(5) => tokio::time::sleep(Duration::from_millis(10)).await,
                 other => panic!("key never freed: {other:?}"),
             }
         }
@@ -160,9 +142,7 @@ mod tests {
     #[tokio::test]
     async fn a_panic_becomes_an_error_and_frees_the_key() {
         let exec = Executor::new(1, Duration::from_secs(5));
-        let r = exec
-            .run::<i32, ExecError, _>("vol", || panic!("boom"))
-            .await;
+        let r = exec.run::<i32, ExecError, _>("vol", || panic!("boom")).await;
         assert_eq!(r, Err(ExecError::Panicked));
         assert_eq!(exec.run::<i32, ExecError, _>("vol", || Ok(1)).await, Ok(1));
     }

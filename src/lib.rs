@@ -1,5 +1,6 @@
 pub mod ceph;
 pub mod cephcsi;
+pub mod client;
 pub mod exec;
 pub mod proto;
 pub mod replication;

@@ -2,7 +2,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rbd_addons::client::{self, ClientError, Connection};
 use rbd_addons::server::{self, ServeConfig};
 
 /// CSI-Addons server for Ceph RBD.
@@ -17,6 +18,47 @@ struct Cli {
 enum Command {
     /// Serve csi-addons Identity and Replication on a Unix socket.
     Serve(ServeArgs),
+    /// Show the driver name and version a running server reports.
+    Identity(ClientArgs),
+    /// List the capabilities a running server advertises.
+    Capabilities(ClientArgs),
+    /// Ask a running server whether it is ready.
+    Probe(ClientArgs),
+    /// Enable mirroring of a volume (EnableVolumeReplication).
+    Enable(VolumeCommand),
+    /// Disable mirroring of a volume (DisableVolumeReplication).
+    Disable(VolumeCommand),
+    /// Show when a primary volume last synced to its peer (GetVolumeReplicationInfo).
+    Info(VolumeCommand),
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The server's socket: unix:///absolute/path or /absolute/path.
+    #[arg(long, env = "RBD_ADDONS_ENDPOINT", default_value = "unix:///csi/csi-addons.sock")]
+    endpoint: String,
+    /// Deadline of the call (the csi-addons controller uses 3 minutes).
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print JSON instead of `key: value` lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VolumeCommand {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The ceph-csi volume handle (PV spec.csi.volumeHandle).
+    #[arg(long)]
+    volume_id: String,
+    /// A replication parameter, as in a VolumeReplicationClass (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// File with the replication secret (userID, userKey): a JSON object or
+    /// key=value lines. Never passed on the command line.
+    #[arg(long, env = "RBD_ADDONS_SECRETS_FILE")]
+    secrets_file: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -28,25 +70,13 @@ enum LogFormat {
 #[derive(Parser)]
 struct ServeArgs {
     /// Socket to listen on: unix:///absolute/path or /absolute/path.
-    #[arg(
-        long,
-        env = "RBD_ADDONS_ENDPOINT",
-        default_value = "unix:///csi/csi-addons.sock"
-    )]
+    #[arg(long, env = "RBD_ADDONS_ENDPOINT", default_value = "unix:///csi/csi-addons.sock")]
     endpoint: String,
     /// Driver name returned by GetIdentity; must equal the classes' provisioner.
-    #[arg(
-        long,
-        env = "RBD_ADDONS_DRIVERNAME",
-        default_value = "rbd.csi.ceph.com"
-    )]
+    #[arg(long, env = "RBD_ADDONS_DRIVERNAME", default_value = "rbd.csi.ceph.com")]
     drivername: String,
     /// ceph-csi's config.json (clusterID → monitors, RADOS namespace).
-    #[arg(
-        long,
-        env = "RBD_ADDONS_CEPH_CSI_CONFIG",
-        default_value = "/etc/ceph-csi-config/config.json"
-    )]
+    #[arg(long, env = "RBD_ADDONS_CEPH_CSI_CONFIG", default_value = "/etc/ceph-csi-config/config.json")]
     ceph_csi_config: PathBuf,
     /// Permissions of the socket file, in octal.
     #[arg(long, env = "RBD_ADDONS_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
@@ -64,12 +94,7 @@ struct ServeArgs {
     /// Idle time after which a cached cluster connection is closed.
     #[arg(long, env = "RBD_ADDONS_CONNECTION_IDLE_EXPIRY", default_value = "10m", value_parser = humantime::parse_duration)]
     connection_idle_expiry: Duration,
-    #[arg(
-        long,
-        env = "RBD_ADDONS_LOG_FORMAT",
-        value_enum,
-        default_value = "json"
-    )]
+    #[arg(long, env = "RBD_ADDONS_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
     /// A tracing filter: a level (info, debug, trace) or per-target directives.
     #[arg(long, env = "RBD_ADDONS_LOG_LEVEL", default_value = "info")]
@@ -77,25 +102,20 @@ struct ServeArgs {
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
-    let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
-        .map_err(|_| format!("{s:?} is not an octal mode"))?;
+    let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| format!("{s:?} is not an octal mode"))?;
     if mode > 0o777 {
         return Err(format!("{s:?} is not a permission mode"));
     }
     if mode & 0o007 != 0 {
-        return Err(format!(
-            "{s:?} gives other users access to the socket; use at most 0770"
-        ));
+        return Err(format!("{s:?} gives other users access to the socket; use at most 0770"));
     }
     Ok(mode)
 }
 
 fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| format!("bad --log-level {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("bad --log-level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().with_current_span(false).init(),
         LogFormat::Text => builder.init(),
@@ -103,9 +123,77 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     Ok(())
 }
 
+impl VolumeCommand {
+    async fn connect(
+        &self,
+    ) -> Result<
+        (Connection, std::collections::HashMap<String, String>, std::collections::HashMap<String, String>),
+        ClientError,
+    > {
+        let params = client::parse_params(&self.params)?;
+        let secrets = client::read_secrets(&self.secrets_file)?;
+        let conn = Connection::open(&self.client.endpoint, self.client.timeout).await?;
+        Ok((conn, params, secrets))
+    }
+}
+
+async fn client_call(command: Command) -> Result<serde_json::Value, ClientError> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Identity(a) => Connection::open(&a.endpoint, a.timeout).await?.identity_info().await,
+        Command::Capabilities(a) => Connection::open(&a.endpoint, a.timeout).await?.capabilities().await,
+        Command::Probe(a) => Connection::open(&a.endpoint, a.timeout).await?.probe().await,
+        Command::Enable(v) => {
+            let (conn, params, secrets) = v.connect().await?;
+            conn.enable(&v.volume_id, params, secrets).await
+        }
+        Command::Disable(v) => {
+            let (conn, params, secrets) = v.connect().await?;
+            conn.disable(&v.volume_id, params, secrets).await
+        }
+        Command::Info(v) => {
+            let (conn, _, secrets) = v.connect().await?;
+            conn.info(&v.volume_id, secrets).await
+        }
+    }
+}
+
+fn run_client(command: Command) -> ExitCode {
+    let json = match &command {
+        Command::Serve(_) => false,
+        Command::Identity(a) | Command::Capabilities(a) | Command::Probe(a) => a.json,
+        Command::Enable(v) | Command::Disable(v) | Command::Info(v) => v.client.json,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(client_call(command)) {
+        Ok(value) => {
+            println!("{}", if json { value.to_string() } else { client::human(&value) });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json {
+                let code = match &e {
+                    ClientError::Rpc(s) => client::code_name(s.code()),
+                    ClientError::Connect { .. } => "UNAVAILABLE",
+                    ClientError::Usage(_) => "USAGE",
+                };
+                println!("{}", serde_json::json!({"error": {"code": code, "message": e.to_string()}}));
+            }
+            eprintln!("rbd-addons: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        client_command @ (Command::Identity(_)
+        | Command::Capabilities(_)
+        | Command::Probe(_)
+        | Command::Enable(_)
+        | Command::Disable(_)
+        | Command::Info(_)) => run_client(client_command),
         Command::Serve(args) => {
             if let Err(e) = init_logging(args.log_format, &args.log_level) {
                 eprintln!("rbd-addons: {e}");
@@ -128,10 +216,7 @@ fn main() -> ExitCode {
                 max_concurrent_ops: args.max_concurrent_ops,
                 connection_idle_expiry: args.connection_idle_expiry,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             match runtime.block_on(server::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -29,17 +29,11 @@ struct Case {
 }
 
 fn p(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn other_cephx_key() -> String {
-    let out = Command::new("ceph-authtool")
-        .arg("--gen-print-key")
-        .output()
-        .expect("ceph-authtool");
+    let out = Command::new("ceph-authtool").arg("--gen-print-key").output().expect("ceph-authtool");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -53,16 +47,10 @@ async fn table_of_bad_inputs() {
     // any case) and a clone of a parent that is not mirrored.
     let plain = lab.create_volume(VolumeOpts::default());
     let parent = lab.create_volume(VolumeOpts::default());
-    lab.rbd(
-        Site::A,
-        &["snap", "create", &format!("{}@base", parent.spec)],
-    );
+    lab.rbd(Site::A, &["snap", "create", &format!("{}@base", parent.spec)]);
     let clone_uuid = new_uuid();
     let clone_spec = format!("{}/csi-vol-{clone_uuid}", lab.pool());
-    lab.rbd(
-        Site::A,
-        &["clone", &format!("{}@base", parent.spec), &clone_spec],
-    );
+    lab.rbd(Site::A, &["clone", &format!("{}@base", parent.spec), &clone_spec]);
     let clone_id = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &clone_uuid);
 
     let good = lab.secrets();
@@ -84,50 +72,20 @@ async fn table_of_bad_inputs() {
         parameters: p(params),
         ..base(name, Rpc::Enable, id, want)
     };
-    let with_secrets = |name, secrets: HashMap<String, String>, want| Case {
-        secrets,
-        ..base(name, Rpc::Enable, &plain.id, want)
-    };
+    let with_secrets =
+        |name, secrets: HashMap<String, String>, want| Case { secrets, ..base(name, Rpc::Enable, &plain.id, want) };
     let oversize_value = "1".repeat(300) + "m";
-    let many: Vec<(String, String)> = (0..100)
-        .map(|i| (format!("k{i}"), "v".to_owned()))
-        .collect();
+    let many: Vec<(String, String)> = (0..100).map(|i| (format!("k{i}"), "v".to_owned())).collect();
 
     let cases = vec![
-        Case {
-            source: None,
-            ..base("no volume at all", Rpc::Enable, "", Code::InvalidArgument)
-        },
-        Case {
-            source: source(""),
-            ..base(
-                "empty replication_source volume_id",
-                Rpc::Info,
-                "",
-                Code::InvalidArgument,
-            )
-        },
+        Case { source: None, ..base("no volume at all", Rpc::Enable, "", Code::InvalidArgument) },
+        Case { source: source(""), ..base("empty replication_source volume_id", Rpc::Info, "", Code::InvalidArgument) },
         Case {
             legacy_id: missing_image.clone(),
-            ..base(
-                "legacy and new fields differ",
-                Rpc::Enable,
-                &plain.id,
-                Code::InvalidArgument,
-            )
+            ..base("legacy and new fields differ", Rpc::Enable, &plain.id, Code::InvalidArgument)
         },
-        base(
-            "not a ceph-csi ID",
-            Rpc::Enable,
-            "pvc-1234",
-            Code::InvalidArgument,
-        ),
-        base(
-            "unknown encoding version",
-            Rpc::Enable,
-            &plain.id.replacen("0001", "0002", 1),
-            Code::InvalidArgument,
-        ),
+        base("not a ceph-csi ID", Rpc::Enable, "pvc-1234", Code::InvalidArgument),
+        base("unknown encoding version", Rpc::Enable, &plain.id.replacen("0001", "0002", 1), Code::InvalidArgument),
         base(
             "clusterID length disagrees",
             Rpc::Enable,
@@ -137,72 +95,30 @@ async fn table_of_bad_inputs() {
         base(
             "pool ID not hex",
             Rpc::Disable,
-            &plain
-                .id
-                .replacen("-0000000000000002-", "-00000000000000zz-", 1),
+            &plain.id.replacen("-0000000000000002-", "-00000000000000zz-", 1),
             Code::InvalidArgument,
         ),
-        base(
-            "UUID malformed",
-            Rpc::Info,
-            &(plain.id[..plain.id.len() - 1].to_owned() + "x"),
-            Code::InvalidArgument,
-        ),
-        base(
-            "oversize volume ID",
-            Rpc::Enable,
-            &volume_id(&"c".repeat(100), pool, &new_uuid()),
-            Code::InvalidArgument,
-        ),
+        base("UUID malformed", Rpc::Info, &(plain.id[..plain.id.len() - 1].to_owned() + "x"), Code::InvalidArgument),
+        base("oversize volume ID", Rpc::Enable, &volume_id(&"c".repeat(100), pool, &new_uuid()), Code::InvalidArgument),
         base(
             "clusterID not in config.json",
             Rpc::Disable,
             &volume_id("no-such-cluster", pool, &plain.uuid),
             Code::InvalidArgument,
         ),
-        base(
-            "pool ID that does not exist",
-            Rpc::Enable,
-            &volume_id(&cid, 0x7fff, &plain.uuid),
-            Code::NotFound,
-        ),
-        base(
-            "image that does not exist (enable)",
-            Rpc::Enable,
-            &missing_image,
-            Code::NotFound,
-        ),
-        base(
-            "image that does not exist (disable)",
-            Rpc::Disable,
-            &missing_image,
-            Code::NotFound,
-        ),
-        base(
-            "image that does not exist (info)",
-            Rpc::Info,
-            &missing_image,
-            Code::NotFound,
-        ),
+        base("pool ID that does not exist", Rpc::Enable, &volume_id(&cid, 0x7fff, &plain.uuid), Code::NotFound),
+        base("image that does not exist (enable)", Rpc::Enable, &missing_image, Code::NotFound),
+        base("image that does not exist (disable)", Rpc::Disable, &missing_image, Code::NotFound),
+        base("image that does not exist (info)", Rpc::Info, &missing_image, Code::NotFound),
         Case {
             source: Some(ReplicationSource {
-                r#type: Some(SourceType::Volumegroup(VolumeGroupSource {
-                    volume_group_id: plain.id.clone(),
-                })),
+                r#type: Some(SourceType::Volumegroup(VolumeGroupSource { volume_group_id: plain.id.clone() })),
             }),
             ..base("volume group source", Rpc::Enable, "", Code::Unimplemented)
         },
         with_secrets("no secrets", HashMap::new(), Code::InvalidArgument),
-        with_secrets(
-            "no userKey",
-            p(&[("userID", "csi-rbd")]),
-            Code::InvalidArgument,
-        ),
-        with_secrets(
-            "empty userID",
-            p(&[("userID", ""), ("userKey", &real_key)]),
-            Code::InvalidArgument,
-        ),
+        with_secrets("no userKey", p(&[("userID", "csi-rbd")]), Code::InvalidArgument),
+        with_secrets("empty userID", p(&[("userID", ""), ("userKey", &real_key)]), Code::InvalidArgument),
         with_secrets(
             "userKey not base64",
             p(&[("userID", "csi-rbd"), ("userKey", &format!("{real_key}!"))]),
@@ -213,40 +129,17 @@ async fn table_of_bad_inputs() {
             p(&[("userID", "csi-rbd"), ("userKey", &"A".repeat(400))]),
             Code::InvalidArgument,
         ),
-        with_secrets(
-            "wrong userKey",
-            p(&[("userID", "csi-rbd"), ("userKey", &wrong_key)]),
-            Code::Unauthenticated,
-        ),
-        with_secrets(
-            "unknown user",
-            p(&[("userID", "nobody"), ("userKey", &real_key)]),
-            Code::Unauthenticated,
-        ),
-        with_params(
-            "mirroringMode unknown",
-            &plain.id,
-            &[("mirroringMode", "async")],
-            Code::InvalidArgument,
-        ),
-        with_params(
-            "schedulingInterval empty",
-            &plain.id,
-            &[("schedulingInterval", "")],
-            Code::InvalidArgument,
-        ),
+        with_secrets("wrong userKey", p(&[("userID", "csi-rbd"), ("userKey", &wrong_key)]), Code::Unauthenticated),
+        with_secrets("unknown user", p(&[("userID", "nobody"), ("userKey", &real_key)]), Code::Unauthenticated),
+        with_params("mirroringMode unknown", &plain.id, &[("mirroringMode", "async")], Code::InvalidArgument),
+        with_params("schedulingInterval empty", &plain.id, &[("schedulingInterval", "")], Code::InvalidArgument),
         with_params(
             "schedulingInterval in seconds",
             &plain.id,
             &[("schedulingInterval", "30s")],
             Code::InvalidArgument,
         ),
-        with_params(
-            "schedulingInterval zero",
-            &plain.id,
-            &[("schedulingInterval", "0m")],
-            Code::InvalidArgument,
-        ),
+        with_params("schedulingInterval zero", &plain.id, &[("schedulingInterval", "0m")], Code::InvalidArgument),
         with_params(
             "schedulingInterval compound",
             &plain.id,
@@ -262,28 +155,17 @@ async fn table_of_bad_inputs() {
         with_params(
             "schedulingStartTime not a time",
             &plain.id,
-            &[
-                ("schedulingInterval", "1h"),
-                ("schedulingStartTime", "noon"),
-            ],
+            &[("schedulingInterval", "1h"), ("schedulingStartTime", "noon")],
             Code::InvalidArgument,
         ),
         // Plausible to us, refused by the mgr: must not leave mirroring enabled.
         with_params(
             "schedulingStartTime refused by the mgr",
             &plain.id,
-            &[
-                ("schedulingInterval", "1h"),
-                ("schedulingStartTime", "25:00"),
-            ],
+            &[("schedulingInterval", "1h"), ("schedulingStartTime", "25:00")],
             Code::InvalidArgument,
         ),
-        with_params(
-            "flattenMode unknown",
-            &plain.id,
-            &[("flattenMode", "sometimes")],
-            Code::InvalidArgument,
-        ),
+        with_params("flattenMode unknown", &plain.id, &[("flattenMode", "sometimes")], Code::InvalidArgument),
         with_params(
             "oversize parameter value",
             &plain.id,
@@ -292,34 +174,14 @@ async fn table_of_bad_inputs() {
         ),
         Case {
             parameters: many.into_iter().collect(),
-            ..base(
-                "too many parameters",
-                Rpc::Enable,
-                &plain.id,
-                Code::InvalidArgument,
-            )
+            ..base("too many parameters", Rpc::Enable, &plain.id, Code::InvalidArgument)
         },
         Case {
             parameters: p(&[("force", "maybe")]),
-            ..base(
-                "force not a boolean",
-                Rpc::Disable,
-                &plain.id,
-                Code::InvalidArgument,
-            )
+            ..base("force not a boolean", Rpc::Disable, &plain.id, Code::InvalidArgument)
         },
-        base(
-            "info on a volume that is not mirrored",
-            Rpc::Info,
-            &plain.id,
-            Code::FailedPrecondition,
-        ),
-        base(
-            "clone of a parent that is not mirrored",
-            Rpc::Enable,
-            &clone_id,
-            Code::FailedPrecondition,
-        ),
+        base("info on a volume that is not mirrored", Rpc::Info, &plain.id, Code::FailedPrecondition),
+        base("clone of a parent that is not mirrored", Rpc::Enable, &clone_id, Code::FailedPrecondition),
     ];
     assert!(cases.len() >= 25);
 
@@ -361,13 +223,7 @@ async fn table_of_bad_inputs() {
             Ok(()) => failures.push(format!("{}: succeeded, want {:?}", case.name, case.want)),
             Err(s) => {
                 if s.code() != case.want {
-                    failures.push(format!(
-                        "{}: got {:?} ({}), want {:?}",
-                        case.name,
-                        s.code(),
-                        s.message(),
-                        case.want
-                    ));
+                    failures.push(format!("{}: got {:?} ({}), want {:?}", case.name, s.code(), s.message(), case.want));
                 }
                 if s.message().trim().is_empty() {
                     failures.push(format!("{}: empty message", case.name));
@@ -382,19 +238,9 @@ async fn table_of_bad_inputs() {
 
     // Nothing was half-done: the plain volume was never left mirror-enabled,
     // and the clone was not flattened or enabled.
-    assert_eq!(
-        lab.mirror_info(Site::A, &plain.spec).unwrap()["state"],
-        "disabled"
-    );
-    assert_eq!(
-        lab.mirror_info(Site::A, &clone_spec).unwrap()["state"],
-        "disabled"
-    );
-    assert!(
-        failures.is_empty(),
-        "bad-input cases failed:\n{}",
-        failures.join("\n")
-    );
+    assert_eq!(lab.mirror_info(Site::A, &plain.spec).unwrap()["state"], "disabled");
+    assert_eq!(lab.mirror_info(Site::A, &clone_spec).unwrap()["state"], "disabled");
+    assert!(failures.is_empty(), "bad-input cases failed:\n{}", failures.join("\n"));
 
     cleanup(&lab, &clone_spec);
     cleanup(&lab, &parent.spec);

@@ -10,42 +10,23 @@ use std::time::Duration;
 use common::*;
 use rbd_addons::proto::identity::capability::Type as CapType;
 use rbd_addons::proto::identity::{GetCapabilitiesRequest, GetIdentityRequest, ProbeRequest};
-use rbd_addons::proto::replication::{
-    EnableVolumeReplicationRequest, GetVolumeReplicationInfoRequest,
-};
+use rbd_addons::proto::replication::{EnableVolumeReplicationRequest, GetVolumeReplicationInfoRequest};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const SERVED: [&str; 3] = [
-    "grpc.health.v1.Health",
-    "identity.Identity",
-    "replication.Controller",
-];
+const SERVED: [&str; 3] = ["grpc.health.v1.Health", "identity.Identity", "replication.Controller"];
 
 #[tokio::test]
 async fn identity_capabilities_and_probe() {
     let lab = Lab::load();
-    let server = Server::start(
-        &lab.csi_config(Site::A),
-        &["--drivername", "rook-ceph.rbd.csi.ceph.com"],
-    )
-    .await;
+    let server = Server::start(&lab.csi_config(Site::A), &["--drivername", "rook-ceph.rbd.csi.ceph.com"]).await;
     let mut id = server.identity().await;
-    let ident = id
-        .get_identity(GetIdentityRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let ident = id.get_identity(GetIdentityRequest {}).await.unwrap().into_inner();
     assert_eq!(ident.name, "rook-ceph.rbd.csi.ceph.com");
     assert_eq!(ident.vendor_version, env!("CARGO_PKG_VERSION"));
 
-    let caps = id
-        .get_capabilities(GetCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .capabilities;
+    let caps = id.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
     let shown: Vec<String> = caps
         .iter()
         .map(|c| match c.r#type.as_ref().unwrap() {
@@ -67,10 +48,7 @@ async fn probe_answers_without_any_ceph_cluster() {
     let server = Server::start(std::path::Path::new("/nonexistent/config.json"), &[]).await;
     let mut id = server.identity().await;
     let started = std::time::Instant::now();
-    assert_eq!(
-        id.probe(ProbeRequest {}).await.unwrap().into_inner().ready,
-        Some(true)
-    );
+    assert_eq!(id.probe(ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
     assert!(started.elapsed() < Duration::from_secs(1));
     // ... while a replication call says plainly what is wrong.
     let lab = Lab::load();
@@ -84,10 +62,7 @@ async fn probe_answers_without_any_ceph_cluster() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Internal);
-    assert!(
-        err.message().contains("/nonexistent/config.json"),
-        "{err:?}"
-    );
+    assert!(err.message().contains("/nonexistent/config.json"), "{err:?}");
 }
 
 async fn list_services_v1(server: &Server) -> Vec<String> {
@@ -100,15 +75,9 @@ async fn list_services_v1(server: &Server) -> Vec<String> {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
     let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("{resp:?}")
-    };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
     let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     names.sort();
     names
@@ -124,15 +93,9 @@ async fn list_services_v1alpha(server: &Server) -> Vec<String> {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
     let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("{resp:?}")
-    };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
     let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     names.sort();
     names
@@ -147,22 +110,11 @@ async fn reflection_lists_exactly_the_served_services_and_health_is_serving() {
 
     let mut health = HealthClient::new(server.channel().await);
     for service in ["", "identity.Identity", "replication.Controller"] {
-        let r = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
     }
     // Not served, so not known to health either.
-    let err = health
-        .check(HealthCheckRequest {
-            service: "volumegroup.Controller".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = health.check(HealthCheckRequest { service: "volumegroup.Controller".into() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
@@ -182,12 +134,7 @@ async fn socket_mode_stale_socket_and_clean_shutdown() {
     assert!(server.socket.exists(), "SIGKILL leaves the socket behind");
     let socket = server.socket.clone();
     let mut again = Command::new(BIN)
-        .args([
-            "serve",
-            "--endpoint",
-            socket.to_str().unwrap(),
-            "--ceph-csi-config",
-        ])
+        .args(["serve", "--endpoint", socket.to_str().unwrap(), "--ceph-csi-config"])
         .arg(lab.csi_config(Site::A))
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -196,10 +143,7 @@ async fn socket_mode_stale_socket_and_clean_shutdown() {
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Ok(ch) =
-            tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))
-                .unwrap()
-                .connect()
-                .await
+            tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display())).unwrap().connect().await
         {
             let mut id = rbd_addons::proto::identity::identity_client::IdentityClient::new(ch);
             if id.probe(ProbeRequest {}).await.is_ok() {
@@ -208,15 +152,9 @@ async fn socket_mode_stale_socket_and_clean_shutdown() {
             }
         }
     }
-    assert!(
-        probed,
-        "the restarted server did not take over the stale socket"
-    );
+    assert!(probed, "the restarted server did not take over the stale socket");
     // Default mode is 0660.
-    assert_eq!(
-        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
-        0o660
-    );
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o660);
 
     // SIGTERM: exit 0 and the socket is gone.
     // SAFETY: kill(2) on our own child.
@@ -233,29 +171,18 @@ async fn refuses_to_replace_a_file_that_is_not_a_socket_and_bad_flags() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("important.txt");
     std::fs::write(&path, "keep me").unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--endpoint", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["serve", "--endpoint", path.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is not a socket"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
 
-    for bad in [
-        &["--endpoint", "tcp://127.0.0.1:9070"][..],
-        &["--socket-mode", "0666"],
-        &["--socket-mode", "rw"],
-    ] {
+    for bad in [&["--endpoint", "tcp://127.0.0.1:9070"][..], &["--socket-mode", "0666"], &["--socket-mode", "rw"]] {
         let out = Command::new(BIN).arg("serve").args(bad).output().unwrap();
         assert!(!out.status.success(), "{bad:?} was accepted");
     }
     // Flags are also read from the environment.
-    let out = Command::new(BIN)
-        .arg("serve")
-        .env("RBD_ADDONS_ENDPOINT", "tcp://x:1")
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).arg("serve").env("RBD_ADDONS_ENDPOINT", "tcp://x:1").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a Unix socket"));
     std::fs::remove_dir_all(&dir).ok();
@@ -264,47 +191,27 @@ async fn refuses_to_replace_a_file_that_is_not_a_socket_and_bad_flags() {
 #[tokio::test]
 async fn user_key_never_reaches_the_log_at_trace_level() {
     let lab = Lab::load();
-    let mut server = Server::start(
-        &lab.csi_config(Site::A),
-        &["--log-level", "trace", "--log-format", "text"],
-    )
-    .await;
+    let mut server = Server::start(&lab.csi_config(Site::A), &["--log-level", "trace", "--log-format", "text"]).await;
     let mut client = server.replication().await;
     let vol = lab.create_volume(VolumeOpts::default());
     let key = lab.key();
-    let wrong = String::from_utf8(
-        Command::new("ceph-authtool")
-            .arg("--gen-print-key")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
+    let wrong = String::from_utf8(Command::new("ceph-authtool").arg("--gen-print-key").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
 
-    let call =
-        |secrets: std::collections::HashMap<String, String>| EnableVolumeReplicationRequest {
-            secrets,
-            replication_source: source(&vol.id),
-            ..Default::default()
-        };
-    client
-        .enable_volume_replication(call(lab.secrets()))
-        .await
-        .expect("enable");
+    let call = |secrets: std::collections::HashMap<String, String>| EnableVolumeReplicationRequest {
+        secrets,
+        replication_source: source(&vol.id),
+        ..Default::default()
+    };
+    client.enable_volume_replication(call(lab.secrets())).await.expect("enable");
     let mut wrong_secrets = lab.secrets();
     wrong_secrets.insert("userKey".into(), wrong.clone());
-    client
-        .enable_volume_replication(call(wrong_secrets))
-        .await
-        .unwrap_err();
+    client.enable_volume_replication(call(wrong_secrets)).await.unwrap_err();
     let mut broken = lab.secrets();
     broken.insert("userKey".into(), format!("{key} trailing"));
-    client
-        .enable_volume_replication(call(broken))
-        .await
-        .unwrap_err();
+    client.enable_volume_replication(call(broken)).await.unwrap_err();
     let _ = client
         .get_volume_replication_info(GetVolumeReplicationInfoRequest {
             secrets: lab.secrets(),
@@ -315,21 +222,12 @@ async fn user_key_never_reaches_the_log_at_trace_level() {
     server.stop();
 
     let log = server.log_text();
-    assert!(
-        log.contains("TRACE"),
-        "the server did not log at trace level"
-    );
+    assert!(log.contains("TRACE"), "the server did not log at trace level");
     assert!(log.contains(&vol.id), "the log does not name the volume");
     for secret in [&key, &wrong] {
-        assert!(
-            !log.contains(secret.as_str()),
-            "a key appears in the server log"
-        );
+        assert!(!log.contains(secret.as_str()), "a key appears in the server log");
         // Not even the base64 body without its padding.
-        assert!(
-            !log.contains(secret.trim_end_matches('=')),
-            "a key appears in the server log"
-        );
+        assert!(!log.contains(secret.trim_end_matches('=')), "a key appears in the server log");
     }
     cleanup(&lab, &vol.spec);
 }

@@ -15,11 +15,7 @@ impl CephError {
 
     /// Builds an error from a librados/librbd return code (negative errno).
     pub fn check(op: &'static str, ret: i32) -> Result<i32, Self> {
-        if ret < 0 {
-            Err(Self::new(op, -ret))
-        } else {
-            Ok(ret)
-        }
+        if ret < 0 { Err(Self::new(op, -ret)) } else { Ok(ret) }
     }
 
     pub fn is(&self, errno: i32) -> bool {
@@ -50,9 +46,6 @@ mod tests {
     #[test]
     fn display_names_op_and_errno() {
         let e = CephError::new("rbd_open", libc::ENOENT);
-        assert_eq!(
-            e.to_string(),
-            "rbd_open: No such file or directory (errno 2)"
-        );
+        assert_eq!(e.to_string(), "rbd_open: No such file or directory (errno 2)");
     }
 }

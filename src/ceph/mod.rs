@@ -10,8 +10,7 @@ pub use error::CephError;
 pub use pool::{ConnectionKey, ConnectionPool};
 pub use rados::{Cluster, ConnectOptions, IoCtx};
 pub use rbd::{
-    GlobalStatus, Image, MirrorImageMode, MirrorInfo, MirrorState, ParentSpec, PoolMirrorMode,
-    SiteState, SiteStatus,
+    GlobalStatus, Image, MirrorImageMode, MirrorInfo, MirrorState, ParentSpec, PoolMirrorMode, SiteState, SiteStatus,
 };
 
 use std::ffi::CString;

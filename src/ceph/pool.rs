@@ -20,11 +20,7 @@ impl ConnectionKey {
     pub fn new(mon_host: &str, user: &str, key: &str) -> Self {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
-        Self {
-            mon_host: mon_host.to_owned(),
-            user: user.to_owned(),
-            key_hash: h.finish(),
-        }
+        Self { mon_host: mon_host.to_owned(), user: user.to_owned(), key_hash: h.finish() }
     }
 }
 
@@ -44,11 +40,7 @@ pub struct ConnectionPool {
 
 impl ConnectionPool {
     pub fn new(idle_expiry: Duration, op_timeout: Duration) -> Self {
-        Self {
-            idle_expiry,
-            op_timeout,
-            entries: Mutex::new(HashMap::new()),
-        }
+        Self { idle_expiry, op_timeout, entries: Mutex::new(HashMap::new()) }
     }
 
     /// A connected cluster for these credentials, from the cache or new.
@@ -61,20 +53,9 @@ impl ConnectionPool {
         // Connect without holding the lock: a slow cluster must not stall
         // requests for other clusters. Two racing connects are harmless; the
         // second simply replaces the first in the cache.
-        let cluster = Cluster::connect(&ConnectOptions {
-            mon_host,
-            user,
-            key,
-            op_timeout: self.op_timeout,
-        })?;
+        let cluster = Cluster::connect(&ConnectOptions { mon_host, user, key, op_timeout: self.op_timeout })?;
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.insert(
-            id,
-            Entry {
-                cluster: cluster.clone(),
-                last_used: Instant::now(),
-            },
-        );
+        entries.insert(id, Entry { cluster: cluster.clone(), last_used: Instant::now() });
         Ok(cluster)
     }
 

@@ -39,8 +39,7 @@ impl Cluster {
         let mut handle: sys::rados_t = ptr::null_mut();
         // SAFETY: both strings are valid NUL-terminated C strings that outlive the
         // call; on success librados hands us a handle we own and must shut down.
-        let ret =
-            unsafe { sys::rados_create2(&mut handle, cluster_name.as_ptr(), name.as_ptr(), 0) };
+        let ret = unsafe { sys::rados_create2(&mut handle, cluster_name.as_ptr(), name.as_ptr(), 0) };
         CephError::check("rados_create2", ret)?;
         // From here the handle is owned by `cluster`, whose Drop shuts it down on
         // every early return below.
@@ -71,14 +70,8 @@ impl Cluster {
         loop {
             // SAFETY: buf is writable for buf.len() bytes; librados writes a
             // NUL-terminated name or returns -ERANGE when it does not fit.
-            let ret = unsafe {
-                sys::rados_pool_reverse_lookup(
-                    self.handle,
-                    pool_id,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
+            let ret =
+                unsafe { sys::rados_pool_reverse_lookup(self.handle, pool_id, buf.as_mut_ptr().cast(), buf.len()) };
             if ret == -libc::ERANGE && buf.len() < 65536 {
                 buf.resize(buf.len() * 4, 0);
                 continue;
@@ -120,8 +113,7 @@ impl Cluster {
             if p.is_null() {
                 return String::new();
             }
-            let s = String::from_utf8_lossy(std::slice::from_raw_parts(p.cast::<u8>(), len))
-                .into_owned();
+            let s = String::from_utf8_lossy(std::slice::from_raw_parts(p.cast::<u8>(), len)).into_owned();
             sys::rados_buffer_free(p);
             s
         };
@@ -166,12 +158,7 @@ impl IoCtx {
         CephError::check("rados_ioctx_create2", ret)?;
         // SAFETY: the ioctx was just created and is not shared; librados copies ns.
         unsafe { sys::rados_ioctx_set_namespace(handle, ns.as_ptr()) };
-        Ok(Self {
-            handle,
-            pool_name,
-            namespace: namespace.to_owned(),
-            cluster: cluster.clone(),
-        })
+        Ok(Self { handle, pool_name, namespace: namespace.to_owned(), cluster: cluster.clone() })
     }
 
     pub fn pool_name(&self) -> &str {
@@ -192,17 +179,10 @@ impl IoCtx {
 
     /// Reads the given omap keys of one object. Keys that are absent are simply
     /// missing from the result; a missing object is ENOENT.
-    pub fn omap_get(
-        &self,
-        oid: &str,
-        keys: &[&str],
-    ) -> Result<BTreeMap<String, Vec<u8>>, CephError> {
+    pub fn omap_get(&self, oid: &str, keys: &[&str]) -> Result<BTreeMap<String, Vec<u8>>, CephError> {
         const OP: &str = "rados_read_op_omap_get_vals_by_keys";
         let oid_c = c_string(OP, oid)?;
-        let keys_c = keys
-            .iter()
-            .map(|k| c_string(OP, k))
-            .collect::<Result<Vec<_>, _>>()?;
+        let keys_c = keys.iter().map(|k| c_string(OP, k)).collect::<Result<Vec<_>, _>>()?;
         let key_ptrs: Vec<*const c_char> = keys_c.iter().map(|k| k.as_ptr()).collect();
         // SAFETY: a read op is created here and released below on every path.
         let op = unsafe { sys::rados_create_read_op() };
@@ -214,19 +194,12 @@ impl IoCtx {
         // SAFETY: key pointers stay valid until the op has been operated; the
         // iterator is filled by operate and ended with rados_omap_get_end.
         let ret = unsafe {
-            sys::rados_read_op_omap_get_vals_by_keys(
-                op,
-                key_ptrs.as_ptr(),
-                key_ptrs.len(),
-                &mut iter,
-                &mut prval,
-            );
+            sys::rados_read_op_omap_get_vals_by_keys(op, key_ptrs.as_ptr(), key_ptrs.len(), &mut iter, &mut prval);
             sys::rados_read_op_operate(op, self.handle, oid_c.as_ptr(), 0)
         };
         let mut out = BTreeMap::new();
-        let result = CephError::check("rados_read_op_operate", ret)
-            .and_then(|_| CephError::check(OP, prval))
-            .map(|_| {
+        let result =
+            CephError::check("rados_read_op_operate", ret).and_then(|_| CephError::check(OP, prval)).map(|_| {
                 while !iter.is_null() {
                     let mut k: *mut c_char = ptr::null_mut();
                     let mut v: *mut c_char = ptr::null_mut();

@@ -131,11 +131,7 @@ impl<'io> Image<'io> {
         // success we own the image handle and close it in Drop.
         let ret = unsafe { sys::rbd_open(io.raw(), name_c.as_ptr(), &mut handle, ptr::null()) };
         CephError::check("rbd_open", ret)?;
-        Ok(Self {
-            handle,
-            name: name.to_owned(),
-            _io: io,
-        })
+        Ok(Self { handle, name: name.to_owned(), _io: io })
     }
 
     pub fn name(&self) -> &str {
@@ -147,11 +143,7 @@ impl<'io> Image<'io> {
         // SAFETY: librbd fills the struct (allocating global_id) on success;
         // rbd_mirror_image_get_info_cleanup frees what it allocated.
         let ret = unsafe {
-            sys::rbd_mirror_image_get_info(
-                self.handle,
-                raw.as_mut_ptr(),
-                size_of::<sys::rbd_mirror_image_info_t>(),
-            )
+            sys::rbd_mirror_image_get_info(self.handle, raw.as_mut_ptr(), size_of::<sys::rbd_mirror_image_info_t>())
         };
         CephError::check("rbd_mirror_image_get_info", ret)?;
         // SAFETY: filled on success, see above; cleaned up once, after copying.
@@ -168,21 +160,17 @@ impl<'io> Image<'io> {
         // SAFETY: plain out-parameter.
         let ret = unsafe { sys::rbd_mirror_image_get_mode(self.handle, &mut mode) };
         CephError::check("rbd_mirror_image_get_mode", ret)?;
-        Ok(
-            if mode == sys::rbd_mirror_image_mode_t::RBD_MIRROR_IMAGE_MODE_JOURNAL {
-                MirrorImageMode::Journal
-            } else {
-                MirrorImageMode::Snapshot
-            },
-        )
+        Ok(if mode == sys::rbd_mirror_image_mode_t::RBD_MIRROR_IMAGE_MODE_JOURNAL {
+            MirrorImageMode::Journal
+        } else {
+            MirrorImageMode::Snapshot
+        })
     }
 
     pub fn mirror_enable(&self, mode: MirrorImageMode) -> Result<(), CephError> {
         let raw = match mode {
             MirrorImageMode::Journal => sys::rbd_mirror_image_mode_t::RBD_MIRROR_IMAGE_MODE_JOURNAL,
-            MirrorImageMode::Snapshot => {
-                sys::rbd_mirror_image_mode_t::RBD_MIRROR_IMAGE_MODE_SNAPSHOT
-            }
+            MirrorImageMode::Snapshot => sys::rbd_mirror_image_mode_t::RBD_MIRROR_IMAGE_MODE_SNAPSHOT,
         };
         // SAFETY: valid open image.
         let ret = unsafe { sys::rbd_mirror_image_enable2(self.handle, raw) };
@@ -267,14 +255,7 @@ impl<'io> Image<'io> {
             let mut len = buf.len();
             // SAFETY: buf is writable for len bytes; on -ERANGE librbd sets len to
             // the size it needs.
-            let ret = unsafe {
-                sys::rbd_metadata_get(
-                    self.handle,
-                    key_c.as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    &mut len,
-                )
-            };
+            let ret = unsafe { sys::rbd_metadata_get(self.handle, key_c.as_ptr(), buf.as_mut_ptr().cast(), &mut len) };
             if ret == -libc::ERANGE && len > buf.len() {
                 buf.resize(len, 0);
                 continue;
@@ -339,11 +320,7 @@ unsafe fn convert_info(raw: &sys::rbd_mirror_image_info_t) -> MirrorInfo {
         _ => MirrorState::Disabled,
     };
     // SAFETY: global_id is null or a librbd-owned C string.
-    MirrorInfo {
-        global_id: unsafe { owned(raw.global_id) },
-        state,
-        primary: raw.primary,
-    }
+    MirrorInfo { global_id: unsafe { owned(raw.global_id) }, state, primary: raw.primary }
 }
 
 fn convert_site_state(raw: sys::rbd_mirror_image_status_state_t) -> SiteState {

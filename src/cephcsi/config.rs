@@ -44,41 +44,23 @@ pub enum ConfigError {
 /// is a mounted ConfigMap that Kubernetes updates in place, and it is tiny.
 pub fn lookup(path: &Path, cluster_id: &str) -> Result<ClusterInfo, ConfigError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
-        path: shown.clone(),
-        reason: e.kind().to_string(),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Unreadable { path: shown.clone(), reason: e.kind().to_string() })?;
     lookup_in(&text, &shown, cluster_id)
 }
 
 fn lookup_in(text: &str, path: &str, cluster_id: &str) -> Result<ClusterInfo, ConfigError> {
-    let entries: Vec<Entry> = serde_json::from_str(text).map_err(|e| ConfigError::Malformed {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let entries: Vec<Entry> = serde_json::from_str(text)
+        .map_err(|e| ConfigError::Malformed { path: path.to_owned(), reason: e.to_string() })?;
     let entry = entries
         .into_iter()
         .find(|e| e.cluster_id == cluster_id)
-        .ok_or_else(|| ConfigError::UnknownCluster {
-            cluster_id: cluster_id.to_owned(),
-            path: path.to_owned(),
-        })?;
-    let monitors: Vec<&str> = entry
-        .monitors
-        .iter()
-        .map(|m| m.trim())
-        .filter(|m| !m.is_empty())
-        .collect();
+        .ok_or_else(|| ConfigError::UnknownCluster { cluster_id: cluster_id.to_owned(), path: path.to_owned() })?;
+    let monitors: Vec<&str> = entry.monitors.iter().map(|m| m.trim()).filter(|m| !m.is_empty()).collect();
     if monitors.is_empty() {
-        return Err(ConfigError::NoMonitors {
-            cluster_id: cluster_id.to_owned(),
-            path: path.to_owned(),
-        });
+        return Err(ConfigError::NoMonitors { cluster_id: cluster_id.to_owned(), path: path.to_owned() });
     }
-    Ok(ClusterInfo {
-        mon_host: monitors.join(","),
-        rados_namespace: entry.rbd.rados_namespace,
-    })
+    Ok(ClusterInfo { mon_host: monitors.join(","), rados_namespace: entry.rbd.rados_namespace })
 }
 
 #[cfg(test)]
@@ -104,17 +86,8 @@ mod tests {
 
     #[test]
     fn reports_unknown_and_broken_entries() {
-        assert!(matches!(
-            lookup_in(SAMPLE, "c", "nope"),
-            Err(ConfigError::UnknownCluster { .. })
-        ));
-        assert!(matches!(
-            lookup_in(SAMPLE, "c", "empty"),
-            Err(ConfigError::NoMonitors { .. })
-        ));
-        assert!(matches!(
-            lookup_in("{", "c", "x"),
-            Err(ConfigError::Malformed { .. })
-        ));
+        assert!(matches!(lookup_in(SAMPLE, "c", "nope"), Err(ConfigError::UnknownCluster { .. })));
+        assert!(matches!(lookup_in(SAMPLE, "c", "empty"), Err(ConfigError::NoMonitors { .. })));
+        assert!(matches!(lookup_in("{", "c", "x"), Err(ConfigError::Malformed { .. })));
     }
 }

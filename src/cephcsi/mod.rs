@@ -26,11 +26,7 @@ pub enum Error {
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     #[error("cannot connect to cluster {cluster_id:?} as user {user:?}: {source}")]
-    Connect {
-        cluster_id: String,
-        user: String,
-        source: CephError,
-    },
+    Connect { cluster_id: String, user: String, source: CephError },
     #[error("pool {pool_id} of cluster {cluster_id:?} does not exist")]
     PoolNotFound { cluster_id: String, pool_id: i64 },
     #[error("cannot open pool {pool_id}: {source}")]
@@ -63,10 +59,7 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(config_path: PathBuf, connections: Arc<ConnectionPool>) -> Self {
-        Self {
-            config_path,
-            connections,
-        }
+        Self { config_path, connections }
     }
 
     /// Blocking: reads config.json, may connect, reads the journal omap.
@@ -75,38 +68,23 @@ impl Resolver {
         let cluster = self
             .connections
             .get(&cluster_info.mon_host, &creds.user, creds.key())
-            .map_err(|source| Error::Connect {
-                cluster_id: id.cluster_id.clone(),
-                user: creds.user.clone(),
-                source,
-            })?;
-        let io =
-            IoCtx::open(&cluster, id.pool_id, &cluster_info.rados_namespace).map_err(|source| {
-                if source.is(libc::ENOENT) {
-                    Error::PoolNotFound {
-                        cluster_id: id.cluster_id.clone(),
-                        pool_id: id.pool_id,
-                    }
-                } else {
-                    Error::OpenPool {
-                        pool_id: id.pool_id,
-                        source,
-                    }
-                }
-            })?;
+            .map_err(|source| Error::Connect { cluster_id: id.cluster_id.clone(), user: creds.user.clone(), source })?;
+        let io = IoCtx::open(&cluster, id.pool_id, &cluster_info.rados_namespace).map_err(|source| {
+            if source.is(libc::ENOENT) {
+                Error::PoolNotFound { cluster_id: id.cluster_id.clone(), pool_id: id.pool_id }
+            } else {
+                Error::OpenPool { pool_id: id.pool_id, source }
+            }
+        })?;
         let object = format!("csi.volume.{}", id.uuid);
         // ceph-csi records a custom image name (volumeNamePrefix) in the journal;
         // a volume without a journal entry uses the default name.
         let image = match io.omap_get(&object, &[IMAGE_NAME_KEY]) {
-            Ok(vals) => vals
-                .get(IMAGE_NAME_KEY)
-                .map(|v| String::from_utf8_lossy(v).into_owned()),
+            Ok(vals) => vals.get(IMAGE_NAME_KEY).map(|v| String::from_utf8_lossy(v).into_owned()),
             Err(e) if e.is(libc::ENOENT) => None,
             Err(source) => return Err(Error::Journal { object, source }),
         };
-        let image = image
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| format!("csi-vol-{}", id.uuid));
+        let image = image.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("csi-vol-{}", id.uuid));
         Ok(ResolvedVolume { io, image })
     }
 }

@@ -16,10 +16,7 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("key", &"<redacted>")
-            .finish()
+        f.debug_struct("Credentials").field("user", &self.user).field("key", &"<redacted>").finish()
     }
 }
 
@@ -49,23 +46,14 @@ impl Credentials {
         let user = user.strip_prefix("client.").unwrap_or(user);
         if user.is_empty()
             || user.len() > 128
-            || !user
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            || !user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         {
             return Err(SecretsError::BadUser);
         }
-        if key.len() > 256
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-        {
+        if key.len() > 256 || !key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) {
             return Err(SecretsError::BadKey);
         }
-        Ok(Self {
-            user: user.to_owned(),
-            key: key.to_owned(),
-        })
+        Ok(Self { user: user.to_owned(), key: key.to_owned() })
     }
 
     pub fn key(&self) -> &str {
@@ -78,35 +66,23 @@ mod tests {
     use super::*;
 
     fn secrets(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn reads_user_and_key() {
-        let c = Credentials::from_secrets(&secrets(&[
-            ("userID", "csi"),
-            ("userKey", "QUJD+/=="),
-            ("other", "x"),
-        ]))
-        .unwrap();
+        let c =
+            Credentials::from_secrets(&secrets(&[("userID", "csi"), ("userKey", "QUJD+/=="), ("other", "x")])).unwrap();
         assert_eq!(c.user, "csi");
         assert_eq!(c.key(), "QUJD+/==");
         assert!(!format!("{c:?}").contains("QUJD"));
-        let c =
-            Credentials::from_secrets(&secrets(&[("userID", "client.csi"), ("userKey", "QUJD")]))
-                .unwrap();
+        let c = Credentials::from_secrets(&secrets(&[("userID", "client.csi"), ("userKey", "QUJD")])).unwrap();
         assert_eq!(c.user, "csi");
     }
 
     #[test]
     fn rejects_missing_and_malformed() {
-        assert_eq!(
-            Credentials::from_secrets(&secrets(&[])).unwrap_err(),
-            SecretsError::Missing(USER_ID)
-        );
+        assert_eq!(Credentials::from_secrets(&secrets(&[])).unwrap_err(), SecretsError::Missing(USER_ID));
         assert_eq!(
             Credentials::from_secrets(&secrets(&[("userID", "u")])).unwrap_err(),
             SecretsError::Missing(USER_KEY)
@@ -116,13 +92,10 @@ mod tests {
             SecretsError::Missing(USER_KEY)
         );
         assert_eq!(
-            Credentials::from_secrets(&secrets(&[("userID", "a b"), ("userKey", "QUJD")]))
-                .unwrap_err(),
+            Credentials::from_secrets(&secrets(&[("userID", "a b"), ("userKey", "QUJD")])).unwrap_err(),
             SecretsError::BadUser
         );
-        let err =
-            Credentials::from_secrets(&secrets(&[("userID", "u"), ("userKey", "not a key!")]))
-                .unwrap_err();
+        let err = Credentials::from_secrets(&secrets(&[("userID", "u"), ("userKey", "not a key!")])).unwrap_err();
         assert_eq!(err, SecretsError::BadKey);
         assert!(!err.to_string().contains("not a key"));
     }

@@ -52,9 +52,8 @@ impl CsiId {
             return Err(CsiIdError::Layout);
         }
         let len_field = &id[5..9];
-        let cluster_len = u16::from_str_radix(len_field, 16)
-            .map_err(|_| CsiIdError::ClusterLength(len_field.to_owned()))?
-            as usize;
+        let cluster_len =
+            u16::from_str_radix(len_field, 16).map_err(|_| CsiIdError::ClusterLength(len_field.to_owned()))? as usize;
         if id.len() != FIXED_LEN + cluster_len {
             return Err(CsiIdError::Layout);
         }
@@ -74,22 +73,11 @@ impl CsiId {
         if !is_uuid(uuid) {
             return Err(CsiIdError::Uuid(uuid.to_owned()));
         }
-        Ok(Self {
-            cluster_id: cluster_id.to_owned(),
-            pool_id,
-            uuid: uuid.to_owned(),
-        })
+        Ok(Self { cluster_id: cluster_id.to_owned(), pool_id, uuid: uuid.to_owned() })
     }
 
     pub fn encode(&self) -> String {
-        format!(
-            "{:04x}-{:04x}-{}-{:016x}-{}",
-            VERSION,
-            self.cluster_id.len(),
-            self.cluster_id,
-            self.pool_id,
-            self.uuid
-        )
+        format!("{:04x}-{:04x}-{}-{:016x}-{}", VERSION, self.cluster_id.len(), self.cluster_id, self.pool_id, self.uuid)
     }
 }
 
@@ -138,38 +126,17 @@ mod tests {
         let cases: &[(&str, CsiIdError)] = &[
             ("", CsiIdError::Empty),
             ("0001-0009-rook-ceph", CsiIdError::Length(19)),
-            (
-                &REAL.replacen("0001", "0002", 1),
-                CsiIdError::Version("0002".into()),
-            ),
-            (
-                &REAL.replacen("0009", "00zz", 1),
-                CsiIdError::ClusterLength("00zz".into()),
-            ),
+            (&REAL.replacen("0001", "0002", 1), CsiIdError::Version("0002".into())),
+            (&REAL.replacen("0009", "00zz", 1), CsiIdError::ClusterLength("00zz".into())),
             (&REAL.replacen("0009", "0008", 1), CsiIdError::Layout),
-            (
-                &REAL.replacen("0000000000000002", "000000000000000g", 1),
-                CsiIdError::PoolId("000000000000000g".into()),
-            ),
-            (
-                &REAL.replacen("0000000000000002", "8000000000000000", 1),
-                CsiIdError::PoolId("8000000000000000".into()),
-            ),
-            (
-                &REAL.replacen("-e334-", "xe334-", 1),
-                CsiIdError::Uuid("71f1dc66xe334-4b9b-9f7c-536f4c3f03fa".into()),
-            ),
+            (&REAL.replacen("0000000000000002", "000000000000000g", 1), CsiIdError::PoolId("000000000000000g".into())),
+            (&REAL.replacen("0000000000000002", "8000000000000000", 1), CsiIdError::PoolId("8000000000000000".into())),
+            (&REAL.replacen("-e334-", "xe334-", 1), CsiIdError::Uuid("71f1dc66xe334-4b9b-9f7c-536f4c3f03fa".into())),
         ];
         for (input, want) in cases {
             assert_eq!(CsiId::decode(input).as_ref(), Err(want), "{input}");
         }
-        assert!(matches!(
-            CsiId::decode(&"x".repeat(129)),
-            Err(CsiIdError::Length(129))
-        ));
-        assert!(matches!(
-            CsiId::decode(&"é".repeat(40)),
-            Err(CsiIdError::Length(40))
-        ));
+        assert!(matches!(CsiId::decode(&"x".repeat(129)), Err(CsiIdError::Length(129))));
+        assert!(matches!(CsiId::decode(&"é".repeat(40)), Err(CsiIdError::Length(40))));
     }
 }

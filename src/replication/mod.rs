@@ -36,11 +36,7 @@ pub enum Error {
     #[error("{what}: {source}")]
     Ceph { what: String, source: CephError },
     #[error("{what}: {status} ({source})")]
-    Mgr {
-        what: String,
-        source: CephError,
-        status: String,
-    },
+    Mgr { what: String, source: CephError, status: String },
     #[error(transparent)]
     Exec(#[from] ExecError),
 }

@@ -48,22 +48,13 @@ pub struct ParamError {
 }
 
 fn bad(key: &'static str, problem: impl Into<String>) -> ParamError {
-    ParamError {
-        key,
-        problem: problem.into(),
-    }
+    ParamError { key, problem: problem.into() }
 }
 
-fn get<'a>(
-    params: &'a HashMap<String, String>,
-    key: &'static str,
-) -> Result<Option<&'a str>, ParamError> {
+fn get<'a>(params: &'a HashMap<String, String>, key: &'static str) -> Result<Option<&'a str>, ParamError> {
     match params.get(key) {
         None => Ok(None),
-        Some(v) if v.len() > MAX_VALUE_LEN => Err(bad(
-            key,
-            format!("is longer than {MAX_VALUE_LEN} characters"),
-        )),
+        Some(v) if v.len() > MAX_VALUE_LEN => Err(bad(key, format!("is longer than {MAX_VALUE_LEN} characters"))),
         Some(v) => Ok(Some(v.as_str())),
     }
 }
@@ -74,46 +65,26 @@ impl EnableParams {
             None | Some("snapshot") => MirrorImageMode::Snapshot,
             Some("journal") => MirrorImageMode::Journal,
             Some(other) => {
-                return Err(bad(
-                    MIRRORING_MODE,
-                    format!("is {other:?}; use \"snapshot\" or \"journal\""),
-                ));
+                return Err(bad(MIRRORING_MODE, format!("is {other:?}; use \"snapshot\" or \"journal\"")));
             }
         };
-        let interval = get(params, SCHEDULING_INTERVAL)?
-            .map(parse_interval)
-            .transpose()?;
-        let start_time = get(params, SCHEDULING_START_TIME)?
-            .map(parse_start_time)
-            .transpose()?;
+        let interval = get(params, SCHEDULING_INTERVAL)?.map(parse_interval).transpose()?;
+        let start_time = get(params, SCHEDULING_START_TIME)?.map(parse_start_time).transpose()?;
         let schedule = match (interval, start_time) {
             (None, Some(_)) => {
-                return Err(bad(
-                    SCHEDULING_START_TIME,
-                    format!("needs {SCHEDULING_INTERVAL} as well"),
-                ));
+                return Err(bad(SCHEDULING_START_TIME, format!("needs {SCHEDULING_INTERVAL} as well")));
             }
             (None, None) => None,
-            (Some(interval), start_time) => Some(Schedule {
-                interval,
-                start_time,
-            }),
+            (Some(interval), start_time) => Some(Schedule { interval, start_time }),
         };
         let flatten = match get(params, FLATTEN_MODE)? {
             None | Some("never") => FlattenMode::Never,
             Some("force") => FlattenMode::Force,
             Some(other) => {
-                return Err(bad(
-                    FLATTEN_MODE,
-                    format!("is {other:?}; use \"never\" or \"force\""),
-                ));
+                return Err(bad(FLATTEN_MODE, format!("is {other:?}; use \"never\" or \"force\"")));
             }
         };
-        Ok(Self {
-            mode,
-            schedule,
-            flatten,
-        })
+        Ok(Self { mode, schedule, flatten })
     }
 }
 
@@ -121,8 +92,7 @@ impl DisableParams {
     pub fn parse(params: &HashMap<String, String>) -> Result<Self, ParamError> {
         let force = match get(params, FORCE)? {
             None => false,
-            Some(v) => parse_bool(v)
-                .ok_or_else(|| bad(FORCE, format!("is {v:?}; use \"true\" or \"false\"")))?,
+            Some(v) => parse_bool(v).ok_or_else(|| bad(FORCE, format!("is {v:?}; use \"true\" or \"false\"")))?,
         };
         Ok(Self { force })
     }
@@ -145,10 +115,7 @@ fn parse_interval(v: &str) -> Result<String, ParamError> {
         && digits.bytes().all(|b| b.is_ascii_digit())
         && matches!(unit, "m" | "h" | "d");
     if !ok_form {
-        return Err(bad(
-            SCHEDULING_INTERVAL,
-            format!("is {v:?}; use a whole number with m, h or d, like \"5m\""),
-        ));
+        return Err(bad(SCHEDULING_INTERVAL, format!("is {v:?}; use a whole number with m, h or d, like \"5m\"")));
     }
     if digits.bytes().all(|b| b == b'0') {
         return Err(bad(SCHEDULING_INTERVAL, "must be greater than zero"));
@@ -163,13 +130,9 @@ fn parse_start_time(v: &str) -> Result<String, ParamError> {
     let plausible = !v.is_empty()
         && v.len() <= 40
         && v.bytes().any(|b| b.is_ascii_digit())
-        && v.bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'T' | b'Z' | b'+' | b'.'));
+        && v.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'T' | b'Z' | b'+' | b'.'));
     if !plausible {
-        return Err(bad(
-            SCHEDULING_START_TIME,
-            format!("is {v:?}; use an ISO 8601 time like \"14:00:00-05:00\""),
-        ));
+        return Err(bad(SCHEDULING_START_TIME, format!("is {v:?}; use an ISO 8601 time like \"14:00:00-05:00\"")));
     }
     Ok(v.to_owned())
 }
@@ -179,23 +142,13 @@ mod tests {
     use super::*;
 
     fn p(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn defaults_to_snapshot_without_schedule() {
         let e = EnableParams::parse(&p(&[("unknownKey", "x")])).unwrap();
-        assert_eq!(
-            e,
-            EnableParams {
-                mode: MirrorImageMode::Snapshot,
-                schedule: None,
-                flatten: FlattenMode::Never
-            }
-        );
+        assert_eq!(e, EnableParams { mode: MirrorImageMode::Snapshot, schedule: None, flatten: FlattenMode::Never });
     }
 
     #[test]
@@ -208,13 +161,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(e.mode, MirrorImageMode::Journal);
-        assert_eq!(
-            e.schedule,
-            Some(Schedule {
-                interval: "12h".into(),
-                start_time: Some("14:00:00-05:00".into())
-            })
-        );
+        assert_eq!(e.schedule, Some(Schedule { interval: "12h".into(), start_time: Some("14:00:00-05:00".into()) }));
         assert_eq!(e.flatten, FlattenMode::Force);
     }
 
@@ -238,28 +185,16 @@ mod tests {
         }
         let err = EnableParams::parse(&p(&[("schedulingStartTime", "14:00")])).unwrap_err();
         assert_eq!(err.key, SCHEDULING_START_TIME);
-        let err = EnableParams::parse(&p(&[
-            ("schedulingInterval", "1m"),
-            ("schedulingStartTime", "noon"),
-        ]))
-        .unwrap_err();
+        let err =
+            EnableParams::parse(&p(&[("schedulingInterval", "1m"), ("schedulingStartTime", "noon")])).unwrap_err();
         assert_eq!(err.key, SCHEDULING_START_TIME);
         let long = "1".repeat(300) + "m";
-        assert!(
-            EnableParams::parse(&p(&[("schedulingInterval", &long)]))
-                .unwrap_err()
-                .problem
-                .contains("longer")
-        );
+        assert!(EnableParams::parse(&p(&[("schedulingInterval", &long)])).unwrap_err().problem.contains("longer"));
     }
 
     #[test]
     fn force_accepts_go_booleans() {
-        assert!(
-            DisableParams::parse(&p(&[("force", "true")]))
-                .unwrap()
-                .force
-        );
+        assert!(DisableParams::parse(&p(&[("force", "true")])).unwrap().force);
         assert!(DisableParams::parse(&p(&[("force", "1")])).unwrap().force);
         assert!(!DisableParams::parse(&p(&[])).unwrap().force);
         assert!(DisableParams::parse(&p(&[("force", "yes")])).is_err());

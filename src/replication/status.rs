@@ -51,23 +51,16 @@ pub fn health(local: Option<&SiteStatus>) -> (Health, String) {
     let Some(local) = local else {
         return (Health::Unknown, "status not found".to_owned());
     };
-    let message = local
-        .description
-        .split(',')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let message = local.description.split(',').next().unwrap_or_default().trim().to_owned();
     let health = if !local.up {
         Health::Degraded
     } else {
         match local.state {
             SiteState::Error => Health::Error,
             SiteState::Replaying | SiteState::Stopped => Health::Healthy,
-            SiteState::Unknown
-            | SiteState::Syncing
-            | SiteState::StartingReplay
-            | SiteState::StoppingReplay => Health::Unknown,
+            SiteState::Unknown | SiteState::Syncing | SiteState::StartingReplay | SiteState::StoppingReplay => {
+                Health::Unknown
+            }
         }
     };
     (health, message)
@@ -78,13 +71,7 @@ mod tests {
     use super::*;
 
     fn site(state: SiteState, up: bool, description: &str) -> SiteStatus {
-        SiteStatus {
-            mirror_uuid: String::new(),
-            state,
-            description: description.into(),
-            last_update: 0,
-            up,
-        }
+        SiteStatus { mirror_uuid: String::new(), state, description: description.into(), last_update: 0, up }
     }
 
     #[test]
@@ -110,32 +97,11 @@ mod tests {
     #[test]
     fn maps_site_states_to_health() {
         assert_eq!(health(None), (Health::Unknown, "status not found".into()));
-        assert_eq!(
-            health(Some(&site(
-                SiteState::Stopped,
-                true,
-                "local image is primary"
-            )))
-            .0,
-            Health::Healthy
-        );
-        assert_eq!(
-            health(Some(&site(SiteState::Stopped, false, "x"))).0,
-            Health::Degraded
-        );
-        assert_eq!(
-            health(Some(&site(SiteState::Error, true, "split-brain"))),
-            (Health::Error, "split-brain".into())
-        );
-        let (h, m) = health(Some(&site(
-            SiteState::Replaying,
-            true,
-            r#"replaying, {"a":1}"#,
-        )));
+        assert_eq!(health(Some(&site(SiteState::Stopped, true, "local image is primary"))).0, Health::Healthy);
+        assert_eq!(health(Some(&site(SiteState::Stopped, false, "x"))).0, Health::Degraded);
+        assert_eq!(health(Some(&site(SiteState::Error, true, "split-brain"))), (Health::Error, "split-brain".into()));
+        let (h, m) = health(Some(&site(SiteState::Replaying, true, r#"replaying, {"a":1}"#)));
         assert_eq!((h, m.as_str()), (Health::Healthy, "replaying"));
-        assert_eq!(
-            health(Some(&site(SiteState::Syncing, true, "syncing"))).0,
-            Health::Unknown
-        );
+        assert_eq!(health(Some(&site(SiteState::Syncing, true, "syncing"))).0, Health::Unknown);
     }
 }

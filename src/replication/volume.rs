@@ -8,9 +8,7 @@ use tracing::{info, warn};
 use super::Error;
 use super::params::{DisableParams, EnableParams, FlattenMode, Schedule};
 use super::status::{Health, ReplayDescription, health};
-use crate::ceph::{
-    Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState, PoolMirrorMode, SiteState,
-};
+use crate::ceph::{Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState, PoolMirrorMode, SiteState};
 use crate::cephcsi::ResolvedVolume;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,18 +26,13 @@ fn open<'io>(io: &'io IoCtx, vol: &ResolvedVolume) -> Result<Image<'io>, Error> 
         if e.is(libc::ENOENT) {
             Error::ImageNotFound { image: vol.spec() }
         } else {
-            Error::Ceph {
-                what: format!("cannot open image {}", vol.spec()),
-                source: e,
-            }
+            Error::Ceph { what: format!("cannot open image {}", vol.spec()), source: e }
         }
     })
 }
 
 fn mirror_info(image: &Image<'_>) -> Result<MirrorInfo, Error> {
-    image
-        .mirror_info()
-        .map_err(Error::ceph("cannot read the image's mirroring state"))
+    image.mirror_info().map_err(Error::ceph("cannot read the image's mirroring state"))
 }
 
 pub fn enable(vol: &ResolvedVolume, params: &EnableParams) -> Result<(), Error> {
@@ -51,9 +44,7 @@ pub fn enable(vol: &ResolvedVolume, params: &EnableParams) -> Result<(), Error> 
             if current.primary {
                 // Repeated Enable succeeds as is; the schedule is (re)applied
                 // because a primary must always carry it.
-                let mode = image
-                    .mirror_mode()
-                    .map_err(Error::ceph("cannot read the image's mirroring mode"))?;
+                let mode = image.mirror_mode().map_err(Error::ceph("cannot read the image's mirroring mode"))?;
                 if mode != params.mode {
                     warn!(image = %vol.spec(), current = mode.as_str(), requested = params.mode.as_str(),
                         "mirroring already enabled in another mode; keeping it");
@@ -63,18 +54,12 @@ pub fn enable(vol: &ResolvedVolume, params: &EnableParams) -> Result<(), Error> 
             return Ok(());
         }
         MirrorState::Disabling => {
-            return Err(Error::InProgress(format!(
-                "mirroring of {} is being disabled; retry when done",
-                vol.spec()
-            )));
+            return Err(Error::InProgress(format!("mirroring of {} is being disabled; retry when done", vol.spec())));
         }
         MirrorState::Disabled => {}
     }
 
-    match io
-        .mirror_mode()
-        .map_err(Error::ceph("cannot read the pool's mirroring mode"))?
-    {
+    match io.mirror_mode().map_err(Error::ceph("cannot read the pool's mirroring mode"))? {
         PoolMirrorMode::Image => {}
         PoolMirrorMode::Disabled => {
             return Err(Error::FailedPrecondition(format!(
@@ -128,38 +113,27 @@ fn pool_spec(io: &IoCtx) -> String {
 }
 
 /// A clone can only be mirrored when its parent is, or once it is flattened.
-fn check_parent(
-    vol: &ResolvedVolume,
-    image: &Image<'_>,
-    flatten: FlattenMode,
-) -> Result<(), Error> {
-    let Some(parent) = image
-        .parent()
-        .map_err(Error::ceph("cannot read the image's parent"))?
-    else {
+fn check_parent(vol: &ResolvedVolume, image: &Image<'_>, flatten: FlattenMode) -> Result<(), Error> {
+    let Some(parent) = image.parent().map_err(Error::ceph("cannot read the image's parent"))? else {
         return Ok(());
     };
     if flatten == FlattenMode::Force {
         let cmd = json!({"prefix": "rbd task add flatten", "image_spec": vol.spec()}).to_string();
-        vol.io
-            .cluster()
-            .mgr_command(&cmd)
-            .map_err(|(source, status)| Error::Mgr {
-                what: format!("cannot queue the flatten of {}", vol.spec()),
-                source,
-                status,
-            })?;
+        vol.io.cluster().mgr_command(&cmd).map_err(|(source, status)| Error::Mgr {
+            what: format!("cannot queue the flatten of {}", vol.spec()),
+            source,
+            status,
+        })?;
         return Err(Error::InProgress(format!(
             "{} is a clone of {}; it is being flattened (flattenMode=force), retry when done",
             vol.spec(),
             parent.spec()
         )));
     }
-    let parent_io = IoCtx::open(vol.io.cluster(), parent.pool_id, &parent.namespace).map_err(
-        Error::ceph(format!("cannot open the pool of parent {}", parent.spec())),
-    )?;
-    let parent_image = Image::open(&parent_io, &parent.image)
-        .map_err(Error::ceph(format!("cannot open parent {}", parent.spec())))?;
+    let parent_io = IoCtx::open(vol.io.cluster(), parent.pool_id, &parent.namespace)
+        .map_err(Error::ceph(format!("cannot open the pool of parent {}", parent.spec())))?;
+    let parent_image =
+        Image::open(&parent_io, &parent.image).map_err(Error::ceph(format!("cannot open parent {}", parent.spec())))?;
     let parent_info = mirror_info(&parent_image)?;
     if parent_info.state != MirrorState::Enabled {
         return Err(Error::FailedPrecondition(format!(
@@ -173,11 +147,7 @@ fn check_parent(
 
 /// Adds the snapshot schedule (the mgr treats a repeated add as a no-op).
 /// Journal mode replicates every write and takes no schedule.
-fn apply_schedule(
-    vol: &ResolvedVolume,
-    mode: MirrorImageMode,
-    schedule: Option<&Schedule>,
-) -> Result<(), Error> {
+fn apply_schedule(vol: &ResolvedVolume, mode: MirrorImageMode, schedule: Option<&Schedule>) -> Result<(), Error> {
     let Some(schedule) = schedule else {
         return Ok(());
     };
@@ -193,18 +163,11 @@ fn apply_schedule(
     if let Some(start) = &schedule.start_time {
         cmd["start_time"] = json!(start);
     }
-    vol.io
-        .cluster()
-        .mgr_command(&cmd.to_string())
-        .map_err(|(source, status)| Error::Mgr {
-            what: format!(
-                "cannot add snapshot schedule {} to {}",
-                schedule.interval,
-                vol.spec()
-            ),
-            source,
-            status,
-        })?;
+    vol.io.cluster().mgr_command(&cmd.to_string()).map_err(|(source, status)| Error::Mgr {
+        what: format!("cannot add snapshot schedule {} to {}", schedule.interval, vol.spec()),
+        source,
+        status,
+    })?;
     Ok(())
 }
 
@@ -214,49 +177,39 @@ pub fn disable(vol: &ResolvedVolume, params: &DisableParams) -> Result<(), Error
     match current.state {
         MirrorState::Disabled => return Ok(()),
         MirrorState::Disabling => {
-            return Err(Error::InProgress(format!(
-                "mirroring of {} is being disabled; retry when done",
-                vol.spec()
-            )));
+            return Err(Error::InProgress(format!("mirroring of {} is being disabled; retry when done", vol.spec())));
         }
         MirrorState::Enabled => {}
     }
     if !current.primary {
         // A healthy secondary is cleaned up by the primary's disable; the
         // controller disables both sites' VRs, so this side has nothing to do.
-        let status = image
-            .mirror_global_status()
-            .map_err(Error::ceph("cannot read the mirroring status"))?;
+        let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
         let local = status.local();
         if local.is_some_and(|l| l.up && l.state == SiteState::Replaying) {
             return Ok(());
         }
-        let shown = local.map_or("unknown".to_owned(), |l| {
-            format!("{}+{}", if l.up { "up" } else { "down" }, l.state.as_str())
-        });
+        let shown = local
+            .map_or("unknown".to_owned(), |l| format!("{}+{}", if l.up { "up" } else { "down" }, l.state.as_str()));
         return Err(Error::FailedPrecondition(format!(
             "{} is a secondary that is not replaying (status {shown}); disable replication on the primary site first",
             vol.spec()
         )));
     }
-    image
-        .mirror_disable(params.force)
-        .map_err(Error::ceph(format!(
-            "cannot disable mirroring of {}",
-            vol.spec()
-        )))?;
-    if mirror_info(&image)?.state != MirrorState::Disabled {
-        return Err(Error::InProgress(format!(
-            "mirroring of {} is still being disabled; retry",
-            vol.spec()
-        )));
-    }
     // A schedule left behind would come back into force on a later enable
-    // without one.
-    let cmd = json!({"prefix": "rbd mirror snapshot schedule remove", "level_spec": vol.spec()})
-        .to_string();
-    if let Err((e, status)) = vol.io.cluster().mgr_command(&cmd) {
-        warn!(image = %vol.spec(), error = %e, status, "could not remove the snapshot schedule");
+    // without one. The mgr only removes it while the image is still in snapshot
+    // mirror mode, so it goes first; a failed disable below is retried by the
+    // caller, and Enable or Promote put the schedule back if mirroring stays.
+    if image.mirror_mode().map_err(Error::ceph("cannot read the image's mirroring mode"))? == MirrorImageMode::Snapshot
+    {
+        let cmd = json!({"prefix": "rbd mirror snapshot schedule remove", "level_spec": vol.spec()}).to_string();
+        if let Err((e, status)) = vol.io.cluster().mgr_command(&cmd) {
+            warn!(image = %vol.spec(), error = %e, status, "could not remove the snapshot schedule");
+        }
+    }
+    image.mirror_disable(params.force).map_err(Error::ceph(format!("cannot disable mirroring of {}", vol.spec())))?;
+    if mirror_info(&image)?.state != MirrorState::Disabled {
+        return Err(Error::InProgress(format!("mirroring of {} is still being disabled; retry", vol.spec())));
     }
     info!(image = %vol.spec(), force = params.force, "mirroring disabled");
     Ok(())
@@ -264,14 +217,9 @@ pub fn disable(vol: &ResolvedVolume, params: &DisableParams) -> Result<(), Error
 
 pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
     let image = open(&vol.io, vol)?;
-    let status = image
-        .mirror_global_status()
-        .map_err(Error::ceph("cannot read the mirroring status"))?;
+    let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
     if status.info.state != MirrorState::Enabled {
-        return Err(Error::FailedPrecondition(format!(
-            "replication is not enabled on {}",
-            vol.spec()
-        )));
+        return Err(Error::FailedPrecondition(format!("replication is not enabled on {}", vol.spec())));
     }
     if !status.info.primary {
         return Err(Error::FailedPrecondition(format!(
@@ -281,15 +229,10 @@ pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
     }
     let (health, status_message) = health(status.local());
     let Some(remote) = status.remotes().next() else {
-        return Err(Error::NoInfoYet(format!(
-            "no peer site has reported on {} yet",
-            vol.spec()
-        )));
+        return Err(Error::NoInfoYet(format!("no peer site has reported on {} yet", vol.spec())));
     };
     let desc = ReplayDescription::parse(&remote.description).unwrap_or_default();
-    let mode = image
-        .mirror_mode()
-        .map_err(Error::ceph("cannot read the image's mirroring mode"))?;
+    let mode = image.mirror_mode().map_err(Error::ceph("cannot read the image's mirroring mode"))?;
     let info = match mode {
         MirrorImageMode::Snapshot => match desc.local_snapshot_timestamp {
             Some(ts) if ts > 0 => ReplicationInfo {
@@ -309,17 +252,13 @@ pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
         // Journal mode has no snapshots: the peer is in sync as of its last
         // status update when it has replayed every entry.
         MirrorImageMode::Journal => match desc.entries_behind_primary {
-            Some(0)
-                if remote.up && remote.state == SiteState::Replaying && remote.last_update > 0 =>
-            {
-                ReplicationInfo {
-                    last_sync_time: remote.last_update,
-                    last_sync_duration_secs: None,
-                    last_sync_bytes: 0,
-                    health,
-                    status_message,
-                }
-            }
+            Some(0) if remote.up && remote.state == SiteState::Replaying && remote.last_update > 0 => ReplicationInfo {
+                last_sync_time: remote.last_update,
+                last_sync_duration_secs: None,
+                last_sync_bytes: 0,
+                health,
+                status_message,
+            },
             _ => {
                 return Err(Error::NoInfoYet(format!(
                     "the peer site has not reported {} as caught up yet",

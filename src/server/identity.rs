@@ -3,8 +3,8 @@ use tonic::{Request, Response, Status};
 use crate::proto::identity::capability::{self, Service, VolumeReplication};
 use crate::proto::identity::identity_server::Identity;
 use crate::proto::identity::{
-    Capability, GetCapabilitiesRequest, GetCapabilitiesResponse, GetIdentityRequest,
-    GetIdentityResponse, ProbeRequest, ProbeResponse,
+    Capability, GetCapabilitiesRequest, GetCapabilitiesResponse, GetIdentityRequest, GetIdentityResponse, ProbeRequest,
+    ProbeResponse,
 };
 
 /// Answers without touching Ceph: credentials come with each request, and the
@@ -37,10 +37,7 @@ pub fn capabilities() -> Vec<Capability> {
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
-    async fn get_identity(
-        &self,
-        _: Request<GetIdentityRequest>,
-    ) -> Result<Response<GetIdentityResponse>, Status> {
+    async fn get_identity(&self, _: Request<GetIdentityRequest>) -> Result<Response<GetIdentityResponse>, Status> {
         Ok(Response::new(GetIdentityResponse {
             name: self.driver_name.clone(),
             vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -52,9 +49,7 @@ impl Identity for IdentityService {
         &self,
         _: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
-        Ok(Response::new(GetCapabilitiesResponse {
-            capabilities: capabilities(),
-        }))
+        Ok(Response::new(GetCapabilitiesResponse { capabilities: capabilities() }))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

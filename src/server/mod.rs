@@ -24,11 +24,7 @@ use crate::proto::identity::identity_server::IdentityServer;
 use crate::proto::replication::controller_server::ControllerServer;
 
 /// Services listed by reflection: exactly the ones answered on the socket.
-pub const SERVED_SERVICES: &[&str] = &[
-    "identity.Identity",
-    "replication.Controller",
-    "grpc.health.v1.Health",
-];
+pub const SERVED_SERVICES: &[&str] = &["identity.Identity", "replication.Controller", "grpc.health.v1.Health"];
 
 /// How long in-flight calls may run on after SIGTERM before we exit anyway.
 const DRAIN_GRACE: Duration = Duration::from_secs(20);
@@ -51,10 +47,7 @@ pub enum ServeError {
     #[error("refusing to start: {0} exists and is not a socket")]
     NotASocket(String),
     #[error("cannot listen on {path}: {source}")]
-    Listen {
-        path: String,
-        source: std::io::Error,
-    },
+    Listen { path: String, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection setup failed: {0}")]
@@ -74,10 +67,7 @@ pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf, ServeError> {
 /// Binds the socket with its mode set on the fd before bind, so the path never
 /// exists with looser permissions, then chmods it because bind applies umask.
 fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
-    let listen_err = |source| ServeError::Listen {
-        path: path.display().to_string(),
-        source,
-    };
+    let listen_err = |source| ServeError::Listen { path: path.display().to_string(), source };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             info!(path = %path.display(), "removing stale socket");
@@ -87,8 +77,7 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(listen_err(e)),
     }
-    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
-        .map_err(listen_err)?;
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).map_err(listen_err)?;
     {
         use std::os::fd::AsRawFd;
         // SAFETY: fchmod on a socket fd we own; it only changes the mode the
@@ -121,20 +110,13 @@ async fn shutdown_signal() {
 
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let listener = bind(&cfg.socket_path, cfg.socket_mode)?;
-    let connections = Arc::new(ConnectionPool::new(
-        cfg.connection_idle_expiry,
-        cfg.ceph_timeout,
-    ));
+    let connections = Arc::new(ConnectionPool::new(cfg.connection_idle_expiry, cfg.ceph_timeout));
     let resolver = Arc::new(Resolver::new(cfg.ceph_csi_config.clone(), connections));
     let exec = Arc::new(Executor::new(cfg.max_concurrent_ops, cfg.op_timeout));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<IdentityServer<identity::IdentityService>>()
-        .await;
-    health_reporter
-        .set_serving::<ControllerServer<replication::ReplicationService>>()
-        .await;
+    health_reporter.set_serving::<IdentityServer<identity::IdentityService>>().await;
+    health_reporter.set_serving::<ControllerServer<replication::ReplicationService>>().await;
 
     let mut v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -160,12 +142,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         .add_service(health_service)
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?)
-        .add_service(IdentityServer::new(identity::IdentityService::new(
-            cfg.driver_name.clone(),
-        )))
-        .add_service(ControllerServer::new(replication::ReplicationService::new(
-            exec, resolver,
-        )))
+        .add_service(IdentityServer::new(identity::IdentityService::new(cfg.driver_name.clone())))
+        .add_service(ControllerServer::new(replication::ReplicationService::new(exec, resolver)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             stop_rx.await.ok();
         });
@@ -199,22 +177,9 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(
-            parse_endpoint("unix:///csi/csi-addons.sock").unwrap(),
-            PathBuf::from("/csi/csi-addons.sock")
-        );
-        assert_eq!(
-            parse_endpoint("/tmp/x.sock").unwrap(),
-            PathBuf::from("/tmp/x.sock")
-        );
-        for bad in [
-            "tcp://127.0.0.1:9070",
-            "unix://relative.sock",
-            "relative.sock",
-            "",
-            "unix://",
-            "/",
-        ] {
+        assert_eq!(parse_endpoint("unix:///csi/csi-addons.sock").unwrap(), PathBuf::from("/csi/csi-addons.sock"));
+        assert_eq!(parse_endpoint("/tmp/x.sock").unwrap(), PathBuf::from("/tmp/x.sock"));
+        for bad in ["tcp://127.0.0.1:9070", "unix://relative.sock", "relative.sock", "", "unix://", "/"] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
     }

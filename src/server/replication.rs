@@ -55,12 +55,13 @@ impl ReplicationService {
         }
         .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        result.map_err(|err| {
-            let status = to_status(Some(&volume_id), &err);
-            warn!(method, volume_id, code = ?status.code(), elapsed_ms, error = %status.message(), "call failed");
-            status
-        })
-        .inspect(|_| info!(method, volume_id, elapsed_ms, "call succeeded"))
+        result
+            .map_err(|err| {
+                let status = to_status(Some(&volume_id), &err);
+                warn!(method, volume_id, code = ?status.code(), elapsed_ms, error = %status.message(), "call failed");
+                status
+            })
+            .inspect(|_| info!(method, volume_id, elapsed_ms, "call succeeded"))
     }
 }
 
@@ -78,9 +79,7 @@ fn target(legacy_id: &str, source: Option<&ReplicationSource>) -> Result<String,
         None => "",
     };
     match (legacy_id, from_source) {
-        ("", "") => Err(Error::InvalidArgument(
-            "no volume given: set replication_source.volume.volume_id".to_owned(),
-        )),
+        ("", "") => Err(Error::InvalidArgument("no volume given: set replication_source.volume.volume_id".to_owned())),
         (id, "") | ("", id) => Ok(id.to_owned()),
         (a, b) if a == b => Ok(a.to_owned()),
         (a, b) => Err(Error::InvalidArgument(format!(
@@ -97,9 +96,7 @@ fn check_map(what: &str, map: &HashMap<String, String>) -> Result<(), Error> {
         )));
     }
     if map.keys().any(|k| k.len() > MAX_KEY_LEN) {
-        return Err(Error::InvalidArgument(format!(
-            "{what} has a key longer than {MAX_KEY_LEN} characters"
-        )));
+        return Err(Error::InvalidArgument(format!("{what} has a key longer than {MAX_KEY_LEN} characters")));
     }
     Ok(())
 }
@@ -118,14 +115,8 @@ fn info_response(i: replication::ReplicationInfo) -> GetVolumeReplicationInfoRes
         Health::Error => InfoStatus::Error,
     };
     GetVolumeReplicationInfoResponse {
-        last_sync_time: Some(Timestamp {
-            seconds: i.last_sync_time,
-            nanos: 0,
-        }),
-        last_sync_duration: i.last_sync_duration_secs.map(|s| PbDuration {
-            seconds: s,
-            nanos: 0,
-        }),
+        last_sync_time: Some(Timestamp { seconds: i.last_sync_time, nanos: 0 }),
+        last_sync_duration: i.last_sync_duration_secs.map(|s| PbDuration { seconds: s, nanos: 0 }),
         last_sync_bytes: i.last_sync_bytes,
         status: status as i32,
         status_message: i.status_message,
@@ -150,10 +141,7 @@ impl Controller for ReplicationService {
         let params = check_map("parameters", &req.parameters)
             .and_then(|()| EnableParams::parse(&req.parameters).map_err(Error::from))
             .map_err(|e| failed(METHOD, &shown, e))?;
-        self.run(METHOD, target, &req.secrets, move |vol| {
-            replication::enable(vol, &params)
-        })
-        .await?;
+        self.run(METHOD, target, &req.secrets, move |vol| replication::enable(vol, &params)).await?;
         Ok(Response::new(EnableVolumeReplicationResponse {}))
     }
 
@@ -169,10 +157,7 @@ impl Controller for ReplicationService {
         let params = check_map("parameters", &req.parameters)
             .and_then(|()| DisableParams::parse(&req.parameters).map_err(Error::from))
             .map_err(|e| failed(METHOD, &shown, e))?;
-        self.run(METHOD, target, &req.secrets, move |vol| {
-            replication::disable(vol, &params)
-        })
-        .await?;
+        self.run(METHOD, target, &req.secrets, move |vol| replication::disable(vol, &params)).await?;
         Ok(Response::new(DisableVolumeReplicationResponse {}))
     }
 
@@ -183,14 +168,7 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let info = self
-            .run(
-                "GetVolumeReplicationInfo",
-                target,
-                &req.secrets,
-                replication::info,
-            )
-            .await?;
+        let info = self.run("GetVolumeReplicationInfo", target, &req.secrets, replication::info).await?;
         Ok(Response::new(info_response(info)))
     }
 
@@ -201,17 +179,11 @@ impl Controller for ReplicationService {
         Err(not_yet("PromoteVolume"))
     }
 
-    async fn demote_volume(
-        &self,
-        _: Request<DemoteVolumeRequest>,
-    ) -> Result<Response<DemoteVolumeResponse>, Status> {
+    async fn demote_volume(&self, _: Request<DemoteVolumeRequest>) -> Result<Response<DemoteVolumeResponse>, Status> {
         Err(not_yet("DemoteVolume"))
     }
 
-    async fn resync_volume(
-        &self,
-        _: Request<ResyncVolumeRequest>,
-    ) -> Result<Response<ResyncVolumeResponse>, Status> {
+    async fn resync_volume(&self, _: Request<ResyncVolumeRequest>) -> Result<Response<ResyncVolumeResponse>, Status> {
         Err(not_yet("ResyncVolume"))
     }
 }
@@ -222,11 +194,7 @@ mod tests {
     use crate::proto::replication::replication_source::{VolumeGroupSource, VolumeSource};
 
     fn vol(id: &str) -> Option<ReplicationSource> {
-        Some(ReplicationSource {
-            r#type: Some(SourceType::Volume(VolumeSource {
-                volume_id: id.into(),
-            })),
-        })
+        Some(ReplicationSource { r#type: Some(SourceType::Volume(VolumeSource { volume_id: id.into() })) })
     }
 
     #[test]
@@ -234,19 +202,11 @@ mod tests {
         assert_eq!(target("a", None).unwrap(), "a");
         assert_eq!(target("", vol("b").as_ref()).unwrap(), "b");
         assert_eq!(target("b", vol("b").as_ref()).unwrap(), "b");
-        assert!(matches!(
-            target("a", vol("b").as_ref()),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(target("a", vol("b").as_ref()), Err(Error::InvalidArgument(_))));
         assert!(matches!(target("", None), Err(Error::InvalidArgument(_))));
         let group = Some(ReplicationSource {
-            r#type: Some(SourceType::Volumegroup(VolumeGroupSource {
-                volume_group_id: "g".into(),
-            })),
+            r#type: Some(SourceType::Volumegroup(VolumeGroupSource { volume_group_id: "g".into() })),
         });
-        assert!(matches!(
-            target("", group.as_ref()),
-            Err(Error::Unimplemented(_))
-        ));
+        assert!(matches!(target("", group.as_ref()), Err(Error::Unimplemented(_))));
     }
 }

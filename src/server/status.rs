@@ -41,9 +41,7 @@ fn resolve_code(err: &cephcsi::Error) -> Code {
         // not NOT_FOUND, which Disable's caller would take as "already gone".
         cephcsi::Error::Config(ConfigError::UnknownCluster { .. }) => Code::InvalidArgument,
         cephcsi::Error::Config(
-            ConfigError::Unreadable { .. }
-            | ConfigError::Malformed { .. }
-            | ConfigError::NoMonitors { .. },
+            ConfigError::Unreadable { .. } | ConfigError::Malformed { .. } | ConfigError::NoMonitors { .. },
         ) => Code::Internal,
         cephcsi::Error::Connect { source, .. } => match source.errno {
             // cephx refused the user or key, or the key does not decode.
@@ -51,9 +49,7 @@ fn resolve_code(err: &cephcsi::Error) -> Code {
             _ => Code::Unavailable,
         },
         cephcsi::Error::PoolNotFound { .. } => Code::NotFound,
-        cephcsi::Error::OpenPool { source, .. } | cephcsi::Error::Journal { source, .. } => {
-            errno_code(source)
-        }
+        cephcsi::Error::OpenPool { source, .. } | cephcsi::Error::Journal { source, .. } => errno_code(source),
     }
 }
 
@@ -93,21 +89,10 @@ mod tests {
 
     #[test]
     fn codes_the_controller_depends_on() {
-        assert_eq!(
-            code_of(&Error::ImageNotFound {
-                image: "p/i".into()
-            }),
-            Code::NotFound
-        );
+        assert_eq!(code_of(&Error::ImageNotFound { image: "p/i".into() }), Code::NotFound);
         assert_eq!(code_of(&Error::NoInfoYet("x".into())), Code::NotFound);
-        assert_eq!(
-            code_of(&Error::FailedPrecondition("x".into())),
-            Code::FailedPrecondition
-        );
-        assert_eq!(
-            code_of(&Error::Exec(ExecError::Busy("v".into()))),
-            Code::Aborted
-        );
+        assert_eq!(code_of(&Error::FailedPrecondition("x".into())), Code::FailedPrecondition);
+        assert_eq!(code_of(&Error::Exec(ExecError::Busy("v".into()))), Code::Aborted);
         let eagain = Error::Mgr {
             what: "w".into(),
             source: CephError::new("rados_mgr_command", libc::EAGAIN),
@@ -118,22 +103,10 @@ mod tests {
 
     #[test]
     fn request_problems_are_invalid_arguments() {
-        assert_eq!(
-            code_of(&Error::Resolve(CsiIdError::Empty.into())),
-            Code::InvalidArgument
-        );
-        assert_eq!(
-            code_of(&Error::Resolve(SecretsError::BadKey.into())),
-            Code::InvalidArgument
-        );
-        let unknown = ConfigError::UnknownCluster {
-            cluster_id: "c".into(),
-            path: "p".into(),
-        };
-        assert_eq!(
-            code_of(&Error::Resolve(unknown.into())),
-            Code::InvalidArgument
-        );
+        assert_eq!(code_of(&Error::Resolve(CsiIdError::Empty.into())), Code::InvalidArgument);
+        assert_eq!(code_of(&Error::Resolve(SecretsError::BadKey.into())), Code::InvalidArgument);
+        let unknown = ConfigError::UnknownCluster { cluster_id: "c".into(), path: "p".into() };
+        assert_eq!(code_of(&Error::Resolve(unknown.into())), Code::InvalidArgument);
     }
 
     #[test]
@@ -143,14 +116,8 @@ mod tests {
             user: "u".into(),
             source: CephError::new("rados_connect", errno),
         };
-        assert_eq!(
-            code_of(&Error::Resolve(e(libc::EACCES))),
-            Code::Unauthenticated
-        );
-        assert_eq!(
-            code_of(&Error::Resolve(e(libc::ETIMEDOUT))),
-            Code::Unavailable
-        );
+        assert_eq!(code_of(&Error::Resolve(e(libc::EACCES))), Code::Unauthenticated);
+        assert_eq!(code_of(&Error::Resolve(e(libc::ETIMEDOUT))), Code::Unavailable);
     }
 
     #[test]

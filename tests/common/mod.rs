@@ -41,15 +41,9 @@ impl Lab {
     pub fn load() -> Self {
         let dir = std::env::var("CEPHLAB_DIR").unwrap_or_else(|_| "/tmp/cephlab".into());
         let path = Path::new(&dir).join("lab.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "no Ceph lab at {}: {e}; run `scripts/lab.sh up` first",
-                path.display()
-            )
-        });
-        Self {
-            facts: serde_json::from_str(&text).expect("lab.json"),
-        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("no Ceph lab at {}: {e}; run `scripts/lab.sh up` first", path.display()));
+        Self { facts: serde_json::from_str(&text).expect("lab.json") }
     }
 
     fn site(&self, s: Site) -> &Value {
@@ -93,10 +87,7 @@ impl Lab {
     }
 
     pub fn secrets(&self) -> HashMap<String, String> {
-        HashMap::from([
-            ("userID".into(), self.user()),
-            ("userKey".into(), self.key()),
-        ])
+        HashMap::from([("userID".into(), self.user()), ("userKey".into(), self.key())])
     }
 
     /// Runs the rbd CLI as the site's admin; panics with its stderr on failure.
@@ -106,11 +97,8 @@ impl Lab {
     }
 
     pub fn rbd_try(&self, s: Site, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("timeout")
-            .args(["60", "rbd", "-c", &self.conf(s)])
-            .args(args)
-            .output()
-            .expect("run rbd");
+        let out =
+            Command::new("timeout").args(["60", "rbd", "-c", &self.conf(s)]).args(args).output().expect("run rbd");
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -121,16 +109,12 @@ impl Lab {
     pub fn rbd_json(&self, s: Site, args: &[&str]) -> Result<Value, String> {
         let mut all = args.to_vec();
         all.extend(["--format", "json"]);
-        self.rbd_try(s, &all)
-            .map(|o| serde_json::from_str(&o).unwrap_or(Value::Null))
+        self.rbd_try(s, &all).map(|o| serde_json::from_str(&o).unwrap_or(Value::Null))
     }
 
     pub fn rados(&self, s: Site, args: &[&str]) {
-        let st = Command::new("timeout")
-            .args(["60", "rados", "-c", &self.conf(s)])
-            .args(args)
-            .status()
-            .expect("run rados");
+        let st =
+            Command::new("timeout").args(["60", "rados", "-c", &self.conf(s)]).args(args).status().expect("run rados");
         assert!(st.success(), "rados {args:?} failed");
     }
 
@@ -139,41 +123,18 @@ impl Lab {
     pub fn create_volume(&self, opts: VolumeOpts) -> TestVolume {
         let uuid = new_uuid();
         let pool = self.pool();
-        let ns = if opts.namespace {
-            self.namespace()
-        } else {
-            String::new()
-        };
-        let cluster_id = if opts.namespace {
-            format!("{}-{}", self.cluster_id(), ns)
-        } else {
-            self.cluster_id()
-        };
-        let image = opts
-            .image_name
-            .clone()
-            .unwrap_or_else(|| format!("csi-vol-{uuid}"));
-        let spec = if ns.is_empty() {
-            format!("{pool}/{image}")
-        } else {
-            format!("{pool}/{ns}/{image}")
-        };
-        self.rbd(
-            Site::A,
-            &["create", &spec, "--size", &opts.size_mb.to_string()],
-        );
+        let ns = if opts.namespace { self.namespace() } else { String::new() };
+        let cluster_id = if opts.namespace { format!("{}-{}", self.cluster_id(), ns) } else { self.cluster_id() };
+        let image = opts.image_name.clone().unwrap_or_else(|| format!("csi-vol-{uuid}"));
+        let spec = if ns.is_empty() { format!("{pool}/{image}") } else { format!("{pool}/{ns}/{image}") };
+        self.rbd(Site::A, &["create", &spec, "--size", &opts.size_mb.to_string()]);
         if opts.image_name.is_some() {
             let mut args = vec!["-p", pool.as_str()];
             if !ns.is_empty() {
                 args.extend(["-N", ns.as_str()]);
             }
             let object = format!("csi.volume.{uuid}");
-            args.extend([
-                "setomapval",
-                object.as_str(),
-                "csi.imagename",
-                image.as_str(),
-            ]);
+            args.extend(["setomapval", object.as_str(), "csi.imagename", image.as_str()]);
             self.rados(Site::A, &args);
         }
         let id = volume_id(&cluster_id, self.pool_id(Site::A), &uuid);
@@ -187,12 +148,10 @@ impl Lab {
     /// The image's mirroring section of `rbd info` on a site; None when the
     /// image is absent. `rbd info` omits the section when mirroring is off.
     pub fn mirror_info(&self, s: Site, spec: &str) -> Option<Value> {
-        self.rbd_json(s, &["info", spec])
-            .ok()
-            .map(|v| match &v["mirroring"] {
-                Value::Null => serde_json::json!({"state": "disabled"}),
-                m => m.clone(),
-            })
+        self.rbd_json(s, &["info", spec]).ok().map(|v| match &v["mirroring"] {
+            Value::Null => serde_json::json!({"state": "disabled"}),
+            m => m.clone(),
+        })
     }
 }
 
@@ -204,11 +163,7 @@ pub struct VolumeOpts {
 
 impl Default for VolumeOpts {
     fn default() -> Self {
-        Self {
-            namespace: false,
-            image_name: None,
-            size_mb: 16,
-        }
+        Self { namespace: false, image_name: None, size_mb: 16 }
     }
 }
 
@@ -219,28 +174,15 @@ pub struct TestVolume {
 }
 
 pub fn new_uuid() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .expect("uuid")
-        .trim()
-        .to_owned()
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("uuid").trim().to_owned()
 }
 
 pub fn volume_id(cluster_id: &str, pool_id: i64, uuid: &str) -> String {
-    format!(
-        "0001-{:04x}-{}-{:016x}-{}",
-        cluster_id.len(),
-        cluster_id,
-        pool_id,
-        uuid
-    )
+    format!("0001-{:04x}-{}-{:016x}-{}", cluster_id.len(), cluster_id, pool_id, uuid)
 }
 
 pub fn source(volume_id: &str) -> Option<ReplicationSource> {
-    Some(ReplicationSource {
-        r#type: Some(SourceType::Volume(VolumeSource {
-            volume_id: volume_id.into(),
-        })),
-    })
+    Some(ReplicationSource { r#type: Some(SourceType::Volume(VolumeSource { volume_id: volume_id.into() })) })
 }
 
 /// A running `rbd-addons serve`, stopped with SIGTERM on drop.
@@ -268,16 +210,8 @@ impl Server {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start rbd-addons");
-        let server = Self {
-            child: Some(child),
-            dir,
-            socket,
-            log,
-        };
-        wait_until("the server's socket", Duration::from_secs(10), || {
-            server.socket.exists()
-        })
-        .await;
+        let server = Self { child: Some(child), dir, socket, log };
+        wait_until("the server's socket", Duration::from_secs(10), || server.socket.exists()).await;
         server
     }
 
@@ -335,27 +269,27 @@ impl Drop for Server {
 pub async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 /// A site's mirror status state ("up+replaying", ...) or "" when unavailable.
+/// Whether the mgr still lists a snapshot schedule for the image.
+pub fn has_schedule(lab: &Lab, spec: &str) -> bool {
+    let image = spec.rsplit('/').next().unwrap();
+    let all =
+        lab.rbd_json(Site::A, &["mirror", "snapshot", "schedule", "ls", "--pool", &lab.pool(), "--recursive"]).unwrap();
+    all.as_array().unwrap().iter().any(|s| s["image"] == image)
+}
+
 pub fn state_of(status: &Option<Value>) -> String {
-    status
-        .as_ref()
-        .and_then(|s| s["state"].as_str())
-        .unwrap_or_default()
-        .to_owned()
+    status.as_ref().and_then(|s| s["state"].as_str()).unwrap_or_default().to_owned()
 }
 
 /// Removes a test image on site A, disabling mirroring first (so B's copy goes too).
 pub fn cleanup(lab: &Lab, spec: &str) {
-    lab.rbd_try(Site::A, &["mirror", "image", "disable", spec, "--force"])
-        .ok();
+    lab.rbd_try(Site::A, &["mirror", "image", "disable", spec, "--force"]).ok();
     lab.rbd_try(Site::A, &["snap", "purge", spec]).ok();
     lab.rbd_try(Site::A, &["rm", "--no-progress", spec]).ok();
 }

@@ -1,0 +1,329 @@
+//! `rbd-addons <command>`: calls a running server over its socket, the way the
+//! csi-addons sidecar does, for operators and scripts.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::proto::identity::identity_client::IdentityClient;
+use crate::proto::identity::{GetCapabilitiesRequest, GetIdentityRequest, ProbeRequest, capability};
+use crate::proto::replication::controller_client::ControllerClient;
+use crate::proto::replication::get_volume_replication_info_response::Status as InfoStatus;
+use crate::proto::replication::replication_source::{Type as SourceType, VolumeSource};
+use crate::proto::replication::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the server at {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Rpc(Status),
+}
+
+impl ClientError {
+    /// grpcurl's convention, so scripts can tell codes apart: 64 + code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Connect { .. } => 64 + Code::Unavailable as u8,
+            Self::Rpc(s) => 64 + s.code() as u8,
+        }
+    }
+}
+
+impl From<Status> for ClientError {
+    fn from(s: Status) -> Self {
+        Self::Rpc(s)
+    }
+}
+
+/// The canonical upper-case name of a gRPC code, as grpc-go and grpcurl print it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+pub struct Connection {
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl Connection {
+    pub async fn open(endpoint: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let path = crate::server::parse_endpoint(endpoint).map_err(|e| ClientError::Usage(e.to_string()))?;
+        let channel = Endpoint::from_shared(format!("unix://{}", path.display()))
+            .map_err(|e| ClientError::Usage(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect { endpoint: endpoint.to_owned(), reason: source_text(&e) })?;
+        Ok(Self { channel, timeout })
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.timeout);
+        req
+    }
+
+    fn replication(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel.clone())
+    }
+
+    fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.channel.clone())
+    }
+
+    pub async fn identity_info(&self) -> Result<Value, ClientError> {
+        let r = self.identity().get_identity(self.request(GetIdentityRequest {})).await?.into_inner();
+        Ok(json!({"name": r.name, "vendor_version": r.vendor_version}))
+    }
+
+    pub async fn capabilities(&self) -> Result<Value, ClientError> {
+        let r = self.identity().get_capabilities(self.request(GetCapabilitiesRequest {})).await?.into_inner();
+        let caps: Vec<String> = r.capabilities.iter().filter_map(|c| c.r#type.as_ref()).map(capability_name).collect();
+        Ok(json!({"capabilities": caps}))
+    }
+
+    pub async fn probe(&self) -> Result<Value, ClientError> {
+        let r = self.identity().probe(self.request(ProbeRequest {})).await?.into_inner();
+        Ok(json!({"ready": r.ready.unwrap_or(true)}))
+    }
+
+    pub async fn enable(
+        &self,
+        volume_id: &str,
+        parameters: HashMap<String, String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req = EnableVolumeReplicationRequest {
+            parameters,
+            secrets,
+            replication_source: source(volume_id),
+            ..Default::default()
+        };
+        self.replication().enable_volume_replication(self.request(req)).await?;
+        Ok(json!({"volume_id": volume_id, "replication": "enabled"}))
+    }
+
+    pub async fn disable(
+        &self,
+        volume_id: &str,
+        parameters: HashMap<String, String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req = DisableVolumeReplicationRequest {
+            parameters,
+            secrets,
+            replication_source: source(volume_id),
+            ..Default::default()
+        };
+        self.replication().disable_volume_replication(self.request(req)).await?;
+        Ok(json!({"volume_id": volume_id, "replication": "disabled"}))
+    }
+
+    pub async fn info(&self, volume_id: &str, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
+        let req =
+            GetVolumeReplicationInfoRequest { secrets, replication_source: source(volume_id), ..Default::default() };
+        let r = self.replication().get_volume_replication_info(self.request(req)).await?.into_inner();
+        let status = InfoStatus::try_from(r.status).unwrap_or(InfoStatus::Unknown);
+        let last = r.last_sync_time.map(|t| t.seconds);
+        Ok(json!({
+            "volume_id": volume_id,
+            "last_sync_time": last.map(rfc3339),
+            "last_sync_age_seconds": last.map(|t| now_secs() - t),
+            "last_sync_duration_seconds": r.last_sync_duration.map(|d| d.seconds),
+            "last_sync_bytes": r.last_sync_bytes,
+            "status": status.as_str_name(),
+            "status_message": r.status_message,
+        }))
+    }
+}
+
+fn source(volume_id: &str) -> Option<ReplicationSource> {
+    Some(ReplicationSource { r#type: Some(SourceType::Volume(VolumeSource { volume_id: volume_id.to_owned() })) })
+}
+
+fn capability_name(t: &capability::Type) -> String {
+    match t {
+        capability::Type::Service(s) => format!("Service/{}", service_name(s.r#type)),
+        capability::Type::VolumeReplication(v) => {
+            let name =
+                capability::volume_replication::Type::try_from(v.r#type).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
+            format!("VolumeReplication/{name}")
+        }
+        capability::Type::VolumeGroup(v) => {
+            let name = capability::volume_group::Type::try_from(v.r#type).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
+            format!("VolumeGroup/{name}")
+        }
+        capability::Type::ReclaimSpace(_) => "ReclaimSpace".to_owned(),
+        capability::Type::NetworkFence(_) => "NetworkFence".to_owned(),
+        capability::Type::EncryptionKeyRotation(_) => "EncryptionKeyRotation".to_owned(),
+    }
+}
+
+fn service_name(t: i32) -> &'static str {
+    capability::service::Type::try_from(t).map(|t| t.as_str_name()).unwrap_or("UNKNOWN")
+}
+
+fn source_text(e: &dyn std::error::Error) -> String {
+    // Transport errors repeat their cause at each level; show each text once.
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Reads `userID`/`userKey` (and anything else the secret holds) from a file:
+/// a JSON object, or `key=value` lines. Secrets never come from argv, where
+/// any user of the machine could read them in the process list.
+pub fn read_secrets(path: &Path) -> Result<HashMap<String, String>, ClientError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ClientError::Usage(format!("cannot read secrets file {}: {}", path.display(), e.kind())))?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        let map: HashMap<String, Value> = serde_json::from_str(trimmed).map_err(|_| {
+            ClientError::Usage(format!("secrets file {} is not a JSON object of strings", path.display()))
+        })?;
+        return map
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                _ => Err(ClientError::Usage(format!("secret {k:?} in {} is not a string", path.display()))),
+            })
+            .collect();
+    }
+    let mut map = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // The error names the line, never its content: it may hold the key.
+        let (k, v) = line.split_once('=').ok_or_else(|| {
+            ClientError::Usage(format!("line {} of secrets file {} is not key=value", n + 1, path.display()))
+        })?;
+        map.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(map)
+}
+
+/// `--param k=v` values into a map.
+pub fn parse_params(pairs: &[String]) -> Result<HashMap<String, String>, ClientError> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| ClientError::Usage(format!("--param {p:?} is not key=value")))
+        })
+        .collect()
+}
+
+/// Human output: one `key: value` line per field, nulls left out.
+pub fn human(v: &Value) -> String {
+    let Value::Object(map) = v else {
+        return v.to_string();
+    };
+    map.iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}: {s}"),
+            Value::Array(items) => {
+                let parts: Vec<String> =
+                    items.iter().map(|i| i.as_str().map_or(i.to_string(), str::to_owned)).collect();
+                format!("{k}: {}", parts.join(", "))
+            }
+            other => format!("{k}: {other}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Unix seconds as an RFC 3339 UTC time.
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_304_186), "2026-11-21T23:36:26Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn reads_secrets_files_without_echoing_them() {
+        let dir = std::env::temp_dir().join(format!("rbd-addons-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json_file = dir.join("s.json");
+        std::fs::write(&json_file, r#"{"userID": "csi", "userKey": "QUJD"}"#).unwrap();
+        let m = read_secrets(&json_file).unwrap();
+        assert_eq!((m["userID"].as_str(), m["userKey"].as_str()), ("csi", "QUJD"));
+        let kv = dir.join("s.env");
+        std::fs::write(&kv, "# a comment\nuserID=csi\nuserKey = QUJD==\n").unwrap();
+        assert_eq!(read_secrets(&kv).unwrap()["userKey"], "QUJD==");
+        std::fs::write(&kv, "userID=csi\nSECRETVALUE\n").unwrap();
+        let err = read_secrets(&kv).unwrap_err().to_string();
+        assert!(err.contains("line 2") && !err.contains("SECRETVALUE"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn params_and_exit_codes() {
+        let p = parse_params(&["a=1".into(), "b=x=y".into()]).unwrap();
+        assert_eq!(p["b"], "x=y");
+        assert!(parse_params(&["novalue".into()]).is_err());
+        assert_eq!(ClientError::Rpc(Status::not_found("x")).exit_code(), 69);
+        assert_eq!(ClientError::Rpc(Status::not_found("x")).to_string(), "NOT_FOUND: x");
+    }
+}
