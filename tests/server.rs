@@ -224,6 +224,8 @@ async fn user_key_never_reaches_the_log_at_trace_level() {
     let log = server.log_text();
     assert!(log.contains("TRACE"), "the server did not log at trace level");
     assert!(log.contains(&vol.id), "the log does not name the volume");
+    // Calls with the same credentials share one cached connection.
+    assert_eq!(log.matches("connected to Ceph").count(), 1, "connections are not reused");
     for secret in [&key, &wrong] {
         assert!(!log.contains(secret.as_str()), "a key appears in the server log");
         // Not even the base64 body without its padding.

@@ -53,7 +53,9 @@ impl ConnectionPool {
         // Connect without holding the lock: a slow cluster must not stall
         // requests for other clusters. Two racing connects are harmless; the
         // second simply replaces the first in the cache.
+        let started = Instant::now();
         let cluster = Cluster::connect(&ConnectOptions { mon_host, user, key, op_timeout: self.op_timeout })?;
+        tracing::info!(mon_host, user, elapsed_ms = started.elapsed().as_millis() as u64, "connected to Ceph");
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.insert(id, Entry { cluster: cluster.clone(), last_used: Instant::now() });
         Ok(cluster)

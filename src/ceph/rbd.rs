@@ -134,6 +134,17 @@ impl<'io> Image<'io> {
         Ok(Self { handle, name: name.to_owned(), _io: io })
     }
 
+    /// Opens without taking part in exclusive-lock or header-watch traffic,
+    /// for calls that only read state (e.g. mirroring status).
+    pub fn open_read_only(io: &'io IoCtx, name: &str) -> Result<Self, CephError> {
+        let name_c = c_string("rbd_open_read_only", name)?;
+        let mut handle: sys::rbd_image_t = ptr::null_mut();
+        // SAFETY: as in `open`; the handle is closed in Drop.
+        let ret = unsafe { sys::rbd_open_read_only(io.raw(), name_c.as_ptr(), &mut handle, ptr::null()) };
+        CephError::check("rbd_open_read_only", ret)?;
+        Ok(Self { handle, name: name.to_owned(), _io: io })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

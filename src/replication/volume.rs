@@ -22,7 +22,15 @@ pub struct ReplicationInfo {
 }
 
 fn open<'io>(io: &'io IoCtx, vol: &ResolvedVolume) -> Result<Image<'io>, Error> {
-    Image::open(io, &vol.image).map_err(|e| {
+    open_with(io, vol, Image::open)
+}
+
+fn open_with<'io>(
+    io: &'io IoCtx,
+    vol: &ResolvedVolume,
+    opener: fn(&'io IoCtx, &str) -> Result<Image<'io>, crate::ceph::CephError>,
+) -> Result<Image<'io>, Error> {
+    opener(io, &vol.image).map_err(|e| {
         if e.is(libc::ENOENT) {
             Error::ImageNotFound { image: vol.spec() }
         } else {
@@ -216,7 +224,7 @@ pub fn disable(vol: &ResolvedVolume, params: &DisableParams) -> Result<(), Error
 }
 
 pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
-    let image = open(&vol.io, vol)?;
+    let image = open_with(&vol.io, vol, Image::open_read_only)?;
     let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
     if status.info.state != MirrorState::Enabled {
         return Err(Error::FailedPrecondition(format!("replication is not enabled on {}", vol.spec())));
