@@ -225,6 +225,10 @@ write_facts() {
       '[{clusterID: $id, monitors: [$mon]},
         {clusterID: ($id + "-" + $ns), monitors: [$mon], rbd: {radosNamespace: $ns}}]' \
       >"$d/csi-config.json"
+    # After a failover the caller holds handles minted on the other site: the
+    # clusterID is the same, the pool IDs differ.
+    jq -n --arg id "$CLUSTER_ID" --arg a "$(pool_id a)" --arg b "$(pool_id b)" \
+      '[{clusterIDMapping: {($id): $id}, RBDPoolIDMapping: [{($a): $b}]}]' >"$d/cluster-mapping.json"
   done
   jq -n --arg dir "$LAB" --arg pool "$POOL" --arg ns "$NAMESPACE" --arg user "$CSI_USER" \
     --arg key "$key" --arg cid "$CLUSTER_ID" \
@@ -233,9 +237,9 @@ write_facts() {
     '{dir: $dir, pool: $pool, namespace: $ns, user: $user, key: $key, cluster_id: $cid,
       sites: {
         a: {name: "site-a", conf: ($dir + "/a/ceph.conf"), mon_host: $amon, pool_id: $apool,
-            csi_config: ($dir + "/a/csi-config.json")},
+            csi_config: ($dir + "/a/csi-config.json"), cluster_mapping: ($dir + "/a/cluster-mapping.json")},
         b: {name: "site-b", conf: ($dir + "/b/ceph.conf"), mon_host: $bmon, pool_id: $bpool,
-            csi_config: ($dir + "/b/csi-config.json")}}}' >"$LAB/lab.json"
+            csi_config: ($dir + "/b/csi-config.json"), cluster_mapping: ($dir + "/b/cluster-mapping.json")}}}' >"$LAB/lab.json"
   chmod 600 "$LAB/lab.json"
   cat >"$LAB/env.sh" <<EOF
 export CEPHLAB_DIR=$LAB
@@ -279,7 +283,7 @@ cmd_down() {
 
 cmd_up() {
   install_packages
-  if is_running; then log "already up"; cmd_env; return 0; fi
+  if is_running; then log "already up"; write_facts; cmd_env; return 0; fi
   cmd_down
   local start=$SECONDS
   mkdir -p "$LAB"

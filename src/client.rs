@@ -145,6 +145,54 @@ impl Connection {
         Ok(json!({"volume_id": volume_id, "replication": "disabled"}))
     }
 
+    pub async fn promote(
+        &self,
+        volume_id: &str,
+        force: bool,
+        parameters: HashMap<String, String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req = PromoteVolumeRequest {
+            force,
+            parameters,
+            secrets,
+            replication_source: source(volume_id),
+            ..Default::default()
+        };
+        self.replication().promote_volume(self.request(req)).await?;
+        Ok(json!({"volume_id": volume_id, "role": "primary"}))
+    }
+
+    pub async fn demote(
+        &self,
+        volume_id: &str,
+        parameters: HashMap<String, String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req =
+            DemoteVolumeRequest { parameters, secrets, replication_source: source(volume_id), ..Default::default() };
+        self.replication().demote_volume(self.request(req)).await?;
+        Ok(json!({"volume_id": volume_id, "role": "secondary"}))
+    }
+
+    pub async fn resync(
+        &self,
+        volume_id: &str,
+        force: bool,
+        parameters: HashMap<String, String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req = ResyncVolumeRequest {
+            force,
+            parameters,
+            secrets,
+            replication_source: source(volume_id),
+            ..Default::default()
+        };
+        let r = self.replication().resync_volume(self.request(req)).await?.into_inner();
+        Ok(json!({"volume_id": volume_id, "ready": r.ready}))
+    }
+
     pub async fn info(&self, volume_id: &str, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
         let req =
             GetVolumeReplicationInfoRequest { secrets, replication_source: source(volume_id), ..Default::default() };

@@ -30,6 +30,22 @@ enum Command {
     Disable(VolumeCommand),
     /// Show when a primary volume last synced to its peer (GetVolumeReplicationInfo).
     Info(VolumeCommand),
+    /// Make this site's copy of a volume the primary (PromoteVolume).
+    Promote(ForceCommand),
+    /// Make this site's copy of a volume a secondary (DemoteVolume).
+    Demote(VolumeCommand),
+    /// Re-copy a split-brained secondary from the peer (ResyncVolume); prints ready.
+    Resync(ForceCommand),
+}
+
+#[derive(Args)]
+struct ForceCommand {
+    #[command(flatten)]
+    volume: VolumeCommand,
+    /// Promote even while the peer still holds the primary (unplanned
+    /// failover), or resync discarding this site's changes.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -78,6 +94,10 @@ struct ServeArgs {
     /// ceph-csi's config.json (clusterID → monitors, RADOS namespace).
     #[arg(long, env = "RBD_ADDONS_CEPH_CSI_CONFIG", default_value = "/etc/ceph-csi-config/config.json")]
     ceph_csi_config: PathBuf,
+    /// ceph-csi's cluster-mapping.json, used to find volumes whose handle was
+    /// minted on the peer site (after a failover); ignored when absent.
+    #[arg(long, env = "RBD_ADDONS_CLUSTER_MAPPING", default_value = "/etc/ceph-csi-config/cluster-mapping.json")]
+    cluster_mapping: PathBuf,
     /// Permissions of the socket file, in octal.
     #[arg(long, env = "RBD_ADDONS_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
     socket_mode: u32,
@@ -155,6 +175,18 @@ async fn client_call(command: Command) -> Result<serde_json::Value, ClientError>
             let (conn, _, secrets) = v.connect().await?;
             conn.info(&v.volume_id, secrets).await
         }
+        Command::Promote(f) => {
+            let (conn, params, secrets) = f.volume.connect().await?;
+            conn.promote(&f.volume.volume_id, f.force, params, secrets).await
+        }
+        Command::Demote(v) => {
+            let (conn, params, secrets) = v.connect().await?;
+            conn.demote(&v.volume_id, params, secrets).await
+        }
+        Command::Resync(f) => {
+            let (conn, params, secrets) = f.volume.connect().await?;
+            conn.resync(&f.volume.volume_id, f.force, params, secrets).await
+        }
     }
 }
 
@@ -162,7 +194,8 @@ fn run_client(command: Command) -> ExitCode {
     let json = match &command {
         Command::Serve(_) => false,
         Command::Identity(a) | Command::Capabilities(a) | Command::Probe(a) => a.json,
-        Command::Enable(v) | Command::Disable(v) | Command::Info(v) => v.client.json,
+        Command::Enable(v) | Command::Disable(v) | Command::Info(v) | Command::Demote(v) => v.client.json,
+        Command::Promote(f) | Command::Resync(f) => f.volume.client.json,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(client_call(command)) {
@@ -193,7 +226,10 @@ fn main() -> ExitCode {
         | Command::Probe(_)
         | Command::Enable(_)
         | Command::Disable(_)
-        | Command::Info(_)) => run_client(client_command),
+        | Command::Info(_)
+        | Command::Promote(_)
+        | Command::Demote(_)
+        | Command::Resync(_)) => run_client(client_command),
         Command::Serve(args) => {
             if let Err(e) = init_logging(args.log_format, &args.log_level) {
                 eprintln!("rbd-addons: {e}");
@@ -211,6 +247,7 @@ fn main() -> ExitCode {
                 socket_mode: args.socket_mode,
                 driver_name: args.drivername,
                 ceph_csi_config: args.ceph_csi_config,
+                cluster_mapping: args.cluster_mapping,
                 op_timeout: args.op_timeout,
                 ceph_timeout: args.ceph_timeout,
                 max_concurrent_ops: args.max_concurrent_ops,

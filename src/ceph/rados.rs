@@ -86,7 +86,11 @@ impl Cluster {
     /// Sends one JSON command to the active mgr and returns its output.
     /// The error carries the mgr's status text, which says what was wrong.
     pub fn mgr_command(&self, json: &str) -> Result<String, (CephError, String)> {
-        let cmd = c_string("rados_mgr_command", json).map_err(|e| (e, String::new()))?;
+        self.command("rados_mgr_command", sys::rados_mgr_command, json)
+    }
+
+    fn command(&self, op: &'static str, send: CommandFn, json: &str) -> Result<String, (CephError, String)> {
+        let cmd = c_string(op, json).map_err(|e| (e, String::new()))?;
         let mut cmds = [cmd.as_ptr()];
         let mut outbuf: *mut c_char = ptr::null_mut();
         let mut outbuf_len = 0usize;
@@ -96,7 +100,7 @@ impl Cluster {
         // return librados may have allocated `outbuf` and `outs`; both are freed
         // below with rados_buffer_free, the deallocator librados pairs with them.
         let ret = unsafe {
-            sys::rados_mgr_command(
+            send(
                 self.handle,
                 cmds.as_mut_ptr(),
                 1,
@@ -119,12 +123,25 @@ impl Cluster {
         };
         let out = take(outbuf, outbuf_len);
         let status = take(outs, outs_len);
-        match CephError::check("rados_mgr_command", ret) {
+        match CephError::check(op, ret) {
             Ok(_) => Ok(out),
             Err(e) => Err((e, status)),
         }
     }
 }
+
+/// The signature librados' command calls (mon, mgr, osd) share.
+type CommandFn = unsafe extern "C" fn(
+    sys::rados_t,
+    *mut *const c_char,
+    usize,
+    *const c_char,
+    usize,
+    *mut *mut c_char,
+    *mut usize,
+    *mut *mut c_char,
+    *mut usize,
+) -> i32;
 
 impl Drop for Cluster {
     fn drop(&mut self) {

@@ -194,6 +194,43 @@ impl<'io> Image<'io> {
         CephError::check("rbd_mirror_image_disable", ret).map(drop)
     }
 
+    pub fn mirror_promote(&self, force: bool) -> Result<(), CephError> {
+        // SAFETY: valid open image.
+        let ret = unsafe { sys::rbd_mirror_image_promote(self.handle, force) };
+        CephError::check("rbd_mirror_image_promote", ret).map(drop)
+    }
+
+    pub fn mirror_demote(&self) -> Result<(), CephError> {
+        // SAFETY: valid open image.
+        let ret = unsafe { sys::rbd_mirror_image_demote(self.handle) };
+        CephError::check("rbd_mirror_image_demote", ret).map(drop)
+    }
+
+    /// Flags the (non-primary) image for resync: rbd-mirror deletes and
+    /// re-creates it from the primary.
+    pub fn mirror_resync(&self) -> Result<(), CephError> {
+        // SAFETY: valid open image.
+        let ret = unsafe { sys::rbd_mirror_image_resync(self.handle) };
+        CephError::check("rbd_mirror_image_resync", ret).map(drop)
+    }
+
+    /// When the image was created, as (seconds, nanoseconds) since the epoch.
+    pub fn create_timestamp(&self) -> Result<(i64, i64), CephError> {
+        let mut ts = sys::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: plain out-parameter.
+        let ret = unsafe { sys::rbd_get_create_timestamp(self.handle, &mut ts) };
+        CephError::check("rbd_get_create_timestamp", ret)?;
+        Ok((ts.tv_sec, ts.tv_nsec))
+    }
+
+    pub fn metadata_set(&self, key: &str, value: &str) -> Result<(), CephError> {
+        let k = c_string("rbd_metadata_set", key)?;
+        let v = c_string("rbd_metadata_set", value)?;
+        // SAFETY: valid image; librbd copies both strings.
+        let ret = unsafe { sys::rbd_metadata_set(self.handle, k.as_ptr(), v.as_ptr()) };
+        CephError::check("rbd_metadata_set", ret).map(drop)
+    }
+
     pub fn mirror_global_status(&self) -> Result<GlobalStatus, CephError> {
         let mut raw = MaybeUninit::<sys::rbd_mirror_image_global_status_t>::zeroed();
         // SAFETY: librbd fills the struct and allocates its strings and the

@@ -2,6 +2,7 @@
 //! that a volume ceph-csi provisioned is found exactly as ceph-csi finds it.
 
 mod config;
+mod mapping;
 mod secrets;
 mod volume_id;
 
@@ -42,6 +43,17 @@ pub struct ResolvedVolume {
 }
 
 impl ResolvedVolume {
+    /// Whether the pool's image directory lists the image: one omap read,
+    /// far cheaper than opening the image.
+    pub fn image_exists(&self) -> Result<bool, CephError> {
+        let key = format!("name_{}", self.image);
+        match self.io.omap_get("rbd_directory", &[&key]) {
+            Ok(vals) => Ok(vals.contains_key(&key)),
+            Err(e) if e.is(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `pool/[namespace/]image`, as the rbd CLI and the mgr spell an image.
     pub fn spec(&self) -> String {
         match self.io.namespace() {
@@ -51,32 +63,76 @@ impl ResolvedVolume {
     }
 }
 
+impl Error {
+    /// Errors that may only mean the handle was minted on the peer site, so
+    /// that a cluster-mapping translation is worth trying (as ceph-csi does).
+    fn may_be_peer_handle(&self) -> bool {
+        match self {
+            Error::Config(ConfigError::UnknownCluster { .. }) | Error::PoolNotFound { .. } => true,
+            Error::OpenPool { source, .. } | Error::Journal { source, .. } => {
+                matches!(source.errno, libc::ENOENT | libc::EPERM | libc::EACCES)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Turns ceph-csi volume IDs into open pools and image names.
 pub struct Resolver {
     config_path: PathBuf,
+    mapping_path: Option<PathBuf>,
     connections: Arc<ConnectionPool>,
 }
 
 impl Resolver {
-    pub fn new(config_path: PathBuf, connections: Arc<ConnectionPool>) -> Self {
-        Self { config_path, connections }
+    pub fn new(config_path: PathBuf, mapping_path: Option<PathBuf>, connections: Arc<ConnectionPool>) -> Self {
+        Self { config_path, mapping_path, connections }
     }
 
-    /// Blocking: reads config.json, may connect, reads the journal omap.
+    /// Blocking: reads config.json, may connect, reads the journal omap. When
+    /// the handle does not resolve to an existing image here and a cluster
+    /// mapping is configured, the handle's peer-site translations are tried.
     pub fn resolve(&self, id: &CsiId, creds: &Credentials) -> Result<ResolvedVolume, Error> {
-        let cluster_info = config::lookup(&self.config_path, &id.cluster_id)?;
+        let direct = self.resolve_at(&id.cluster_id, id.pool_id, &id.uuid, creds);
+        let Some(mapping) = &self.mapping_path else { return direct };
+        if direct.as_ref().is_err_and(|e| !e.may_be_peer_handle()) {
+            return direct;
+        }
+        let candidates = mapping::candidates(mapping, &id.cluster_id, id.pool_id)?;
+        if candidates.is_empty() || direct.as_ref().is_ok_and(|v| v.image_exists().unwrap_or(true)) {
+            return direct;
+        }
+        for (cluster_id, pool_id) in candidates {
+            if let Ok(vol) = self.resolve_at(&cluster_id, pool_id, &id.uuid, creds) {
+                if vol.image_exists().unwrap_or(false) {
+                    tracing::debug!(volume = %id, cluster_id, pool_id, "resolved through the cluster mapping");
+                    return Ok(vol);
+                }
+            }
+        }
+        direct
+    }
+
+    fn resolve_at(
+        &self,
+        cluster_id: &str,
+        pool_id: i64,
+        uuid: &str,
+        creds: &Credentials,
+    ) -> Result<ResolvedVolume, Error> {
+        let cluster_info = config::lookup(&self.config_path, cluster_id)?;
         let cluster = self
             .connections
             .get(&cluster_info.mon_host, &creds.user, creds.key())
-            .map_err(|source| Error::Connect { cluster_id: id.cluster_id.clone(), user: creds.user.clone(), source })?;
-        let io = IoCtx::open(&cluster, id.pool_id, &cluster_info.rados_namespace).map_err(|source| {
+            .map_err(|source| Error::Connect { cluster_id: cluster_id.to_owned(), user: creds.user.clone(), source })?;
+        let io = IoCtx::open(&cluster, pool_id, &cluster_info.rados_namespace).map_err(|source| {
             if source.is(libc::ENOENT) {
-                Error::PoolNotFound { cluster_id: id.cluster_id.clone(), pool_id: id.pool_id }
+                Error::PoolNotFound { cluster_id: cluster_id.to_owned(), pool_id }
             } else {
-                Error::OpenPool { pool_id: id.pool_id, source }
+                Error::OpenPool { pool_id, source }
             }
         })?;
-        let object = format!("csi.volume.{}", id.uuid);
+        let object = format!("csi.volume.{uuid}");
         // ceph-csi records a custom image name (volumeNamePrefix) in the journal;
         // a volume without a journal entry uses the default name.
         let image = match io.omap_get(&object, &[IMAGE_NAME_KEY]) {
@@ -84,7 +140,7 @@ impl Resolver {
             Err(e) if e.is(libc::ENOENT) => None,
             Err(source) => return Err(Error::Journal { object, source }),
         };
-        let image = image.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("csi-vol-{}", id.uuid));
+        let image = image.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("csi-vol-{uuid}"));
         Ok(ResolvedVolume { io, image })
     }
 }

@@ -7,7 +7,7 @@ mod volume;
 
 pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
 pub use status::{Health, ReplayDescription, health};
-pub use volume::{ReplicationInfo, disable, enable, info};
+pub use volume::{ReplicationInfo, demote, disable, enable, info, promote, resync};
 
 use crate::ceph::CephError;
 use crate::cephcsi;
@@ -33,6 +33,9 @@ pub enum Error {
     /// A transition librbd is still making; a retry will see it finished.
     #[error("{0}")]
     InProgress(String),
+    /// Something this call depends on is down or not ready; retry later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{what}: {source}")]
     Ceph { what: String, source: CephError },
     #[error("{what}: {status} ({source})")]

@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub socket_mode: u32,
     pub driver_name: String,
     pub ceph_csi_config: PathBuf,
+    /// ceph-csi's cluster-mapping.json; a missing file means no mapping.
+    pub cluster_mapping: PathBuf,
     pub op_timeout: Duration,
     pub ceph_timeout: Duration,
     pub max_concurrent_ops: usize,
@@ -111,7 +113,7 @@ async fn shutdown_signal() {
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let listener = bind(&cfg.socket_path, cfg.socket_mode)?;
     let connections = Arc::new(ConnectionPool::new(cfg.connection_idle_expiry, cfg.ceph_timeout));
-    let resolver = Arc::new(Resolver::new(cfg.ceph_csi_config.clone(), connections));
+    let resolver = Arc::new(Resolver::new(cfg.ceph_csi_config.clone(), Some(cfg.cluster_mapping.clone()), connections));
     let exec = Arc::new(Executor::new(cfg.max_concurrent_ops, cfg.op_timeout));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

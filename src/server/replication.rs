@@ -123,10 +123,6 @@ fn info_response(i: replication::ReplicationInfo) -> GetVolumeReplicationInfoRes
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not supported by this server yet"))
-}
-
 #[tonic::async_trait]
 impl Controller for ReplicationService {
     async fn enable_volume_replication(
@@ -174,17 +170,44 @@ impl Controller for ReplicationService {
 
     async fn promote_volume(
         &self,
-        _: Request<PromoteVolumeRequest>,
+        request: Request<PromoteVolumeRequest>,
     ) -> Result<Response<PromoteVolumeResponse>, Status> {
-        Err(not_yet("PromoteVolume"))
+        const METHOD: &str = "PromoteVolume";
+        let req = request.into_inner();
+        #[allow(deprecated)]
+        let target = target(&req.volume_id, req.replication_source.as_ref());
+        let shown = target.as_deref().unwrap_or_default().to_owned();
+        // The class parameters come along: the schedule is applied on promote.
+        let params = check_map("parameters", &req.parameters)
+            .and_then(|()| EnableParams::parse(&req.parameters).map_err(Error::from))
+            .map_err(|e| failed(METHOD, &shown, e))?;
+        let force = req.force;
+        self.run(METHOD, target, &req.secrets, move |vol| replication::promote(vol, force, params.schedule.as_ref()))
+            .await?;
+        Ok(Response::new(PromoteVolumeResponse {}))
     }
 
-    async fn demote_volume(&self, _: Request<DemoteVolumeRequest>) -> Result<Response<DemoteVolumeResponse>, Status> {
-        Err(not_yet("DemoteVolume"))
+    async fn demote_volume(
+        &self,
+        request: Request<DemoteVolumeRequest>,
+    ) -> Result<Response<DemoteVolumeResponse>, Status> {
+        let req = request.into_inner();
+        #[allow(deprecated)]
+        let target = target(&req.volume_id, req.replication_source.as_ref());
+        self.run("DemoteVolume", target, &req.secrets, replication::demote).await?;
+        Ok(Response::new(DemoteVolumeResponse {}))
     }
 
-    async fn resync_volume(&self, _: Request<ResyncVolumeRequest>) -> Result<Response<ResyncVolumeResponse>, Status> {
-        Err(not_yet("ResyncVolume"))
+    async fn resync_volume(
+        &self,
+        request: Request<ResyncVolumeRequest>,
+    ) -> Result<Response<ResyncVolumeResponse>, Status> {
+        let req = request.into_inner();
+        #[allow(deprecated)]
+        let target = target(&req.volume_id, req.replication_source.as_ref());
+        let force = req.force;
+        let ready = self.run("ResyncVolume", target, &req.secrets, move |vol| replication::resync(vol, force)).await?;
+        Ok(Response::new(ResyncVolumeResponse { ready }))
     }
 }
 

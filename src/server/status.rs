@@ -19,6 +19,7 @@ pub fn code_of(err: &Error) -> Code {
         Error::ImageNotFound { .. } | Error::NoInfoYet(_) => Code::NotFound,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::InProgress(_) => Code::Aborted,
+        Error::Unavailable(_) => Code::Unavailable,
         Error::Ceph { source, .. } => errno_code(source),
         Error::Mgr { source, .. } => match source.errno {
             libc::EINVAL => Code::InvalidArgument,
