@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# A guided walk-through on a local two-site lab: builds rbd-addons, brings up two
-# real Ceph clusters (site-a, site-b) peered by rbd-mirror, starts the server on
-# site-a, creates a volume the way ceph-csi does, enables replication through
-# the server and shows it syncing to site-b. Every command it runs is printed.
+# A guided DR walk-through on a local two-site lab: builds rbd-addons, brings up
+# two real Ceph clusters (site-a, site-b) peered by rbd-mirror, starts one server
+# per site, creates a volume the way ceph-csi does, enables replication, shows it
+# syncing to site-b, then runs a planned failover to site-b and a failback, with
+# the data checked on both sites. Every command it runs is printed: it is the
+# runbook, executed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -25,18 +27,25 @@ POOL_ID=$(jq -r .sites.a.pool_id "$LAB/lab.json")
 CLUSTER_ID=$(jq -r .cluster_id "$LAB/lab.json")
 
 WORK=$(mktemp -d /tmp/rbd-addons-demo.XXXXXX)
-SOCK=$WORK/csi-addons.sock
+SOCK=$WORK/site-a.sock
+SOCK_B=$WORK/site-b.sock
 # The replication secret, as the csi-addons sidecar would pass it: in a file,
 # never on the command line.
 jq '{userID: .user, userKey: .key}' "$LAB/lab.json" >"$WORK/secret.json"
 chmod 600 "$WORK/secret.json"
 
-say "Starting the server for site-a on $SOCK"
+say "Starting one server per site (as beside each site's csi-rbdplugin)"
 "$BIN" serve --endpoint "unix://$SOCK" --ceph-csi-config "$LAB/a/csi-config.json" \
-  --log-format text 2>"$WORK/server.log" &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
+  --cluster-mapping "$LAB/a/cluster-mapping.json" --log-format text 2>"$WORK/server-a.log" &
+SERVER_A=$!
+"$BIN" serve --endpoint "unix://$SOCK_B" --ceph-csi-config "$LAB/b/csi-config.json" \
+  --cluster-mapping "$LAB/b/cluster-mapping.json" --log-format text 2>"$WORK/server-b.log" &
+SERVER_B=$!
+trap 'kill $SERVER_A $SERVER_B 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 50); do [ -S "$SOCK" ] && [ -S "$SOCK_B" ] && break; sleep 0.1; done
+echo "site-a: $SOCK   site-b: $SOCK_B"
+echo "site-b resolves site-a's volume handles through $LAB/b/cluster-mapping.json:"
+jq -c . "$LAB/b/cluster-mapping.json"
 export RBD_ADDONS_ENDPOINT=unix://$SOCK
 show "$BIN" identity
 show "$BIN" capabilities
@@ -81,11 +90,52 @@ for _ in $(seq 90); do
 done
 show "$BIN" info --volume-id "$VOLUME_ID" --secrets-file "$WORK/secret.json"
 
+status() {
+  for site in a b; do
+    local conf=$LAB/$site/ceph.conf
+    printf '  site-%s: primary=%-5s status=%s\n' "$site" \
+      "$(rbd -c "$conf" info "$IMAGE" --format json 2>/dev/null | jq -r .mirroring.primary)" \
+      "$(rbd -c "$conf" mirror image status "$IMAGE" --format json 2>/dev/null | jq -r '.state + " / " + (.description | split(",")[0])')"
+  done
+}
+SECRET=(--volume-id "$VOLUME_ID" --secrets-file "$WORK/secret.json")
+
+say "Planned failover to site-b: demote on site-a, then promote on site-b (not forced)"
+status
+show "$BIN" demote --endpoint "unix://$SOCK" "${SECRET[@]}"
+show "$BIN" promote --endpoint "unix://$SOCK_B" "${SECRET[@]}" --param schedulingInterval=1m
+status
+echo "  data: site-a $(sum "$A")  site-b $(sum "$B")  (identical: nothing lost)"
+
+say "The application now writes on site-b"
+show rbd -c "$B" bench --io-type write --io-size 4K --io-total 512K --io-pattern rand "$IMAGE" >/dev/null
+echo "(the 1m schedule would carry it to site-a; take the mirror snapshot now instead of waiting)"
+show rbd -c "$B" mirror image snapshot "$IMAGE"
+SUM_B=$(sum "$B")
+for i in $(seq 90); do [ "$(sum "$A")" = "$SUM_B" ] && break; sleep 1; done
+echo "  data: site-a $(sum "$A")  site-b $SUM_B"
+echo "Before failing back, wait until site-a replays from site-b (demoting both sides too early leaves both demoted):"
+for _ in $(seq 90); do
+  [ "$(rbd -c "$A" mirror image status "$IMAGE" --format json 2>/dev/null | jq -r .state)" = up+replaying ] && break
+  sleep 1
+done
+status
+
+say "Failback to site-a: demote on site-b, promote on site-a"
+show "$BIN" demote --endpoint "unix://$SOCK_B" "${SECRET[@]}"
+show "$BIN" promote --endpoint "unix://$SOCK" "${SECRET[@]}" --param schedulingInterval=1m
+status
+[ "$(sum "$A")" = "$SUM_B" ] || { echo "site-a lost site-b's writes" >&2; exit 1; }
+echo "  data: site-a $(sum "$A")  site-b $(sum "$B")  (site-a holds what was written on site-b)"
+
 say "Done"
 cat <<EOF
-The volume replicates to site-b. Try it yourself:
-  export RBD_ADDONS_ENDPOINT=unix://$SOCK   (while this script runs; restart a server with:)
-  $BIN serve --endpoint unix:///tmp/a.sock --ceph-csi-config $LAB/a/csi-config.json
+The volume replicated to site-b, failed over to it and back without losing a write.
+The README's "DR runbook" has the unplanned failover (promote --force) and the
+split-brain resync. To try them here, start the servers again:
+  $BIN serve --endpoint unix:///tmp/a.sock --ceph-csi-config $LAB/a/csi-config.json --cluster-mapping $LAB/a/cluster-mapping.json
+  $BIN serve --endpoint unix:///tmp/b.sock --ceph-csi-config $LAB/b/csi-config.json --cluster-mapping $LAB/b/cluster-mapping.json
+  volume handle: $VOLUME_ID
   rbd -c $B mirror image status $IMAGE
 The lab keeps running; stop it with: scripts/lab.sh down
 EOF

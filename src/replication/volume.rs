@@ -308,12 +308,35 @@ pub fn promote(vol: &ResolvedVolume, force: bool, schedule: Option<&Schedule>) -
     let current = mirror_info(&image)?;
     require_enabled(&current, vol)?;
     if !current.primary {
+        if !force {
+            refuse_unsafe_promote(&image, vol)?;
+        }
         promote_settled(&image, vol, force)?;
         info!(image = %vol.spec(), force, "promoted to primary");
     }
     // Every promote (re)applies the schedule: a primary must always carry it.
     let mode = image.mirror_mode().map_err(Error::ceph("cannot read the image's mirroring mode"))?;
     apply_schedule(vol, mode, schedule)
+}
+
+/// librbd lets a non-forced promote through whenever this copy's newest
+/// snapshot is its own demotion, even while the peer is primary again (e.g.
+/// after a split-brain): that would silently make two primaries. Without force,
+/// promote only from "peer demoted" (unknown), a healthy replay (librbd then
+/// says EBUSY if the peer is primary), or when rbd-mirror has not reported yet.
+fn refuse_unsafe_promote(image: &Image<'_>, vol: &ResolvedVolume) -> Result<(), Error> {
+    let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
+    let Some(local) = status.local() else { return Ok(()) };
+    if local.up && !matches!(local.state, SiteState::Unknown | SiteState::Replaying) {
+        let what = local.description.split(',').next().unwrap_or_default();
+        return Err(Error::FailedPrecondition(format!(
+            "this site's copy of {} is up+{} ({what}); a non-forced promote could leave two primaries: \
+             demote the peer and let this site catch up, or promote with force",
+            vol.spec(),
+            local.state.as_str()
+        )));
+    }
+    Ok(())
 }
 
 fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Result<(), Error> {

@@ -293,3 +293,76 @@ pub fn cleanup(lab: &Lab, spec: &str) {
     lab.rbd_try(Site::A, &["snap", "purge", spec]).ok();
     lab.rbd_try(Site::A, &["rm", "--no-progress", spec]).ok();
 }
+
+/// One server per site, as in a two-cluster deployment, each with its site's
+/// config.json and cluster-mapping.json (handles minted on site-a resolve on
+/// site-b through the pool-ID mapping).
+pub struct SitePair {
+    pub a: Server,
+    pub b: Server,
+}
+
+impl SitePair {
+    pub async fn start(lab: &Lab, extra: &[&str]) -> Self {
+        let mapping = |s: Site| lab.facts["sites"][s.key()]["cluster_mapping"].as_str().unwrap().to_owned();
+        let (ma, mb) = (mapping(Site::A), mapping(Site::B));
+        let mut args_a = vec!["--cluster-mapping", ma.as_str()];
+        args_a.extend(extra);
+        let mut args_b = vec!["--cluster-mapping", mb.as_str()];
+        args_b.extend(extra);
+        Self {
+            a: Server::start(&lab.csi_config(Site::A), &args_a).await,
+            b: Server::start(&lab.csi_config(Site::B), &args_b).await,
+        }
+    }
+
+    pub fn on(&self, s: Site) -> &Server {
+        match s {
+            Site::A => &self.a,
+            Site::B => &self.b,
+        }
+    }
+}
+
+/// sha256 of the image's whole content on a site (None if it cannot be read).
+pub fn checksum(lab: &Lab, s: Site, spec: &str) -> Option<String> {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; timeout 60 rbd -c {} export --no-progress {spec} - 2>/dev/null | sha256sum",
+            lab.conf(s)
+        ))
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().map(str::to_owned)
+}
+
+/// Writes data that differs from call to call (random offsets) on a site.
+pub fn write_data(lab: &Lab, s: Site, spec: &str) {
+    lab.rbd(s, &["bench", "--io-type", "write", "--io-size", "4K", "--io-total", "256K", "--io-pattern", "rand", spec]);
+}
+
+/// A mirror snapshot on the primary, as the schedule would take: it carries
+/// the writes so far to the peer (snapshot mode).
+pub fn mirror_snapshot(lab: &Lab, s: Site, spec: &str) {
+    lab.rbd(s, &["mirror", "image", "snapshot", spec]);
+}
+
+/// Whether the site's copy is primary (None when the image is absent there).
+pub fn is_primary(lab: &Lab, s: Site, spec: &str) -> Option<bool> {
+    lab.mirror_info(s, spec).and_then(|m| m["primary"].as_bool())
+}
+
+pub async fn wait_same_data(lab: &Lab, spec: &str, want: &str, on: Site, limit: Duration) {
+    wait_until(&format!("site-{} to hold the expected data of {spec}", on.key()), limit, || {
+        checksum(lab, on, spec).as_deref() == Some(want)
+    })
+    .await;
+}
+
+pub fn secrets_for(lab: &Lab) -> HashMap<String, String> {
+    lab.secrets()
+}

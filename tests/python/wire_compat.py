@@ -188,9 +188,19 @@ def main():
         check("GetVolumeReplicationInfo answers OK or NOT_FOUND (no sync reported yet)",
               code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND), (code, body))
 
-        for rpc in ("PromoteVolume", "DemoteVolume", "ResyncVolume"):
-            code, detail = call(channel, f"/replication.Controller/{rpc}", promote_like_req(volume_id, secrets))
-            check(f"{rpc} decodes and answers with a status", code is not None, (code, detail))
+        def primary():
+            info = json.loads(rbd(site["conf"], "info", image, "--format", "json").stdout)
+            return info.get("mirroring", {}).get("primary")
+
+        code, detail = call(channel, "/replication.Controller/PromoteVolume", promote_like_req(volume_id, secrets))
+        check("PromoteVolume on the primary is OK", code == grpc.StatusCode.OK and primary() is True, (code, detail))
+        code, detail = call(channel, "/replication.Controller/DemoteVolume", promote_like_req(volume_id, secrets))
+        check("DemoteVolume makes it secondary in Ceph", code == grpc.StatusCode.OK and primary() is False, (code, detail))
+        code, detail = call(channel, "/replication.Controller/PromoteVolume", promote_like_req(volume_id, secrets))
+        check("PromoteVolume after its own demote makes it primary again",
+              code == grpc.StatusCode.OK and primary() is True, (code, detail))
+        code, detail = call(channel, "/replication.Controller/ResyncVolume", promote_like_req(volume_id, secrets, force=True))
+        check("ResyncVolume on a primary is INVALID_ARGUMENT", code == grpc.StatusCode.INVALID_ARGUMENT, (code, detail))
 
         code, _ = call(channel, "/replication.Controller/DisableVolumeReplication", disable_req(volume_id, secrets))
         info = json.loads(rbd(site["conf"], "info", image, "--format", "json").stdout)

@@ -1,0 +1,450 @@
+//! Disaster-recovery drills on the two-site lab, through the real servers, with
+//! the data checked by checksum on both sites. Every call uses the volume handle
+//! minted on site-a; site-b's server resolves it through its cluster mapping.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rbd_addons::proto::replication::controller_client::ControllerClient;
+use rbd_addons::proto::replication::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const LIMIT: Duration = Duration::from_secs(150);
+
+type Client = ControllerClient<Channel>;
+
+struct Vol {
+    v: TestVolume,
+}
+
+impl Vol {
+    fn id(&self) -> &str {
+        &self.v.id
+    }
+    fn spec(&self) -> &str {
+        &self.v.spec
+    }
+}
+
+async fn enable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
+    let req =
+        EnableVolumeReplicationRequest { secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
+    c.enable_volume_replication(req).await.map(drop)
+}
+
+async fn disable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
+    let req = DisableVolumeReplicationRequest {
+        secrets: lab.secrets(),
+        replication_source: source(id),
+        ..Default::default()
+    };
+    c.disable_volume_replication(req).await.map(drop)
+}
+
+async fn promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<(), tonic::Status> {
+    let req =
+        PromoteVolumeRequest { force, secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
+    c.promote_volume(req).await.map(drop)
+}
+
+async fn demote(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
+    let req = DemoteVolumeRequest { secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
+    c.demote_volume(req).await.map(drop)
+}
+
+async fn resync(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<bool, tonic::Status> {
+    let req =
+        ResyncVolumeRequest { force, secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
+    c.resync_volume(req).await.map(|r| r.into_inner().ready)
+}
+
+async fn info(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
+    let req = GetVolumeReplicationInfoRequest {
+        secrets: lab.secrets(),
+        replication_source: source(id),
+        ..Default::default()
+    };
+    c.get_volume_replication_info(req).await.map(drop)
+}
+
+/// A mirrored volume, primary on site-a, with its data complete on site-b.
+async fn mirrored_volume(lab: &Lab, a: &mut Client) -> (Vol, String) {
+    let v = lab.create_volume(VolumeOpts::default());
+    write_data(lab, Site::A, &v.spec);
+    enable(a, lab, &v.id).await.expect("enable");
+    let sum = checksum(lab, Site::A, &v.spec).unwrap();
+    wait_same_data(lab, &v.spec, &sum, Site::B, LIMIT).await;
+    (Vol { v }, sum)
+}
+
+/// Polls Resync until it answers ready, tolerating the window in which
+/// rbd-mirror re-creates the image (ABORTED); asserts it was not ready first.
+async fn resync_until_ready(c: &mut Client, lab: &Lab, id: &str) {
+    let first = resync(c, lab, id, true).await.expect("first resync");
+    assert!(!first, "a split-brained secondary cannot be ready before its resync");
+    let start = Instant::now();
+    loop {
+        match resync(c, lab, id, true).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) if e.code() == Code::Aborted => {}
+            Err(e) => panic!("resync: {e:?}"),
+        }
+        assert!(start.elapsed() < LIMIT, "resync not ready after {LIMIT:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn marker(lab: &Lab, s: Site, spec: &str) -> Option<String> {
+    lab.rbd_try(s, &["image-meta", "get", spec, ".rbd.image.creation_time"]).ok().map(|v| v.trim().to_owned())
+}
+
+#[tokio::test]
+async fn planned_failover_and_failback_lose_nothing() {
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (vol, sum_a) = mirrored_volume(&lab, &mut a).await;
+
+    // Failover to site-b.
+    demote(&mut a, &lab, vol.id()).await.expect("demote a");
+    let m = marker(&lab, Site::A, vol.spec()).expect("demote records the creation-time marker");
+    let secs: i64 = m.strip_prefix("seconds:").and_then(|r| r.split(' ').next()).and_then(|s| s.parse().ok()).unwrap();
+    assert!(m.contains(" nanos:"), "{m}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now - 600..=now).contains(&secs), "marker {m} is not this image's creation time");
+    promote(&mut b, &lab, vol.id(), false).await.expect("non-forced promote on b after a's demote");
+    assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(true));
+    assert_eq!(is_primary(&lab, Site::A, vol.spec()), Some(false));
+    assert_eq!(checksum(&lab, Site::B, vol.spec()).as_deref(), Some(sum_a.as_str()), "b lost a's data");
+
+    // Work on site-b, then fail back once site-a has replayed it.
+    write_data(&lab, Site::B, vol.spec());
+    mirror_snapshot(&lab, Site::B, vol.spec());
+    let sum_b = checksum(&lab, Site::B, vol.spec()).unwrap();
+    assert_ne!(sum_a, sum_b);
+    wait_same_data(&lab, vol.spec(), &sum_b, Site::A, LIMIT).await;
+    demote(&mut b, &lab, vol.id()).await.expect("demote b");
+    promote(&mut a, &lab, vol.id(), false).await.expect("non-forced promote on a");
+    assert_eq!(is_primary(&lab, Site::A, vol.spec()), Some(true));
+    assert_eq!(checksum(&lab, Site::A, vol.spec()).as_deref(), Some(sum_b.as_str()), "a lost b's data");
+
+    disable(&mut a, &lab, vol.id()).await.expect("disable");
+    cleanup(&lab, vol.spec());
+}
+
+#[tokio::test]
+async fn forced_promote_split_brain_then_resync_failback() {
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (vol, _) = mirrored_volume(&lab, &mut a).await;
+
+    let err = promote(&mut b, &lab, vol.id(), false).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(false), "a refused promote changed nothing");
+
+    // What the controller does next: force. Both sites are now primary.
+    promote(&mut b, &lab, vol.id(), true).await.expect("forced promote");
+    assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(true));
+    assert_eq!(is_primary(&lab, Site::A, vol.spec()), Some(true));
+    write_data(&lab, Site::B, vol.spec());
+    mirror_snapshot(&lab, Site::B, vol.spec());
+    let sum_b = checksum(&lab, Site::B, vol.spec()).unwrap();
+
+    // Failback: a gives up its copy and takes b's.
+    demote(&mut a, &lab, vol.id()).await.expect("demote a");
+    wait_until("a to report split-brain", LIMIT, || {
+        lab.mirror_status(Site::A, vol.spec()).is_some_and(|s| s["description"] == "split-brain")
+    })
+    .await;
+    let err = resync(&mut a, &lab, vol.id(), false).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "resync without force must refuse: {err:?}");
+    resync_until_ready(&mut a, &lab, vol.id()).await;
+    assert_eq!(checksum(&lab, Site::A, vol.spec()).as_deref(), Some(sum_b.as_str()), "a does not hold b's data");
+    assert!(marker(&lab, Site::A, vol.spec()).is_none(), "the re-created image must not carry the old marker");
+    // Both healthy again: a replays, b is the primary.
+    assert_eq!(state_of(&lab.mirror_status(Site::A, vol.spec())), "up+replaying");
+    assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(true));
+    assert!(resync(&mut a, &lab, vol.id(), true).await.unwrap(), "a second resync must not start over");
+
+    disable(&mut b, &lab, vol.id()).await.expect("disable on the new primary");
+    lab.rbd_try(Site::B, &["rm", "--no-progress", vol.spec()]).ok();
+    cleanup(&lab, vol.spec());
+}
+
+#[tokio::test]
+async fn peer_site_handles_resolve_through_cluster_mapping() {
+    let lab = Lab::load();
+    let mut a = Server::start(&lab.csi_config(Site::A), &[]).await.replication().await;
+    let (vol, _) = mirrored_volume(&lab, &mut a).await;
+    assert_ne!(lab.pool_id(Site::A), lab.pool_id(Site::B), "the lab must have different pool IDs per site");
+
+    // Without a mapping, pool 2 on site-b is another pool: the image is not there.
+    let plain = Server::start(&lab.csi_config(Site::B), &["--cluster-mapping", "/nonexistent/mapping.json"]).await;
+    let err = info(&mut plain.replication().await, &lab, vol.id()).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // Same clusterID on both sites, pool IDs mapped (the lab's own mapping).
+    let sites = SitePair::start(&lab, &[]).await;
+    let err = info(&mut sites.b.replication().await, &lab, vol.id()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "found, and secondary: {err:?}");
+
+    // Different clusterIDs per site: both the clusterID and the pool are mapped.
+    let dir = std::env::temp_dir().join(format!("mapping-{}", new_uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.json");
+    let mapping = dir.join("cluster-mapping.json");
+    std::fs::write(
+        &config,
+        serde_json::json!([{"clusterID": "dr-site-b", "monitors": [lab.mon_host(Site::B)]}]).to_string(),
+    )
+    .unwrap();
+    let pools = serde_json::json!({lab.pool_id(Site::A).to_string(): lab.pool_id(Site::B).to_string()});
+    std::fs::write(
+        &mapping,
+        serde_json::json!([{"clusterIDMapping": {"rook-ceph": "dr-site-b"}, "RBDPoolIDMapping": [pools]}]).to_string(),
+    )
+    .unwrap();
+    let other = Server::start(&config, &["--cluster-mapping", mapping.to_str().unwrap()]).await;
+    let mut ob = other.replication().await;
+    let err = info(&mut ob, &lab, vol.id()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "found through the clusterID mapping: {err:?}");
+    // And the mapped handle drives real operations there.
+    demote(&mut a, &lab, vol.id()).await.expect("demote a");
+    promote(&mut ob, &lab, vol.id(), false).await.expect("promote b through the mapped handle");
+    assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(true));
+
+    disable(&mut ob, &lab, vol.id()).await.expect("disable on b");
+    lab.rbd_try(Site::B, &["rm", "--no-progress", vol.spec()]).ok();
+    cleanup(&lab, vol.spec());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The code of a call, or "ok"/"ready=…" when it succeeded.
+async fn outcome(rpc: &str, c: &mut Client, lab: &Lab, id: &str) -> String {
+    let code = |r: Result<(), tonic::Status>| r.map_or_else(|e| format!("{:?}", e.code()), |()| "ok".into());
+    match rpc {
+        "enable" => code(enable(c, lab, id).await),
+        "disable" => code(disable(c, lab, id).await),
+        "promote" => code(promote(c, lab, id, false).await),
+        "demote" => code(demote(c, lab, id).await),
+        "resync" => {
+            resync(c, lab, id, false).await.map_or_else(|e| format!("{:?}", e.code()), |r| format!("ready={r}"))
+        }
+        "info" => code(info(c, lab, id).await),
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn every_rpc_twice_in_every_state_answers_the_same() {
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+
+    // Each state is set up on fresh volumes; RPCs that change the state get a
+    // volume of their own, so that each pair of calls starts from the state.
+    struct Case {
+        state: &'static str,
+        site: Site,
+        /// Each RPC with the answer it must give (both times).
+        rpcs: &'static [(&'static str, &'static str)],
+    }
+    const FP: &str = "FailedPrecondition";
+    let cases = [
+        Case {
+            state: "disabled",
+            site: Site::A,
+            rpcs: &[("disable", "ok"), ("promote", FP), ("demote", FP), ("resync", FP), ("info", FP)],
+        },
+        Case { state: "disabled", site: Site::A, rpcs: &[("enable", "ok")] },
+        Case {
+            state: "primary",
+            site: Site::A,
+            rpcs: &[("enable", "ok"), ("promote", "ok"), ("resync", "InvalidArgument")],
+        },
+        Case { state: "primary", site: Site::A, rpcs: &[("demote", "ok")] },
+        Case { state: "primary", site: Site::A, rpcs: &[("disable", "ok")] },
+        Case {
+            state: "secondary",
+            site: Site::B,
+            rpcs: &[
+                ("enable", "ok"),
+                ("promote", FP),
+                ("demote", "ok"),
+                ("info", FP),
+                ("resync", "ready=true"),
+                ("disable", "ok"),
+            ],
+        },
+        Case {
+            state: "both demoted",
+            site: Site::A,
+            rpcs: &[("enable", "ok"), ("demote", "ok"), ("info", FP), ("disable", FP), ("promote", "ok")],
+        },
+        Case {
+            state: "split-brain",
+            site: Site::B,
+            rpcs: &[
+                ("enable", "ok"),
+                ("demote", "ok"),
+                ("info", FP),
+                ("resync", FP),
+                ("disable", FP),
+                // The peer is primary: never a silent second primary.
+                ("promote", FP),
+            ],
+        },
+    ];
+    for case in cases {
+        let (vol, _) = if case.state == "disabled" {
+            let v = lab.create_volume(VolumeOpts::default());
+            (Vol { v }, String::new())
+        } else {
+            mirrored_volume(&lab, &mut a).await
+        };
+        match case.state {
+            "secondary" => {
+                wait_until("b to report up+replaying", LIMIT, || {
+                    state_of(&lab.mirror_status(Site::B, vol.spec())) == "up+replaying"
+                })
+                .await;
+            }
+            "both demoted" => {
+                demote(&mut a, &lab, vol.id()).await.unwrap();
+                wait_until("b to see a's demotion", LIMIT, || {
+                    lab.mirror_status(Site::B, vol.spec()).is_some_and(|s| s["description"] == "remote image demoted")
+                })
+                .await;
+            }
+            "split-brain" => {
+                promote(&mut b, &lab, vol.id(), true).await.unwrap();
+                demote(&mut b, &lab, vol.id()).await.unwrap();
+                wait_until("b to report split-brain", LIMIT, || {
+                    lab.mirror_status(Site::B, vol.spec()).is_some_and(|s| s["description"] == "split-brain")
+                })
+                .await;
+            }
+            _ => {}
+        }
+        let c = if case.site == Site::A { &mut a } else { &mut b };
+        for (rpc, want) in case.rpcs {
+            let first = outcome(rpc, c, &lab, vol.id()).await;
+            let second = outcome(rpc, c, &lab, vol.id()).await;
+            report.push(format!("{:<13} {:<8} {first:<20} {second}", case.state, rpc));
+            if first != *want || second != *want {
+                failures.push(format!("{} / {rpc}: {first} then {second}, want {want}", case.state));
+            }
+        }
+        lab.rbd_try(Site::B, &["mirror", "image", "disable", "--force", vol.spec()]).ok();
+        lab.rbd_try(Site::B, &["rm", "--no-progress", vol.spec()]).ok();
+        cleanup(&lab, vol.spec());
+    }
+    println!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "answers changed between identical calls:\n{}", failures.join("\n"));
+}
+
+#[derive(Clone, Copy)]
+enum Step {
+    Enable,
+    Demote,
+    Promote,
+    Disable,
+}
+
+/// One concurrent wave of calls, one per volume, as the controller's parallel
+/// reconciles send them; every call must succeed. Returns the wave's duration.
+async fn wave(client: &Client, lab: &Lab, ids: &[String], step: Step) -> Duration {
+    let started = Instant::now();
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (mut c, secrets, id) = (client.clone(), lab.secrets(), id.clone());
+            tokio::spawn(async move {
+                let source = source(&id);
+                match step {
+                    Step::Enable => c
+                        .enable_volume_replication(EnableVolumeReplicationRequest {
+                            secrets,
+                            replication_source: source,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                    Step::Demote => c
+                        .demote_volume(DemoteVolumeRequest {
+                            secrets,
+                            replication_source: source,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                    Step::Promote => c
+                        .promote_volume(PromoteVolumeRequest {
+                            secrets,
+                            replication_source: source,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                    Step::Disable => c
+                        .disable_volume_replication(DisableVolumeReplicationRequest {
+                            secrets,
+                            replication_source: source,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                }
+            })
+        })
+        .collect();
+    for (id, t) in ids.iter().zip(tasks) {
+        t.await.unwrap().unwrap_or_else(|e| panic!("{id}: {e:?}"));
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn twenty_volumes_fail_over_and_back_in_parallel() {
+    const N: usize = 20;
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    let (a, b) = (sites.a.replication().await, sites.b.replication().await);
+    let vols: Vec<TestVolume> = (0..N).map(|_| lab.create_volume(VolumeOpts::default())).collect();
+    let ids: Vec<String> = vols.iter().map(|v| v.id.clone()).collect();
+
+    let t_enable = wave(&a, &lab, &ids, Step::Enable).await;
+    for v in &vols {
+        wait_until("b's copy", LIMIT, || lab.rbd_try(Site::B, &["info", &v.spec]).is_ok()).await;
+    }
+    let t_demote = wave(&a, &lab, &ids, Step::Demote).await;
+    let t_promote = wave(&b, &lab, &ids, Step::Promote).await;
+    for v in &vols {
+        assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true), "{}", v.spec);
+    }
+    // Fail back once every old primary replays from b.
+    for v in &vols {
+        wait_until("a to replay from b", LIMIT, || state_of(&lab.mirror_status(Site::A, &v.spec)) == "up+replaying")
+            .await;
+    }
+    let t_back_demote = wave(&b, &lab, &ids, Step::Demote).await;
+    let t_back_promote = wave(&a, &lab, &ids, Step::Promote).await;
+    for v in &vols {
+        assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true), "{}", v.spec);
+    }
+    println!(
+        "{N} volumes: enable {t_enable:?}; failover: demote {t_demote:?}, promote {t_promote:?}; \
+         failback: demote {t_back_demote:?}, promote {t_back_promote:?}"
+    );
+    wave(&a, &lab, &ids, Step::Disable).await;
+    for v in &vols {
+        cleanup(&lab, &v.spec);
+    }
+}

@@ -1,0 +1,189 @@
+//! Drills that take part of the lab away: a whole site frozen (SIGSTOP, as a
+//! memstore OSD loses its data if killed), and a stopped rbd-mirror daemon.
+//! They run one at a time, in their own test binary, so no other test sees the
+//! lab degraded.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rbd_addons::proto::replication::controller_client::ControllerClient;
+use rbd_addons::proto::replication::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const LIMIT: Duration = Duration::from_secs(150);
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Daemons stopped with SIGSTOP; they are continued when this is dropped, also
+/// when a test fails halfway.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn daemons(lab: &Lab, site: &str, which: &[&str]) -> Self {
+        let pids = std::fs::read_to_string(format!("{}/pids", lab.facts["dir"].as_str().unwrap())).unwrap();
+        let mut frozen = Vec::new();
+        for line in pids.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() == 3 && f[0] == site && (which.is_empty() || which.contains(&f[1])) {
+                let pid: i32 = f[2].parse().unwrap();
+                // SAFETY: kill(2) on a lab daemon this test suite's lab started.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                frozen.push(pid);
+            }
+        }
+        assert!(!frozen.is_empty(), "no {site} daemons found to freeze");
+        Self(frozen)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: kill(2) on the daemons frozen above.
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+    }
+}
+
+type Client = ControllerClient<Channel>;
+
+fn req<T: Default>(f: impl FnOnce(&mut T)) -> T {
+    let mut t = T::default();
+    f(&mut t);
+    t
+}
+
+async fn mirrored(lab: &Lab, a: &mut Client) -> TestVolume {
+    let v = lab.create_volume(VolumeOpts::default());
+    write_data(lab, Site::A, &v.spec);
+    a.enable_volume_replication(req(|r: &mut EnableVolumeReplicationRequest| {
+        r.secrets = lab.secrets();
+        r.replication_source = source(&v.id);
+    }))
+    .await
+    .expect("enable");
+    let sum = checksum(lab, Site::A, &v.spec).unwrap();
+    wait_same_data(lab, &v.spec, &sum, Site::B, LIMIT).await;
+    v
+}
+
+fn rbd_mirror_daemons(lab: &Lab, s: Site) -> usize {
+    let out = Command::new("timeout")
+        .args(["20", "ceph", "-c", &lab.conf(s), "service", "dump", "-f", "json"])
+        .output()
+        .expect("ceph service dump");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["services"]["rbd-mirror"]["daemons"].as_object().map_or(0, |d| d.keys().filter(|k| *k != "summary").count())
+}
+
+#[tokio::test]
+async fn unplanned_failover_after_site_loss_then_resync_restores_replication() {
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::load();
+    // A short op deadline, so that a forced promote that hung would show.
+    let sites = SitePair::start(&lab, &["--op-timeout", "30s"]).await;
+    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let vol = mirrored(&lab, &mut a).await;
+    let id = vol.id.clone();
+
+    // Site-a is lost: every daemon frozen mid-flight.
+    let frozen = Frozen::daemons(&lab, "site-a", &[]);
+    let started = Instant::now();
+    let promoted = b
+        .promote_volume(req(|r: &mut PromoteVolumeRequest| {
+            r.force = true;
+            r.secrets = lab.secrets();
+            r.replication_source = source(&id);
+        }))
+        .await;
+    let took = started.elapsed();
+    println!("forced promote with site-a frozen took {took:?}");
+    assert!(took < Duration::from_secs(35), "forced promote outlived the op deadline: {took:?}");
+    promoted.expect("forced promote on b while site-a is gone");
+    assert_eq!(is_primary(&lab, Site::B, &vol.spec), Some(true));
+    write_data(&lab, Site::B, &vol.spec);
+    mirror_snapshot(&lab, Site::B, &vol.spec);
+    let sum_b = checksum(&lab, Site::B, &vol.spec).unwrap();
+
+    // Site-a comes back, still believing it is primary; fail it back.
+    drop(frozen);
+    wait_until("site-a to answer again", LIMIT, || lab.rbd_try(Site::A, &["info", &vol.spec]).is_ok()).await;
+    let demote = |c: &mut Client| {
+        let mut c = c.clone();
+        let r = req(|r: &mut DemoteVolumeRequest| {
+            r.secrets = lab.secrets();
+            r.replication_source = source(&id);
+        });
+        async move { c.demote_volume(r).await }
+    };
+    demote(&mut a).await.expect("demote the returning site-a");
+    wait_until("a to report split-brain", LIMIT, || {
+        lab.mirror_status(Site::A, &vol.spec).is_some_and(|s| s["description"] == "split-brain")
+    })
+    .await;
+    let resync = |c: &mut Client| {
+        let mut c = c.clone();
+        let r = req(|r: &mut ResyncVolumeRequest| {
+            r.force = true;
+            r.secrets = lab.secrets();
+            r.replication_source = source(&id);
+        });
+        async move { c.resync_volume(r).await.map(|r| r.into_inner().ready) }
+    };
+    assert!(!resync(&mut a).await.expect("resync"));
+    let start = Instant::now();
+    loop {
+        match resync(&mut a).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) if e.code() == Code::Aborted => {}
+            Err(e) => panic!("resync: {e:?}"),
+        }
+        assert!(start.elapsed() < LIMIT, "resync never became ready");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(checksum(&lab, Site::A, &vol.spec).as_deref(), Some(sum_b.as_str()), "a does not hold b's data");
+    assert_eq!(state_of(&lab.mirror_status(Site::A, &vol.spec)), "up+replaying");
+
+    b.disable_volume_replication(req(|r: &mut DisableVolumeReplicationRequest| {
+        r.secrets = lab.secrets();
+        r.replication_source = source(&id);
+    }))
+    .await
+    .expect("disable");
+    lab.rbd_try(Site::B, &["rm", "--no-progress", &vol.spec]).ok();
+    cleanup(&lab, &vol.spec);
+}
+
+#[tokio::test]
+async fn resync_with_the_rbd_mirror_daemon_down_is_an_error_not_progress() {
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let vol = mirrored(&lab, &mut a).await;
+    let resync_b = || {
+        let mut c = b.clone();
+        let r = req(|r: &mut ResyncVolumeRequest| {
+            r.force = true;
+            r.secrets = lab.secrets();
+            r.replication_source = source(&vol.id);
+        });
+        async move { c.resync_volume(r).await.map(|r| r.into_inner().ready) }
+    };
+
+    {
+        let _frozen = Frozen::daemons(&lab, "site-b", &["rbd-mirror"]);
+        wait_until("the mgr to drop site-b's rbd-mirror", LIMIT, || rbd_mirror_daemons(&lab, Site::B) == 0).await;
+        let err = resync_b().await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("rbd-mirror"), "{err:?}");
+    }
+    wait_until("site-b's rbd-mirror to be back", LIMIT, || rbd_mirror_daemons(&lab, Site::B) == 1).await;
+    b = sites.b.replication().await;
+    let _ = &mut b;
+    cleanup(&lab, &vol.spec);
+}
