@@ -7,14 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rbd_addons::proto::replication::controller_client::ControllerClient;
 use rbd_addons::proto::replication::*;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(150);
-
-type Client = ControllerClient<Channel>;
 
 struct Vol {
     v: TestVolume,
@@ -29,47 +25,6 @@ impl Vol {
     }
 }
 
-async fn enable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    let req =
-        EnableVolumeReplicationRequest { secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
-    c.enable_volume_replication(req).await.map(drop)
-}
-
-async fn disable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    let req = DisableVolumeReplicationRequest {
-        secrets: lab.secrets(),
-        replication_source: source(id),
-        ..Default::default()
-    };
-    c.disable_volume_replication(req).await.map(drop)
-}
-
-async fn promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<(), tonic::Status> {
-    let req =
-        PromoteVolumeRequest { force, secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
-    c.promote_volume(req).await.map(drop)
-}
-
-async fn demote(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    let req = DemoteVolumeRequest { secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
-    c.demote_volume(req).await.map(drop)
-}
-
-async fn resync(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<bool, tonic::Status> {
-    let req =
-        ResyncVolumeRequest { force, secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
-    c.resync_volume(req).await.map(|r| r.into_inner().ready)
-}
-
-async fn info(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    let req = GetVolumeReplicationInfoRequest {
-        secrets: lab.secrets(),
-        replication_source: source(id),
-        ..Default::default()
-    };
-    c.get_volume_replication_info(req).await.map(drop)
-}
-
 /// A mirrored volume, primary on site-a, with its data complete on site-b.
 async fn mirrored_volume(lab: &Lab, a: &mut Client) -> (Vol, String) {
     let v = lab.create_volume(VolumeOpts::default());
@@ -78,24 +33,6 @@ async fn mirrored_volume(lab: &Lab, a: &mut Client) -> (Vol, String) {
     let sum = checksum(lab, Site::A, &v.spec).unwrap();
     wait_same_data(lab, &v.spec, &sum, Site::B, LIMIT).await;
     (Vol { v }, sum)
-}
-
-/// Polls Resync until it answers ready, tolerating the window in which
-/// rbd-mirror re-creates the image (ABORTED); asserts it was not ready first.
-async fn resync_until_ready(c: &mut Client, lab: &Lab, id: &str) {
-    let first = resync(c, lab, id, true).await.expect("first resync");
-    assert!(!first, "a split-brained secondary cannot be ready before its resync");
-    let start = Instant::now();
-    loop {
-        match resync(c, lab, id, true).await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) if e.code() == Code::Aborted => {}
-            Err(e) => panic!("resync: {e:?}"),
-        }
-        assert!(start.elapsed() < LIMIT, "resync not ready after {LIMIT:?}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 fn marker(lab: &Lab, s: Site, spec: &str) -> Option<String> {
@@ -163,7 +100,7 @@ async fn forced_promote_split_brain_then_resync_failback() {
     .await;
     let err = resync(&mut a, &lab, vol.id(), false).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "resync without force must refuse: {err:?}");
-    resync_until_ready(&mut a, &lab, vol.id()).await;
+    resync_until_ready(&mut a, &lab, vol.id(), LIMIT).await;
     assert_eq!(checksum(&lab, Site::A, vol.spec()).as_deref(), Some(sum_b.as_str()), "a does not hold b's data");
     assert!(marker(&lab, Site::A, vol.spec()).is_none(), "the re-created image must not carry the old marker");
     // Both healthy again: a replays, b is the primary.
@@ -179,7 +116,8 @@ async fn forced_promote_split_brain_then_resync_failback() {
 #[tokio::test]
 async fn peer_site_handles_resolve_through_cluster_mapping() {
     let lab = Lab::load();
-    let mut a = Server::start(&lab.csi_config(Site::A), &[]).await.replication().await;
+    let server_a = Server::start(&lab.csi_config(Site::A), &[]).await;
+    let mut a = server_a.replication().await;
     let (vol, _) = mirrored_volume(&lab, &mut a).await;
     assert_ne!(lab.pool_id(Site::A), lab.pool_id(Site::B), "the lab must have different pool IDs per site");
 
@@ -235,7 +173,7 @@ async fn outcome(rpc: &str, c: &mut Client, lab: &Lab, id: &str) -> String {
         "resync" => {
             resync(c, lab, id, false).await.map_or_else(|e| format!("{:?}", e.code()), |r| format!("ready={r}"))
         }
-        "info" => code(info(c, lab, id).await),
+        "info" => code(info(c, lab, id).await.map(drop)),
         _ => unreachable!(),
     }
 }

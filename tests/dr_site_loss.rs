@@ -9,10 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rbd_addons::proto::replication::controller_client::ControllerClient;
-use rbd_addons::proto::replication::*;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(150);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -48,23 +45,10 @@ impl Drop for Frozen {
     }
 }
 
-type Client = ControllerClient<Channel>;
-
-fn req<T: Default>(f: impl FnOnce(&mut T)) -> T {
-    let mut t = T::default();
-    f(&mut t);
-    t
-}
-
 async fn mirrored(lab: &Lab, a: &mut Client) -> TestVolume {
     let v = lab.create_volume(VolumeOpts::default());
     write_data(lab, Site::A, &v.spec);
-    a.enable_volume_replication(req(|r: &mut EnableVolumeReplicationRequest| {
-        r.secrets = lab.secrets();
-        r.replication_source = source(&v.id);
-    }))
-    .await
-    .expect("enable");
+    enable(a, lab, &v.id).await.expect("enable");
     let sum = checksum(lab, Site::A, &v.spec).unwrap();
     wait_same_data(lab, &v.spec, &sum, Site::B, LIMIT).await;
     v
@@ -92,13 +76,7 @@ async fn unplanned_failover_after_site_loss_then_resync_restores_replication() {
     // Site-a is lost: every daemon frozen mid-flight.
     let frozen = Frozen::daemons(&lab, "site-a", &[]);
     let started = Instant::now();
-    let promoted = b
-        .promote_volume(req(|r: &mut PromoteVolumeRequest| {
-            r.force = true;
-            r.secrets = lab.secrets();
-            r.replication_source = source(&id);
-        }))
-        .await;
+    let promoted = promote(&mut b, &lab, &id, true).await;
     let took = started.elapsed();
     println!("forced promote with site-a frozen took {took:?}");
     assert!(took < Duration::from_secs(35), "forced promote outlived the op deadline: {took:?}");
@@ -111,49 +89,16 @@ async fn unplanned_failover_after_site_loss_then_resync_restores_replication() {
     // Site-a comes back, still believing it is primary; fail it back.
     drop(frozen);
     wait_until("site-a to answer again", LIMIT, || lab.rbd_try(Site::A, &["info", &vol.spec]).is_ok()).await;
-    let demote = |c: &mut Client| {
-        let mut c = c.clone();
-        let r = req(|r: &mut DemoteVolumeRequest| {
-            r.secrets = lab.secrets();
-            r.replication_source = source(&id);
-        });
-        async move { c.demote_volume(r).await }
-    };
-    demote(&mut a).await.expect("demote the returning site-a");
+    demote(&mut a, &lab, &id).await.expect("demote the returning site-a");
     wait_until("a to report split-brain", LIMIT, || {
         lab.mirror_status(Site::A, &vol.spec).is_some_and(|s| s["description"] == "split-brain")
     })
     .await;
-    let resync = |c: &mut Client| {
-        let mut c = c.clone();
-        let r = req(|r: &mut ResyncVolumeRequest| {
-            r.force = true;
-            r.secrets = lab.secrets();
-            r.replication_source = source(&id);
-        });
-        async move { c.resync_volume(r).await.map(|r| r.into_inner().ready) }
-    };
-    assert!(!resync(&mut a).await.expect("resync"));
-    let start = Instant::now();
-    loop {
-        match resync(&mut a).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) if e.code() == Code::Aborted => {}
-            Err(e) => panic!("resync: {e:?}"),
-        }
-        assert!(start.elapsed() < LIMIT, "resync never became ready");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    resync_until_ready(&mut a, &lab, &id, LIMIT).await;
     assert_eq!(checksum(&lab, Site::A, &vol.spec).as_deref(), Some(sum_b.as_str()), "a does not hold b's data");
     assert_eq!(state_of(&lab.mirror_status(Site::A, &vol.spec)), "up+replaying");
 
-    b.disable_volume_replication(req(|r: &mut DisableVolumeReplicationRequest| {
-        r.secrets = lab.secrets();
-        r.replication_source = source(&id);
-    }))
-    .await
-    .expect("disable");
+    disable(&mut b, &lab, &id).await.expect("disable");
     lab.rbd_try(Site::B, &["rm", "--no-progress", &vol.spec]).ok();
     cleanup(&lab, &vol.spec);
 }
@@ -163,16 +108,12 @@ async fn resync_with_the_rbd_mirror_daemon_down_is_an_error_not_progress() {
     let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (mut a, b) = (sites.a.replication().await, sites.b.replication().await);
     let vol = mirrored(&lab, &mut a).await;
     let resync_b = || {
         let mut c = b.clone();
-        let r = req(|r: &mut ResyncVolumeRequest| {
-            r.force = true;
-            r.secrets = lab.secrets();
-            r.replication_source = source(&vol.id);
-        });
-        async move { c.resync_volume(r).await.map(|r| r.into_inner().ready) }
+        let (lab, id) = (&lab, vol.id.clone());
+        async move { resync(&mut c, lab, &id, true).await }
     };
 
     {
@@ -183,7 +124,16 @@ async fn resync_with_the_rbd_mirror_daemon_down_is_an_error_not_progress() {
         assert!(err.message().contains("rbd-mirror"), "{err:?}");
     }
     wait_until("site-b's rbd-mirror to be back", LIMIT, || rbd_mirror_daemons(&lab, Site::B) == 1).await;
-    b = sites.b.replication().await;
-    let _ = &mut b;
+    // Back in service, the same call no longer fails for the daemon.
+    let start = Instant::now();
+    loop {
+        match resync_b().await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::Unavailable && start.elapsed() < LIMIT => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Err(e) => panic!("resync after the daemon came back: {e:?}"),
+        }
+    }
     cleanup(&lab, &vol.spec);
 }

@@ -94,18 +94,7 @@ async fn snapshot_mode_enable_info_disable_round_trip() {
     .await;
 
     // Info after a real sync: the peer's newest synced snapshot, health from site-a.
-    let mut info = None;
-    let start = std::time::Instant::now();
-    while info.is_none() {
-        match ca.get_volume_replication_info(info_req(&lab, &vol.id)).await {
-            Ok(r) => info = Some(r.into_inner()),
-            Err(e) if e.code() == Code::NotFound && start.elapsed() < SYNC_LIMIT => {
-                tokio::time::sleep(Duration::from_millis(500)).await
-            }
-            Err(e) => panic!("info: {e:?}"),
-        }
-    }
-    let info = info.unwrap();
+    let info = info_once_synced(&mut ca, &lab, &vol.id, SYNC_LIMIT).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let t = info.last_sync_time.unwrap().seconds;
     assert!(t > now - 600 && t <= now + 5, "last_sync_time {t} vs now {now}");
@@ -168,16 +157,7 @@ async fn journal_mode_replicates_every_write() {
     })
     .await;
 
-    let start = std::time::Instant::now();
-    let info = loop {
-        match ca.get_volume_replication_info(info_req(&lab, &vol.id)).await {
-            Ok(r) => break r.into_inner(),
-            Err(e) if e.code() == Code::NotFound && start.elapsed() < SYNC_LIMIT => {
-                tokio::time::sleep(Duration::from_millis(500)).await
-            }
-            Err(e) => panic!("info: {e:?}"),
-        }
-    };
+    let info = info_once_synced(&mut ca, &lab, &vol.id, SYNC_LIMIT).await;
     assert!(info.last_sync_time.unwrap().seconds > 0);
     assert_eq!(info.status, InfoStatus::Healthy as i32);
 

@@ -103,11 +103,11 @@ impl Resolver {
             return direct;
         }
         for (cluster_id, pool_id) in candidates {
-            if let Ok(vol) = self.resolve_at(&cluster_id, pool_id, &id.uuid, creds) {
-                if vol.image_exists().unwrap_or(false) {
-                    tracing::debug!(volume = %id, cluster_id, pool_id, "resolved through the cluster mapping");
-                    return Ok(vol);
-                }
+            if let Ok(vol) = self.resolve_at(&cluster_id, pool_id, &id.uuid, creds)
+                && vol.image_exists().unwrap_or(false)
+            {
+                tracing::debug!(volume = %id, cluster_id, pool_id, "resolved through the cluster mapping");
+                return Ok(vol);
             }
         }
         direct

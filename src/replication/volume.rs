@@ -320,23 +320,24 @@ pub fn promote(vol: &ResolvedVolume, force: bool, schedule: Option<&Schedule>) -
 }
 
 /// librbd lets a non-forced promote through whenever this copy's newest
-/// snapshot is its own demotion, even while the peer is primary again (e.g.
-/// after a split-brain): that would silently make two primaries. Without force,
-/// promote only from "peer demoted" (unknown), a healthy replay (librbd then
-/// says EBUSY if the peer is primary), or when rbd-mirror has not reported yet.
+/// snapshot is its own demotion, even when the peer has become primary since
+/// (a split-brain): that would silently make two primaries. rbd-mirror reports
+/// that case as an error at once; every other state is left to librbd, which
+/// refuses (EBUSY) while the peer is primary. Refusing more would be wrong: just
+/// after the peer's demote this site passes through stopping_replay and syncing,
+/// and a just-demoted site's own status stays "stopped" for up to 30 s, and a
+/// FAILED_PRECONDITION makes the controller force-promote.
 fn refuse_unsafe_promote(image: &Image<'_>, vol: &ResolvedVolume) -> Result<(), Error> {
     let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
-    let Some(local) = status.local() else { return Ok(()) };
-    if local.up && !matches!(local.state, SiteState::Unknown | SiteState::Replaying) {
-        let what = local.description.split(',').next().unwrap_or_default();
-        return Err(Error::FailedPrecondition(format!(
-            "this site's copy of {} is up+{} ({what}); a non-forced promote could leave two primaries: \
-             demote the peer and let this site catch up, or promote with force",
+    match status.local() {
+        Some(local) if local.up && local.state == SiteState::Error => Err(Error::FailedPrecondition(format!(
+            "this site's copy of {} reports {}: the peer is primary; promoting without force would leave two \
+             primaries. Resync this site (resync --force), or promote with force to keep this site's data",
             vol.spec(),
-            local.state.as_str()
-        )));
+            local.description.split(',').next().unwrap_or_default()
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Result<(), Error> {

@@ -13,7 +13,7 @@ use crate::proto::replication::controller_server::Controller;
 use crate::proto::replication::get_volume_replication_info_response::Status as InfoStatus;
 use crate::proto::replication::replication_source::Type as SourceType;
 use crate::proto::replication::*;
-use crate::replication::{self, DisableParams, EnableParams, Error, Health};
+use crate::replication::{self, DisableParams, EnableParams, Error, Health, ParamError};
 
 /// Bounds on what a request may carry; real requests are far below them.
 const MAX_MAP_ENTRIES: usize = 64;
@@ -101,10 +101,20 @@ fn check_map(what: &str, map: &HashMap<String, String>) -> Result<(), Error> {
     Ok(())
 }
 
-fn failed(method: &'static str, volume_id: &str, err: Error) -> Status {
-    let status = to_status(Some(volume_id), &err);
-    warn!(method, volume_id, code = ?status.code(), error = %status.message(), "call refused");
-    status
+/// Validates a request's parameters before any Ceph work, answering for the
+/// volume the request names.
+fn parse_params<P>(
+    method: &'static str,
+    target: &Result<String, Error>,
+    params: &HashMap<String, String>,
+    parse: fn(&HashMap<String, String>) -> Result<P, ParamError>,
+) -> Result<P, Status> {
+    check_map("parameters", params).and_then(|()| parse(params).map_err(Error::from)).map_err(|err| {
+        let volume_id = target.as_deref().unwrap_or_default();
+        let status = to_status(Some(volume_id), &err);
+        warn!(method, volume_id, code = ?status.code(), error = %status.message(), "call refused");
+        status
+    })
 }
 
 fn info_response(i: replication::ReplicationInfo) -> GetVolumeReplicationInfoResponse {
@@ -133,10 +143,7 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let shown = target.as_deref().unwrap_or_default().to_owned();
-        let params = check_map("parameters", &req.parameters)
-            .and_then(|()| EnableParams::parse(&req.parameters).map_err(Error::from))
-            .map_err(|e| failed(METHOD, &shown, e))?;
+        let params = parse_params(METHOD, &target, &req.parameters, EnableParams::parse)?;
         self.run(METHOD, target, &req.secrets, move |vol| replication::enable(vol, &params)).await?;
         Ok(Response::new(EnableVolumeReplicationResponse {}))
     }
@@ -149,10 +156,7 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let shown = target.as_deref().unwrap_or_default().to_owned();
-        let params = check_map("parameters", &req.parameters)
-            .and_then(|()| DisableParams::parse(&req.parameters).map_err(Error::from))
-            .map_err(|e| failed(METHOD, &shown, e))?;
+        let params = parse_params(METHOD, &target, &req.parameters, DisableParams::parse)?;
         self.run(METHOD, target, &req.secrets, move |vol| replication::disable(vol, &params)).await?;
         Ok(Response::new(DisableVolumeReplicationResponse {}))
     }
@@ -176,11 +180,8 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let shown = target.as_deref().unwrap_or_default().to_owned();
-        // The class parameters come along: the schedule is applied on promote.
-        let params = check_map("parameters", &req.parameters)
-            .and_then(|()| EnableParams::parse(&req.parameters).map_err(Error::from))
-            .map_err(|e| failed(METHOD, &shown, e))?;
+        // Promote carries the class parameters: the schedule is (re)applied.
+        let params = parse_params(METHOD, &target, &req.parameters, EnableParams::parse)?;
         let force = req.force;
         self.run(METHOD, target, &req.secrets, move |vol| replication::promote(vol, force, params.schedule.as_ref()))
             .await?;

@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rbd_addons::proto::identity::identity_client::IdentityClient;
-use rbd_addons::proto::replication::ReplicationSource;
 use rbd_addons::proto::replication::controller_client::ControllerClient;
 use rbd_addons::proto::replication::replication_source::{Type as SourceType, VolumeSource};
+use rbd_addons::proto::replication::*;
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
@@ -365,4 +365,88 @@ pub async fn wait_same_data(lab: &Lab, spec: &str, want: &str, on: Site, limit: 
 
 pub fn secrets_for(lab: &Lab) -> HashMap<String, String> {
     lab.secrets()
+}
+
+pub type Client = ControllerClient<Channel>;
+
+// One helper per replication RPC, as the controller sends them: the handle
+// minted on site-a and the lab's replication secret.
+
+pub async fn enable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
+    let req =
+        EnableVolumeReplicationRequest { secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
+    c.enable_volume_replication(req).await.map(drop)
+}
+
+pub async fn disable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
+    let req = DisableVolumeReplicationRequest {
+        secrets: lab.secrets(),
+        replication_source: source(id),
+        ..Default::default()
+    };
+    c.disable_volume_replication(req).await.map(drop)
+}
+
+pub async fn promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<(), tonic::Status> {
+    let req =
+        PromoteVolumeRequest { force, secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
+    c.promote_volume(req).await.map(drop)
+}
+
+pub async fn demote(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
+    let req = DemoteVolumeRequest { secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
+    c.demote_volume(req).await.map(drop)
+}
+
+pub async fn resync(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<bool, tonic::Status> {
+    let req =
+        ResyncVolumeRequest { force, secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
+    c.resync_volume(req).await.map(|r| r.into_inner().ready)
+}
+
+pub async fn info(c: &mut Client, lab: &Lab, id: &str) -> Result<GetVolumeReplicationInfoResponse, tonic::Status> {
+    let req = GetVolumeReplicationInfoRequest {
+        secrets: lab.secrets(),
+        replication_source: source(id),
+        ..Default::default()
+    };
+    c.get_volume_replication_info(req).await.map(|r| r.into_inner())
+}
+
+/// Polls Resync(force) until it answers ready, tolerating the window in which
+/// rbd-mirror re-creates the image (ABORTED); asserts it was not ready first.
+pub async fn resync_until_ready(c: &mut Client, lab: &Lab, id: &str, limit: Duration) {
+    let first = resync(c, lab, id, true).await.expect("first resync");
+    assert!(!first, "a split-brained secondary cannot be ready before its resync");
+    let start = Instant::now();
+    loop {
+        match resync(c, lab, id, true).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) if e.code() == tonic::Code::Aborted => {}
+            Err(e) => panic!("resync: {e:?}"),
+        }
+        assert!(start.elapsed() < limit, "resync not ready after {limit:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Polls GetVolumeReplicationInfo until the peer has reported a sync (the
+/// controller's "no info yet" is NOT_FOUND).
+pub async fn info_once_synced(
+    c: &mut Client,
+    lab: &Lab,
+    id: &str,
+    limit: Duration,
+) -> GetVolumeReplicationInfoResponse {
+    let start = Instant::now();
+    loop {
+        match info(c, lab, id).await {
+            Ok(r) => return r,
+            Err(e) if e.code() == tonic::Code::NotFound && start.elapsed() < limit => {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            Err(e) => panic!("info: {e:?}"),
+        }
+    }
 }
