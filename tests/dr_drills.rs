@@ -53,8 +53,11 @@ async fn planned_failover_and_failback_lose_nothing() {
     assert!(m.contains(" nanos:"), "{m}");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!((now - 600..=now).contains(&secs), "marker {m} is not this image's creation time");
-    promote(&mut b, &lab, vol.id(), false).await.expect("non-forced promote on b after a's demote");
+    let class = std::collections::HashMap::from([("schedulingInterval".to_owned(), "3h".to_owned())]);
+    promote_with(&mut b, &lab, vol.id(), false, class.clone()).await.expect("non-forced promote on b after a's demote");
     assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(true));
+    assert!(has_schedule_on(&lab, Site::B, vol.spec()), "promote must apply the class's schedule");
+    promote_with(&mut b, &lab, vol.id(), false, class).await.expect("promote again: already primary is OK");
     assert_eq!(is_primary(&lab, Site::A, vol.spec()), Some(false));
     assert_eq!(checksum(&lab, Site::B, vol.spec()).as_deref(), Some(sum_a.as_str()), "b lost a's data");
 
@@ -65,6 +68,7 @@ async fn planned_failover_and_failback_lose_nothing() {
     assert_ne!(sum_a, sum_b);
     wait_same_data(&lab, vol.spec(), &sum_b, Site::A, LIMIT).await;
     demote(&mut b, &lab, vol.id()).await.expect("demote b");
+    assert!(!has_schedule_on(&lab, Site::B, vol.spec()), "the schedule follows the primary");
     promote(&mut a, &lab, vol.id(), false).await.expect("non-forced promote on a");
     assert_eq!(is_primary(&lab, Site::A, vol.spec()), Some(true));
     assert_eq!(checksum(&lab, Site::A, vol.spec()).as_deref(), Some(sum_b.as_str()), "a lost b's data");
@@ -121,10 +125,11 @@ async fn peer_site_handles_resolve_through_cluster_mapping() {
     let (vol, _) = mirrored_volume(&lab, &mut a).await;
     assert_ne!(lab.pool_id(Site::A), lab.pool_id(Site::B), "the lab must have different pool IDs per site");
 
-    // Without a mapping, pool 2 on site-b is another pool: the image is not there.
+    // Without a mapping, the handle's pool ID names another pool on site-b, one
+    // the CSI user has no access to: refused, and never mistaken for "gone".
     let plain = Server::start(&lab.csi_config(Site::B), &["--cluster-mapping", "/nonexistent/mapping.json"]).await;
     let err = info(&mut plain.replication().await, &lab, vol.id()).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // Same clusterID on both sites, pool IDs mapped (the lab's own mapping).
     let sites = SitePair::start(&lab, &[]).await;
@@ -256,8 +261,10 @@ async fn every_rpc_twice_in_every_state_answers_the_same() {
             }
             "both demoted" => {
                 demote(&mut a, &lab, vol.id()).await.unwrap();
+                // Both demoted shows as up+unknown ("remote image demoted", later
+                // "remote image is not primary").
                 wait_until("b to see a's demotion", LIMIT, || {
-                    lab.mirror_status(Site::B, vol.spec()).is_some_and(|s| s["description"] == "remote image demoted")
+                    state_of(&lab.mirror_status(Site::B, vol.spec())) == "up+unknown"
                 })
                 .await;
             }

@@ -159,10 +159,17 @@ async fn socket_mode_stale_socket_and_clean_shutdown() {
     // SIGTERM: exit 0 and the socket is gone.
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
-    let status = again.wait().unwrap();
+    // Poll without blocking the runtime, so the probe client's connection can
+    // answer the server's graceful close.
+    let status = loop {
+        if let Some(st) = again.try_wait().unwrap() {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(status.success(), "{status:?}");
     assert!(!socket.exists(), "socket left behind after SIGTERM");
-    server.stop();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -219,7 +226,7 @@ async fn user_key_never_reaches_the_log_at_trace_level() {
             ..Default::default()
         })
         .await;
-    server.stop();
+    server.stop().await;
 
     let log = server.log_text();
     assert!(log.contains("TRACE"), "the server did not log at trace level");

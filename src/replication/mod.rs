@@ -1,13 +1,15 @@
 //! What each replication RPC means for one volume, on top of librbd. Works on
 //! typed values; gRPC types and codes stay in `server`.
 
+mod failover;
 mod params;
 mod status;
 mod volume;
 
+pub use failover::{CREATION_TIME_KEY, demote, promote, resync};
 pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
 pub use status::{Health, ReplayDescription, health};
-pub use volume::{ReplicationInfo, demote, disable, enable, info, promote, resync};
+pub use volume::{ReplicationInfo, disable, enable, info};
 
 use crate::ceph::CephError;
 use crate::cephcsi;

@@ -1,8 +1,6 @@
-//! Enable, Disable and GetVolumeReplicationInfo for one RBD image. Every
-//! function is idempotent: called again in the state it produced, it succeeds
-//! without changing anything.
-
-use std::time::{Duration, Instant};
+//! Enable, Disable and GetVolumeReplicationInfo for one RBD image, and the
+//! helpers the failover RPCs share. Every RPC is idempotent: called again in the
+//! state it produced, it succeeds without changing anything.
 
 use serde_json::json;
 use tracing::{info, warn};
@@ -23,7 +21,7 @@ pub struct ReplicationInfo {
     pub status_message: String,
 }
 
-fn open<'io>(io: &'io IoCtx, vol: &ResolvedVolume) -> Result<Image<'io>, Error> {
+pub(super) fn open<'io>(io: &'io IoCtx, vol: &ResolvedVolume) -> Result<Image<'io>, Error> {
     open_with(io, vol, Image::open)
 }
 
@@ -41,7 +39,7 @@ fn open_with<'io>(
     })
 }
 
-fn mirror_info(image: &Image<'_>) -> Result<MirrorInfo, Error> {
+pub(super) fn mirror_info(image: &Image<'_>) -> Result<MirrorInfo, Error> {
     image.mirror_info().map_err(Error::ceph("cannot read the image's mirroring state"))
 }
 
@@ -157,7 +155,11 @@ fn check_parent(vol: &ResolvedVolume, image: &Image<'_>, flatten: FlattenMode) -
 
 /// Adds the snapshot schedule (the mgr treats a repeated add as a no-op).
 /// Journal mode replicates every write and takes no schedule.
-fn apply_schedule(vol: &ResolvedVolume, mode: MirrorImageMode, schedule: Option<&Schedule>) -> Result<(), Error> {
+pub(super) fn apply_schedule(
+    vol: &ResolvedVolume,
+    mode: MirrorImageMode,
+    schedule: Option<&Schedule>,
+) -> Result<(), Error> {
     let Some(schedule) = schedule else {
         return Ok(());
     };
@@ -178,6 +180,21 @@ fn apply_schedule(vol: &ResolvedVolume, mode: MirrorImageMode, schedule: Option<
         source,
         status,
     })?;
+    Ok(())
+}
+
+/// Removes the image's snapshot schedules. The mgr only accepts this while the
+/// image is still snapshot-mirrored, so callers do it before a disable or a
+/// demote; a failure is logged, not returned: a leftover schedule is inert on
+/// a secondary and replaced on the next promote.
+pub(super) fn remove_schedule(vol: &ResolvedVolume, image: &Image<'_>) -> Result<(), Error> {
+    if image.mirror_mode().map_err(Error::ceph("cannot read the image's mirroring mode"))? == MirrorImageMode::Snapshot
+    {
+        let cmd = json!({"prefix": "rbd mirror snapshot schedule remove", "level_spec": vol.spec()}).to_string();
+        if let Err((e, status)) = vol.io.cluster().mgr_command(&cmd) {
+            warn!(image = %vol.spec(), error = %e, status, "could not remove the snapshot schedule");
+        }
+    }
     Ok(())
 }
 
@@ -278,193 +295,4 @@ pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
         },
     };
     Ok(info)
-}
-
-/// How long a promote retries while the local rbd-mirror still holds the
-/// image right after the peer's demote (EROFS; measured 0.05–1.75 s).
-const PROMOTE_SETTLE: Duration = Duration::from_secs(10);
-
-/// Image metadata recording the creation time of the image when it was
-/// demoted, in ceph-csi's format, so that a resync is issued at most once per
-/// demotion: rbd-mirror's resync re-creates the image, which drops the key
-/// (keys starting with `.rbd` are not mirrored).
-pub const CREATION_TIME_KEY: &str = ".rbd.image.creation_time";
-
-fn creation_time(image: &Image<'_>) -> Result<String, Error> {
-    let (secs, nanos) = image.create_timestamp().map_err(Error::ceph("cannot read the image's creation time"))?;
-    Ok(format!("seconds:{secs} nanos:{nanos}"))
-}
-
-fn require_enabled(info: &MirrorInfo, vol: &ResolvedVolume) -> Result<(), Error> {
-    if info.state == MirrorState::Enabled {
-        Ok(())
-    } else {
-        Err(Error::FailedPrecondition(format!("replication is not enabled on {}; enable it first", vol.spec())))
-    }
-}
-
-pub fn promote(vol: &ResolvedVolume, force: bool, schedule: Option<&Schedule>) -> Result<(), Error> {
-    let image = open(&vol.io, vol)?;
-    let current = mirror_info(&image)?;
-    require_enabled(&current, vol)?;
-    if !current.primary {
-        if !force {
-            refuse_unsafe_promote(&image, vol)?;
-        }
-        promote_settled(&image, vol, force)?;
-        info!(image = %vol.spec(), force, "promoted to primary");
-    }
-    // Every promote (re)applies the schedule: a primary must always carry it.
-    let mode = image.mirror_mode().map_err(Error::ceph("cannot read the image's mirroring mode"))?;
-    apply_schedule(vol, mode, schedule)
-}
-
-/// librbd lets a non-forced promote through whenever this copy's newest
-/// snapshot is its own demotion, even when the peer has become primary since
-/// (a split-brain): that would silently make two primaries. rbd-mirror reports
-/// that case as an error at once; every other state is left to librbd, which
-/// refuses (EBUSY) while the peer is primary. Refusing more would be wrong: just
-/// after the peer's demote this site passes through stopping_replay and syncing,
-/// and a just-demoted site's own status stays "stopped" for up to 30 s, and a
-/// FAILED_PRECONDITION makes the controller force-promote.
-fn refuse_unsafe_promote(image: &Image<'_>, vol: &ResolvedVolume) -> Result<(), Error> {
-    let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
-    match status.local() {
-        Some(local) if local.up && local.state == SiteState::Error => Err(Error::FailedPrecondition(format!(
-            "this site's copy of {} reports {}: the peer is primary; promoting without force would leave two \
-             primaries. Resync this site (resync --force), or promote with force to keep this site's data",
-            vol.spec(),
-            local.description.split(',').next().unwrap_or_default()
-        ))),
-        _ => Ok(()),
-    }
-}
-
-fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Result<(), Error> {
-    let deadline = Instant::now() + PROMOTE_SETTLE;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        match image.mirror_promote(force) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is(libc::EBUSY) && !force => {
-                return Err(Error::FailedPrecondition(format!(
-                    "the peer site still holds the primary of {}; demote it there first, or promote with force",
-                    vol.spec()
-                )));
-            }
-            // Right after the peer's demote, the local rbd-mirror has not yet
-            // copied the demotion or released the image.
-            Err(e) if e.is(libc::EROFS) && Instant::now() + pause < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-            Err(e) if e.is(libc::EROFS) => {
-                return Err(Error::Unavailable(format!(
-                    "{} cannot be promoted yet: this site's rbd-mirror still holds it ({e}); retry",
-                    vol.spec()
-                )));
-            }
-            Err(e) => return Err(Error::Ceph { what: format!("cannot promote {}", vol.spec()), source: e }),
-        }
-    }
-}
-
-pub fn demote(vol: &ResolvedVolume) -> Result<(), Error> {
-    let image = open(&vol.io, vol)?;
-    let current = mirror_info(&image)?;
-    require_enabled(&current, vol)?;
-    if !current.primary {
-        return Ok(());
-    }
-    if image.metadata_get(CREATION_TIME_KEY).map_err(Error::ceph("cannot read image metadata"))?.is_none() {
-        let created = creation_time(&image)?;
-        image.metadata_set(CREATION_TIME_KEY, &created).map_err(Error::ceph("cannot record the demotion marker"))?;
-    }
-    image.mirror_demote().map_err(Error::ceph(format!("cannot demote {}", vol.spec())))?;
-    info!(image = %vol.spec(), "demoted to secondary");
-    Ok(())
-}
-
-/// Resync of a secondary: issued only with force, only when rbd-mirror reports
-/// a split-brain, never while a sync runs, and at most once per demotion.
-/// Returns whether the secondary is in sync with the peer.
-pub fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
-    let image = Image::open(&vol.io, &vol.image).map_err(|e| {
-        if e.is(libc::ENOENT) {
-            Error::InProgress(format!(
-                "image {} not found; if a resync is under way rbd-mirror is re-creating it: retry",
-                vol.spec()
-            ))
-        } else {
-            Error::Ceph { what: format!("cannot open image {}", vol.spec()), source: e }
-        }
-    })?;
-    let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
-    require_enabled(&status.info, vol)?;
-    if status.info.primary {
-        return Err(Error::InvalidArgument(format!(
-            "{} is primary on this site; a resync only applies to a demoted secondary",
-            vol.spec()
-        )));
-    }
-    require_mirror_daemon(vol)?;
-    let Some(local) = status.local() else { return Ok(false) };
-    // A new or re-created image has no status until rbd-mirror's next report;
-    // any other "down" means the daemon stopped reporting.
-    if !local.up && local.description != "status not found" {
-        return Err(Error::Unavailable(format!(
-            "rbd-mirror on this site is not reporting on {} (status down+{}); check the rbd-mirror daemon",
-            vol.spec(),
-            local.state.as_str()
-        )));
-    }
-    let desc = ReplayDescription::parse(&local.description).unwrap_or_default();
-    let syncing = local.state == SiteState::Syncing || desc.replay_state.as_deref() == Some("syncing");
-    if local.up && local.state == SiteState::Error && !syncing {
-        if !force {
-            return Err(Error::FailedPrecondition(format!(
-                "{} is in {}; resync with force=true discards this site's changes and copies the peer",
-                vol.spec(),
-                local.description
-            )));
-        }
-        let saved = image.metadata_get(CREATION_TIME_KEY).map_err(Error::ceph("cannot read image metadata"))?;
-        let Some(saved) = saved else {
-            return Err(Error::FailedPrecondition(format!(
-                "{} has no demotion marker ({CREATION_TIME_KEY}); demote it through rbd-addons first so that a resync cannot repeat",
-                vol.spec()
-            )));
-        };
-        if saved == creation_time(&image)? {
-            image.mirror_resync().map_err(Error::ceph(format!("cannot flag {} for resync", vol.spec())))?;
-            info!(image = %vol.spec(), "resync from the peer requested");
-        }
-        return Ok(false);
-    }
-    let remotes: Vec<_> = status.remotes().collect();
-    let in_sync = local.up && !syncing && local.state == SiteState::Replaying;
-    // Both sites demoted, with the last snapshot exchanged: nothing to copy.
-    let both_demoted = local.up
-        && local.state == SiteState::Unknown
-        && !remotes.is_empty()
-        && remotes.iter().all(|r| r.up && r.state == SiteState::Unknown);
-    Ok(in_sync || both_demoted)
-}
-
-/// Fails when no rbd-mirror daemon of this cluster is in the mgr's service map:
-/// without one nothing will ever sync, and "not ready" would be a lie.
-fn require_mirror_daemon(vol: &ResolvedVolume) -> Result<(), Error> {
-    let out = vol
-        .io
-        .cluster()
-        .mgr_command(r#"{"prefix": "service dump", "format": "json"}"#)
-        .map_err(|(source, status)| Error::Mgr { what: "cannot read the service map".into(), source, status })?;
-    let map: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    let daemons = map["services"]["rbd-mirror"]["daemons"]
-        .as_object()
-        .map_or(0, |d| d.keys().filter(|k| *k != "summary").count());
-    if daemons == 0 {
-        return Err(Error::Unavailable("no rbd-mirror daemon is running on this site; start it, then retry".into()));
-    }
-    Ok(())
 }

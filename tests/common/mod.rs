@@ -235,8 +235,11 @@ impl Server {
         self.child.as_ref().unwrap().id() as i32
     }
 
-    /// Sends SIGTERM and waits (bounded) for the exit status.
-    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+    /// Sends SIGTERM and waits (bounded) for the exit status. Async, so that
+    /// the test's own clients can answer the server's graceful HTTP/2 close
+    /// meanwhile (a blocked test runtime would make the server wait out its
+    /// drain period).
+    pub async fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         // SAFETY: kill(2) on our own child's PID.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -249,7 +252,7 @@ impl Server {
                 child.kill().ok();
                 return child.wait().ok();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -259,8 +262,19 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// A test that did not stop its server: SIGTERM, then SIGKILL after a short
+    /// while (Drop cannot let the runtime serve the graceful close).
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's PID.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.kill().ok();
+            child.wait().ok();
+        }
         std::fs::remove_dir_all(&self.dir).ok();
     }
 }
@@ -274,15 +288,18 @@ pub async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> 
     }
 }
 
-/// A site's mirror status state ("up+replaying", ...) or "" when unavailable.
-/// Whether the mgr still lists a snapshot schedule for the image.
+/// Whether site-a's mgr lists a snapshot schedule for the image.
 pub fn has_schedule(lab: &Lab, spec: &str) -> bool {
+    has_schedule_on(lab, Site::A, spec)
+}
+
+pub fn has_schedule_on(lab: &Lab, s: Site, spec: &str) -> bool {
     let image = spec.rsplit('/').next().unwrap();
-    let all =
-        lab.rbd_json(Site::A, &["mirror", "snapshot", "schedule", "ls", "--pool", &lab.pool(), "--recursive"]).unwrap();
+    let all = lab.rbd_json(s, &["mirror", "snapshot", "schedule", "ls", "--pool", &lab.pool(), "--recursive"]).unwrap();
     all.as_array().unwrap().iter().any(|s| s["image"] == image)
 }
 
+/// A site's mirror status state ("up+replaying", ...) or "" when unavailable.
 pub fn state_of(status: &Option<Value>) -> String {
     status.as_ref().and_then(|s| s["state"].as_str()).unwrap_or_default().to_owned()
 }
@@ -388,8 +405,24 @@ pub async fn disable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::S
 }
 
 pub async fn promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<(), tonic::Status> {
-    let req =
-        PromoteVolumeRequest { force, secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
+    promote_with(c, lab, id, force, HashMap::new()).await
+}
+
+/// Promote with the class parameters (the schedule is applied on promote).
+pub async fn promote_with(
+    c: &mut Client,
+    lab: &Lab,
+    id: &str,
+    force: bool,
+    parameters: HashMap<String, String>,
+) -> Result<(), tonic::Status> {
+    let req = PromoteVolumeRequest {
+        force,
+        parameters,
+        secrets: lab.secrets(),
+        replication_source: source(id),
+        ..Default::default()
+    };
     c.promote_volume(req).await.map(drop)
 }
 
