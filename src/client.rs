@@ -277,10 +277,17 @@ pub fn read_secrets(path: &Path) -> Result<HashMap<String, String>, ClientError>
             continue;
         }
         // The error names the line, never its content: it may hold the key.
-        let (k, v) = line.split_once('=').ok_or_else(|| {
-            ClientError::Usage(format!("line {} of secrets file {} is not key=value", n + 1, path.display()))
-        })?;
-        map.insert(k.trim().to_owned(), v.trim().to_owned());
+        let bad = || ClientError::Usage(format!("line {} of secrets file {} is not key=value", n + 1, path.display()));
+        let (k, v) = line.split_once('=').ok_or_else(bad)?;
+        let (k, v) = (k.trim(), v.trim());
+        // Secret names are identifiers; anything else is a mistake such as a
+        // bare key or "userKey: ..." (YAML). A value of only '=' is the tail of
+        // a bare base64 key, not a value.
+        let key_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !key_ok || v.is_empty() || v.bytes().all(|b| b == b'=') {
+            return Err(bad());
+        }
+        map.insert(k.to_owned(), v.to_owned());
     }
     Ok(map)
 }
@@ -360,9 +367,13 @@ mod tests {
         let kv = dir.join("s.env");
         std::fs::write(&kv, "# a comment\nuserID=csi\nuserKey = QUJD==\n").unwrap();
         assert_eq!(read_secrets(&kv).unwrap()["userKey"], "QUJD==");
-        std::fs::write(&kv, "userID=csi\nSECRETVALUE\n").unwrap();
-        let err = read_secrets(&kv).unwrap_err().to_string();
-        assert!(err.contains("line 2") && !err.contains("SECRETVALUE"), "{err}");
+        for broken in
+            ["userID=csi\nSECRETVALUE\n", "userID=csi\nQUJDSECRETVALUE==\n", "userID=csi\nuserKey: SECRET==\n"]
+        {
+            std::fs::write(&kv, broken).unwrap();
+            let err = read_secrets(&kv).unwrap_err().to_string();
+            assert!(err.contains("line 2") && !err.contains("SECRET"), "{err}");
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 

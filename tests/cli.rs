@@ -82,12 +82,17 @@ async fn a_failover_driven_from_the_command_line() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["ready"].is_boolean());
 
-    // Bad usage never echoes the key and exits 2.
+    // Bad usage never echoes the key and exits 2: a bare key line, a YAML line.
     let broken = dir.join("broken.env");
-    std::fs::write(&broken, format!("userID={}\n{}\n", lab.user(), lab.key())).unwrap();
-    let o = cli(&sites.b, &["info", "--volume-id", id, "--secrets-file", broken.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(!stderr(&o).contains(&lab.key()) && !stdout(&o).contains(&lab.key()));
+    for content in
+        [format!("userID={}\n{}\n", lab.user(), lab.key()), format!("userID={}\nuserKey: {}\n", lab.user(), lab.key())]
+    {
+        std::fs::write(&broken, content).unwrap();
+        let o = cli(&sites.b, &["info", "--volume-id", id, "--secrets-file", broken.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains(&lab.key()) && !stdout(&o).contains(&lab.key()));
+    }
     let o = cli(&sites.b, &["enable", "--volume-id", id, "--secrets-file", kv, "--param", "novalue"]);
     assert_eq!(o.status.code(), Some(2));
 

@@ -214,32 +214,10 @@ impl IoCtx {
             sys::rados_read_op_omap_get_vals_by_keys(op, key_ptrs.as_ptr(), key_ptrs.len(), &mut iter, &mut prval);
             sys::rados_read_op_operate(op, self.handle, oid_c.as_ptr(), 0)
         };
-        let mut out = BTreeMap::new();
-        let result =
-            CephError::check("rados_read_op_operate", ret).and_then(|_| CephError::check(OP, prval)).map(|_| {
-                while !iter.is_null() {
-                    let mut k: *mut c_char = ptr::null_mut();
-                    let mut v: *mut c_char = ptr::null_mut();
-                    let mut len = 0usize;
-                    // SAFETY: the iterator is valid until get_end; the key and value
-                    // it returns are owned by the iterator and copied at once.
-                    let r = unsafe { sys::rados_omap_get_next(iter, &mut k, &mut v, &mut len) };
-                    if r < 0 || k.is_null() {
-                        break;
-                    }
-                    // SAFETY: k is a NUL-terminated key, v is valid for len bytes.
-                    let (key, val) = unsafe {
-                        let key = CStr::from_ptr(k).to_string_lossy().into_owned();
-                        let val = if v.is_null() {
-                            Vec::new()
-                        } else {
-                            std::slice::from_raw_parts(v.cast::<u8>(), len).to_vec()
-                        };
-                        (key, val)
-                    };
-                    out.insert(key, val);
-                }
-            });
+        let result = CephError::check("rados_read_op_operate", ret)
+            .and_then(|_| CephError::check(OP, prval))
+            // SAFETY: the op was operated successfully, so the iterator is valid.
+            .map(|_| unsafe { drain_omap(iter) }.into_iter().collect::<BTreeMap<_, _>>());
         // SAFETY: the iterator (if any) and the op are ours and released once.
         unsafe {
             if !iter.is_null() {
@@ -247,7 +225,110 @@ impl IoCtx {
             }
             sys::rados_release_read_op(op);
         }
-        result.map(|_| out)
+        result
+    }
+}
+
+impl IoCtx {
+    /// Sets omap keys on an object, creating it if needed, in one atomic op.
+    pub fn omap_set(&self, oid: &str, pairs: &[(&str, &[u8])]) -> Result<(), CephError> {
+        const OP: &str = "rados_write_op_omap_set";
+        let keys = pairs.iter().map(|(k, _)| c_string(OP, k)).collect::<Result<Vec<_>, _>>()?;
+        let key_ptrs: Vec<*const c_char> = keys.iter().map(|k| k.as_ptr()).collect();
+        let val_ptrs: Vec<*const c_char> = pairs.iter().map(|(_, v)| v.as_ptr().cast()).collect();
+        let lens: Vec<usize> = pairs.iter().map(|(_, v)| v.len()).collect();
+        self.write(OP, oid, |op| {
+            // SAFETY: the three arrays hold pairs.len() valid entries and live
+            // until the op has been operated (inside `write`).
+            unsafe {
+                sys::rados_write_op_omap_set(op, key_ptrs.as_ptr(), val_ptrs.as_ptr(), lens.as_ptr(), pairs.len())
+            }
+        })
+    }
+
+    /// Removes omap keys (absent keys are fine) from an existing object.
+    pub fn omap_rm_keys(&self, oid: &str, keys: &[&str]) -> Result<(), CephError> {
+        const OP: &str = "rados_write_op_omap_rm_keys";
+        let keys_c = keys.iter().map(|k| c_string(OP, k)).collect::<Result<Vec<_>, _>>()?;
+        let ptrs: Vec<*const c_char> = keys_c.iter().map(|k| k.as_ptr()).collect();
+        self.write(OP, oid, |op| {
+            // SAFETY: ptrs holds keys.len() valid C strings alive until operate.
+            unsafe { sys::rados_write_op_omap_rm_keys(op, ptrs.as_ptr(), ptrs.len()) }
+        })
+    }
+
+    /// Deletes an object; ENOENT when it does not exist.
+    pub fn remove(&self, oid: &str) -> Result<(), CephError> {
+        // SAFETY: a plain remove on the op.
+        self.write("rados_write_op_remove", oid, |op| unsafe { sys::rados_write_op_remove(op) })
+    }
+
+    fn write(
+        &self,
+        op_name: &'static str,
+        oid: &str,
+        fill: impl FnOnce(sys::rados_write_op_t),
+    ) -> Result<(), CephError> {
+        let oid_c = c_string(op_name, oid)?;
+        // SAFETY: the op is created here and released below on every path.
+        let op = unsafe { sys::rados_create_write_op() };
+        if op.is_null() {
+            return Err(CephError::new(op_name, libc::ENOMEM));
+        }
+        fill(op);
+        // SAFETY: valid op and ioctx; a null mtime means "now".
+        let ret = unsafe { sys::rados_write_op_operate(op, self.handle, oid_c.as_ptr(), ptr::null_mut(), 0) };
+        // SAFETY: released exactly once.
+        unsafe { sys::rados_release_write_op(op) };
+        CephError::check(op_name, ret).map(drop)
+    }
+
+    /// Up to `max` omap entries of an object whose keys start with `prefix`,
+    /// after `start_after` (for paging). A missing object is ENOENT.
+    pub fn omap_list(
+        &self,
+        oid: &str,
+        prefix: &str,
+        start_after: &str,
+        max: u64,
+    ) -> Result<Vec<(String, Vec<u8>)>, CephError> {
+        const OP: &str = "rados_read_op_omap_get_vals2";
+        let oid_c = c_string(OP, oid)?;
+        let prefix_c = c_string(OP, prefix)?;
+        let after_c = c_string(OP, start_after)?;
+        // SAFETY: a read op is created here and released below on every path.
+        let op = unsafe { sys::rados_create_read_op() };
+        if op.is_null() {
+            return Err(CephError::new(OP, libc::ENOMEM));
+        }
+        let mut iter: sys::rados_omap_iter_t = ptr::null_mut();
+        let mut more: u8 = 0;
+        let mut prval: i32 = 0;
+        // SAFETY: the strings outlive the operate call; the iterator is ended below.
+        let ret = unsafe {
+            sys::rados_read_op_omap_get_vals2(
+                op,
+                after_c.as_ptr(),
+                prefix_c.as_ptr(),
+                max,
+                &mut iter,
+                &mut more,
+                &mut prval,
+            );
+            sys::rados_read_op_operate(op, self.handle, oid_c.as_ptr(), 0)
+        };
+        let result = CephError::check("rados_read_op_operate", ret)
+            .and_then(|_| CephError::check(OP, prval))
+            // SAFETY: the op was operated successfully, so the iterator is valid.
+            .map(|_| unsafe { drain_omap(iter) });
+        // SAFETY: iterator and op are ours and released once.
+        unsafe {
+            if !iter.is_null() {
+                sys::rados_omap_get_end(iter);
+            }
+            sys::rados_release_read_op(op);
+        }
+        result
     }
 }
 
@@ -257,4 +338,32 @@ impl Drop for IoCtx {
         // Image borrows its IoCtx.
         unsafe { sys::rados_ioctx_destroy(self.handle) }
     }
+}
+
+/// Copies every entry out of an omap iterator filled by a read op.
+///
+/// # Safety
+/// `iter` must be null or an iterator returned by a successfully operated
+/// read op that has not been ended yet.
+unsafe fn drain_omap(iter: sys::rados_omap_iter_t) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !iter.is_null() {
+        let mut k: *mut c_char = ptr::null_mut();
+        let mut v: *mut c_char = ptr::null_mut();
+        let mut len = 0usize;
+        // SAFETY: the iterator is valid (caller's guarantee); the entries are
+        // owned by it and copied at once.
+        let r = unsafe { sys::rados_omap_get_next(iter, &mut k, &mut v, &mut len) };
+        if r < 0 || k.is_null() {
+            break;
+        }
+        // SAFETY: k is NUL-terminated, v valid for len bytes.
+        let entry = unsafe {
+            let key = CStr::from_ptr(k).to_string_lossy().into_owned();
+            let val = if v.is_null() { Vec::new() } else { std::slice::from_raw_parts(v.cast::<u8>(), len).to_vec() };
+            (key, val)
+        };
+        out.push(entry);
+    }
+    out
 }

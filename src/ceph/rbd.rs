@@ -383,3 +383,95 @@ fn convert_site_state(raw: sys::rbd_mirror_image_status_state_t) -> SiteState {
         _ => SiteState::Unknown,
     }
 }
+
+/// A member image of an RBD group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub pool_id: i64,
+    pub image: String,
+}
+
+/// RBD groups of one pool (and RADOS namespace).
+impl IoCtx {
+    pub fn group_create(&self, name: &str) -> Result<(), CephError> {
+        let n = c_string("rbd_group_create", name)?;
+        // SAFETY: valid ioctx and C string.
+        let ret = unsafe { sys::rbd_group_create(self.raw(), n.as_ptr()) };
+        CephError::check("rbd_group_create", ret).map(drop)
+    }
+
+    pub fn group_remove(&self, name: &str) -> Result<(), CephError> {
+        let n = c_string("rbd_group_remove", name)?;
+        // SAFETY: valid ioctx and C string.
+        let ret = unsafe { sys::rbd_group_remove(self.raw(), n.as_ptr()) };
+        CephError::check("rbd_group_remove", ret).map(drop)
+    }
+
+    /// Adds an image (in `image_io`'s pool) to a group of this pool.
+    pub fn group_image_add(&self, group: &str, image_io: &IoCtx, image: &str) -> Result<(), CephError> {
+        let g = c_string("rbd_group_image_add", group)?;
+        let i = c_string("rbd_group_image_add", image)?;
+        // SAFETY: valid ioctxs and C strings for the duration of the call.
+        let ret = unsafe { sys::rbd_group_image_add(self.raw(), g.as_ptr(), image_io.raw(), i.as_ptr()) };
+        CephError::check("rbd_group_image_add", ret).map(drop)
+    }
+
+    pub fn group_image_remove(&self, group: &str, image_io: &IoCtx, image: &str) -> Result<(), CephError> {
+        let g = c_string("rbd_group_image_remove", group)?;
+        let i = c_string("rbd_group_image_remove", image)?;
+        // SAFETY: valid ioctxs and C strings for the duration of the call.
+        let ret = unsafe { sys::rbd_group_image_remove(self.raw(), g.as_ptr(), image_io.raw(), i.as_ptr()) };
+        CephError::check("rbd_group_image_remove", ret).map(drop)
+    }
+
+    pub fn group_image_list(&self, group: &str) -> Result<Vec<GroupMember>, CephError> {
+        let g = c_string("rbd_group_image_list", group)?;
+        let entry = size_of::<sys::rbd_group_image_info_t>();
+        let mut capacity = 8usize;
+        loop {
+            let mut infos: Vec<sys::rbd_group_image_info_t> =
+                // SAFETY: all-zero is a valid "empty" value for this plain C struct.
+                (0..capacity).map(|_| unsafe { std::mem::zeroed() }).collect();
+            let mut count = capacity;
+            // SAFETY: `infos` has room for `count` entries; on success librbd fills
+            // `count` of them and allocates their names, which
+            // rbd_group_image_list_cleanup frees.
+            let ret =
+                unsafe { sys::rbd_group_image_list(self.raw(), g.as_ptr(), infos.as_mut_ptr(), entry, &mut count) };
+            if ret == -libc::ERANGE && count > capacity {
+                capacity = count;
+                continue;
+            }
+            CephError::check("rbd_group_image_list", ret)?;
+            // SAFETY: the first `count` entries were filled by librbd.
+            let members = infos[..count]
+                .iter()
+                .map(|i| GroupMember { pool_id: i.pool, image: unsafe { owned(i.name) } })
+                .collect();
+            // SAFETY: cleans up exactly the entries librbd filled.
+            unsafe { sys::rbd_group_image_list_cleanup(infos.as_mut_ptr(), entry, count) };
+            return Ok(members);
+        }
+    }
+}
+
+impl Image<'_> {
+    /// The group the image belongs to, as (pool ID, group name), if any.
+    pub fn group(&self) -> Result<Option<(i64, String)>, CephError> {
+        let mut info = MaybeUninit::<sys::rbd_group_info_t>::zeroed();
+        let size = size_of::<sys::rbd_group_info_t>();
+        // SAFETY: librbd fills the struct and allocates its name; the paired
+        // rbd_group_info_cleanup frees it.
+        let ret = unsafe { sys::rbd_get_group(self.handle, info.as_mut_ptr(), size) };
+        CephError::check("rbd_get_group", ret)?;
+        // SAFETY: filled on success; cleaned up once after copying.
+        unsafe {
+            let mut info = info.assume_init();
+            let name = owned(info.name);
+            let pool = info.pool;
+            sys::rbd_group_info_cleanup(&mut info, size);
+            // A pool of -1 (and no name) means "in no group".
+            Ok((pool >= 0 && !name.is_empty()).then_some((pool, name)))
+        }
+    }
+}
