@@ -9,7 +9,11 @@
 //! 2. Enable for VOLUMES volumes at once through the server (as the csi-addons
 //!    controller sends up to 100 reconciles in parallel) vs `rbd mirror image
 //!    enable` one after another.
-//! 3. The server's resident memory after all that.
+//! 3. A planned failover of those VOLUMES volumes to site-b (demote on a, then
+//!    promote on b), in parallel through the two sites' servers, vs the same
+//!    with `rbd mirror image demote/promote`, one volume after another (with
+//!    the retries a promote needs right after the peer's demote).
+//! 4. The server's resident memory after all that.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -66,6 +70,7 @@ async fn main() {
         ("userKey".into(), lab["key"].as_str().unwrap().into()),
     ]);
 
+    let conf_b = lab["sites"]["b"]["conf"].as_str().unwrap().to_owned();
     let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("rbd-addons");
     assert!(bin.exists(), "build the binary first: cargo build --release");
     let dir = std::env::temp_dir().join(format!("rbd-addons-bench-{}", uuid()));
@@ -80,6 +85,21 @@ async fn main() {
     while !socket.exists() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let socket_b: PathBuf = dir.join("b.sock");
+    let mut server_b = Command::new(&bin)
+        .args(["serve", "--endpoint", socket_b.to_str().unwrap(), "--log-level", "warn", "--ceph-csi-config"])
+        .arg(lab["sites"]["b"]["csi_config"].as_str().unwrap())
+        .arg("--cluster-mapping")
+        .arg(lab["sites"]["b"]["cluster_mapping"].as_str().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while !socket_b.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client_b = ControllerClient::new(
+        Endpoint::from_shared(format!("unix://{}", socket_b.display())).unwrap().connect().await.unwrap(),
+    );
     let channel = Endpoint::from_shared(format!("unix://{}", socket.display())).unwrap().connect().await.unwrap();
     let client = ControllerClient::new(channel);
 
@@ -135,6 +155,48 @@ async fn main() {
         rbd(&conf, &["mirror", "image", "status", &specs[0], "--format", "json"]);
         cli_info.push(t.elapsed());
     }
+    // 3. Mass planned failover, once every copy exists on site-b.
+    for spec in &specs {
+        while !rbd(&conf_b, &["info", spec]).status.success() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let started = Instant::now();
+    let demotes: Vec<_> = ids[..volumes]
+        .iter()
+        .map(|id| {
+            let mut c = client.clone();
+            let req =
+                DemoteVolumeRequest { secrets: secrets.clone(), replication_source: source(id), ..Default::default() };
+            tokio::spawn(async move { c.demote_volume(req).await.map(drop) })
+        })
+        .collect();
+    for t in demotes {
+        t.await.unwrap().expect("demote through the server");
+    }
+    let promotes: Vec<_> = ids[..volumes]
+        .iter()
+        .map(|id| {
+            let mut c = client_b.clone();
+            let req =
+                PromoteVolumeRequest { secrets: secrets.clone(), replication_source: source(id), ..Default::default() };
+            tokio::spawn(async move { c.promote_volume(req).await.map(drop) })
+        })
+        .collect();
+    for t in promotes {
+        t.await.unwrap().expect("promote through the server");
+    }
+    let server_failover = started.elapsed();
+    let started = Instant::now();
+    for spec in &specs[volumes..] {
+        assert!(rbd(&conf, &["mirror", "image", "demote", spec]).status.success());
+        // Right after the demote the peer's rbd-mirror still holds the image.
+        while !rbd(&conf_b, &["mirror", "image", "promote", spec]).status.success() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let cli_failover = started.elapsed();
+
     let rss = rss_kib(server.id());
 
     let (si, ci) = (median(server_info), median(cli_info));
@@ -150,14 +212,25 @@ async fn main() {
         cli_enable.as_secs_f64(),
         cli_enable.as_secs_f64() / server_enable.as_secs_f64()
     );
+    println!("Failover of {volumes} volumes via the servers:    {:>8.2} s", server_failover.as_secs_f64());
+    println!(
+        "rbd demote+promote x{volumes}, sequential:     {:>8.2} s   ratio CLI/server = {:.1}x",
+        cli_failover.as_secs_f64(),
+        cli_failover.as_secs_f64() / server_failover.as_secs_f64()
+    );
     println!("server RSS after the run: {} MiB", rss / 1024);
 
+    // Every volume is primary on site-b now: disable there, delete on both.
     for spec in &specs {
+        rbd(&conf_b, &["mirror", "image", "disable", spec, "--force"]);
+        rbd(&conf_b, &["rm", "--no-progress", spec]);
         rbd(&conf, &["mirror", "image", "disable", spec, "--force"]);
         rbd(&conf, &["rm", "--no-progress", spec]);
     }
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    server.wait().ok();
+    for child in [&mut server, &mut server_b] {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().ok();
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
