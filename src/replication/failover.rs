@@ -17,6 +17,13 @@ use crate::cephcsi::ResolvedVolume;
 /// image right after the peer's demote (EROFS; measured 0.05–1.75 s).
 const PROMOTE_SETTLE: Duration = Duration::from_secs(10);
 
+/// How long a non-forced promote keeps retrying EBUSY ("the peer is primary")
+/// before believing it: right after the peer's demote this site answers EBUSY
+/// until its rbd-mirror has copied the demotion snapshot (measured up to
+/// 0.9 s). Giving up at once would make the controller force-promote and lose
+/// the writes that snapshot carries.
+const PEER_DEMOTE_SETTLE: Duration = Duration::from_secs(5);
+
 /// Image metadata recording the creation time of the image when it was
 /// demoted, in ceph-csi's format, so that a resync is issued at most once per
 /// demotion: rbd-mirror's resync re-creates the image, which drops the key
@@ -74,11 +81,16 @@ fn refuse_unsafe_promote(image: &Image<'_>, vol: &ResolvedVolume) -> Result<(), 
 }
 
 fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Result<(), Error> {
-    let deadline = Instant::now() + PROMOTE_SETTLE;
+    let started = Instant::now();
+    let deadline = started + PROMOTE_SETTLE;
     let mut pause = Duration::from_millis(50);
     loop {
         match image.mirror_promote(force) {
             Ok(()) => return Ok(()),
+            Err(e) if e.is(libc::EBUSY) && !force && started.elapsed() + pause < PEER_DEMOTE_SETTLE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
             Err(e) if e.is(libc::EBUSY) && !force => {
                 return Err(Error::FailedPrecondition(format!(
                     "the peer site still holds the primary of {}; demote it there first, or promote with force",
