@@ -21,6 +21,27 @@ pub enum ExecError {
     Panicked,
 }
 
+/// Marks further keys (a group's member volumes) as worked on from inside a
+/// running call; each claim lasts as long as the guard it returns.
+#[derive(Clone)]
+pub struct Claims {
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Claims {
+    pub fn claim(&self, key: &str) -> Result<KeyGuard, ExecError> {
+        claim(&self.in_flight, key)
+    }
+}
+
+fn claim(in_flight: &Arc<Mutex<HashSet<String>>>, key: &str) -> Result<KeyGuard, ExecError> {
+    let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    if !set.insert(key.to_owned()) {
+        return Err(ExecError::Busy(key.to_owned()));
+    }
+    Ok(KeyGuard { in_flight: in_flight.clone(), key: key.to_owned() })
+}
+
 pub struct Executor {
     permits: Arc<Semaphore>,
     in_flight: Arc<Mutex<HashSet<String>>>,
@@ -30,7 +51,7 @@ pub struct Executor {
 /// Marks a key as being worked on; dropping it frees the key. It is moved into
 /// the blocking closure, so a caller that gives up (deadline, cancel) cannot
 /// free the key while librbd is still working on the volume.
-struct KeyGuard {
+pub struct KeyGuard {
     in_flight: Arc<Mutex<HashSet<String>>>,
     key: String,
 }
@@ -54,6 +75,11 @@ impl Executor {
         self.op_timeout
     }
 
+    /// For calls that learn further keys to guard only once they run.
+    pub fn claims(&self) -> Claims {
+        Claims { in_flight: self.in_flight.clone() }
+    }
+
     /// Runs `work` for `key` (a volume or group ID) off the async runtime.
     /// Waiting for a permit and the work itself share one deadline.
     pub async fn run<T, E, F>(&self, key: &str, work: F) -> Result<T, E>
@@ -63,13 +89,7 @@ impl Executor {
         E: From<ExecError> + Send + 'static,
     {
         let deadline = Instant::now() + self.op_timeout;
-        let guard = {
-            let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            if !set.insert(key.to_owned()) {
-                return Err(ExecError::Busy(key.to_owned()).into());
-            }
-            KeyGuard { in_flight: self.in_flight.clone(), key: key.to_owned() }
-        };
+        let guard = claim(&self.in_flight, key)?;
         let permit = match timeout_at(deadline, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             // The semaphore is never closed; a timeout means the queue is full.
@@ -114,6 +134,17 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(first.await.unwrap(), Ok(1));
         assert_eq!(exec.run::<i32, ExecError, _>("vol", || Ok(4)).await, Ok(4));
+    }
+
+    #[tokio::test]
+    async fn claims_made_inside_a_call_last_as_long_as_their_guards() {
+        let exec = Executor::new(4, Duration::from_secs(5));
+        let claims = exec.claims();
+        let held = claims.claim("member").unwrap();
+        assert_eq!(exec.run::<i32, ExecError, _>("member", || Ok(1)).await, Err(ExecError::Busy("member".into())));
+        assert!(matches!(claims.claim("member"), Err(ExecError::Busy(_))));
+        drop(held);
+        assert_eq!(exec.run::<i32, ExecError, _>("member", || Ok(2)).await, Ok(2));
     }
 
     #[tokio::test]

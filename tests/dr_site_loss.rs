@@ -14,37 +14,6 @@ use tonic::Code;
 const LIMIT: Duration = Duration::from_secs(150);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Daemons stopped with SIGSTOP; they are continued when this is dropped, also
-/// when a test fails halfway.
-struct Frozen(Vec<i32>);
-
-impl Frozen {
-    fn daemons(lab: &Lab, site: &str, which: &[&str]) -> Self {
-        let pids = std::fs::read_to_string(format!("{}/pids", lab.facts["dir"].as_str().unwrap())).unwrap();
-        let mut frozen = Vec::new();
-        for line in pids.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 3 && f[0] == site && (which.is_empty() || which.contains(&f[1])) {
-                let pid: i32 = f[2].parse().unwrap();
-                // SAFETY: kill(2) on a lab daemon this test suite's lab started.
-                unsafe { libc::kill(pid, libc::SIGSTOP) };
-                frozen.push(pid);
-            }
-        }
-        assert!(!frozen.is_empty(), "no {site} daemons found to freeze");
-        Self(frozen)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            // SAFETY: kill(2) on the daemons frozen above.
-            unsafe { libc::kill(*pid, libc::SIGCONT) };
-        }
-    }
-}
-
 async fn mirrored(lab: &Lab, a: &mut Client) -> TestVolume {
     let v = lab.create_volume(VolumeOpts::default());
     write_data(lab, Site::A, &v.spec);

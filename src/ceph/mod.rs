@@ -5,13 +5,16 @@ mod error;
 mod pool;
 mod rados;
 mod rbd;
+mod snap;
 
 pub use error::CephError;
 pub use pool::{ConnectionKey, ConnectionPool};
 pub use rados::{Cluster, ConnectOptions, IoCtx};
 pub use rbd::{
-    GlobalStatus, Image, MirrorImageMode, MirrorInfo, MirrorState, ParentSpec, PoolMirrorMode, SiteState, SiteStatus,
+    GlobalStatus, GroupMember, Image, MirrorImageMode, MirrorInfo, MirrorState, ParentSpec, PoolMirrorMode, SiteState,
+    SiteStatus,
 };
+pub use snap::{Extent, SnapInfo, SnapKind};
 
 use std::ffi::CString;
 

@@ -83,6 +83,17 @@ impl Cluster {
         }
     }
 
+    /// The ID of the pool with this name; ENOENT when there is none.
+    pub fn pool_id(&self, name: &str) -> Result<i64, CephError> {
+        let n = c_string("rados_pool_lookup", name)?;
+        // SAFETY: valid connected handle and C string.
+        let ret = unsafe { sys::rados_pool_lookup(self.handle, n.as_ptr()) };
+        if ret < 0 {
+            return Err(CephError::new("rados_pool_lookup", (-ret) as i32));
+        }
+        Ok(ret)
+    }
+
     /// Sends one JSON command to the active mgr and returns its output.
     /// The error carries the mgr's status text, which says what was wrong.
     pub fn mgr_command(&self, json: &str) -> Result<String, (CephError, String)> {
@@ -184,6 +195,31 @@ impl IoCtx {
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    pub fn pool_id(&self) -> i64 {
+        // SAFETY: valid ioctx; a plain getter.
+        unsafe { sys::rados_ioctx_get_id(self.handle) }
+    }
+
+    /// Names of every pool of the cluster.
+    pub fn pools(cluster: &Cluster) -> Result<Vec<String>, CephError> {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            // SAFETY: buf is writable for its length; librados returns the
+            // length it needs, which may exceed what it wrote.
+            let ret = unsafe { sys::rados_pool_list(cluster.handle, buf.as_mut_ptr().cast(), buf.len()) };
+            let need = CephError::check("rados_pool_list", ret)? as usize;
+            if need > buf.len() {
+                buf.resize(need, 0);
+                continue;
+            }
+            return Ok(buf[..need]
+                .split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect());
+        }
     }
 
     pub fn cluster(&self) -> &Arc<Cluster> {

@@ -149,6 +149,10 @@ impl<'io> Image<'io> {
         &self.name
     }
 
+    pub(super) fn raw(&self) -> sys::rbd_image_t {
+        self.handle
+    }
+
     pub fn mirror_info(&self) -> Result<MirrorInfo, CephError> {
         let mut raw = MaybeUninit::<sys::rbd_mirror_image_info_t>::zeroed();
         // SAFETY: librbd fills the struct (allocating global_id) on success;
@@ -295,6 +299,17 @@ impl<'io> Image<'io> {
         }
     }
 
+    /// Removes a metadata key; an absent key is fine.
+    pub fn metadata_remove(&self, key: &str) -> Result<(), CephError> {
+        let k = c_string("rbd_metadata_remove", key)?;
+        // SAFETY: valid image and C string.
+        let ret = unsafe { sys::rbd_metadata_remove(self.handle, k.as_ptr()) };
+        if ret == -libc::ENOENT {
+            return Ok(());
+        }
+        CephError::check("rbd_metadata_remove", ret).map(drop)
+    }
+
     /// An image metadata value, or None when the key is absent.
     pub fn metadata_get(&self, key: &str) -> Result<Option<String>, CephError> {
         let key_c = c_string("rbd_metadata_get", key)?;
@@ -350,7 +365,7 @@ impl IoCtx {
 ///
 /// # Safety
 /// `p` must be null or a valid NUL-terminated string.
-unsafe fn owned(p: *const c_char) -> String {
+pub(super) unsafe fn owned(p: *const c_char) -> String {
     if p.is_null() {
         String::new()
     } else {

@@ -49,6 +49,16 @@ pub fn lookup(path: &Path, cluster_id: &str) -> Result<ClusterInfo, ConfigError>
     lookup_in(&text, &shown, cluster_id)
 }
 
+/// Every clusterID in the config file, in file order.
+pub fn cluster_ids(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Unreadable { path: shown.clone(), reason: e.kind().to_string() })?;
+    let entries: Vec<Entry> =
+        serde_json::from_str(&text).map_err(|e| ConfigError::Malformed { path: shown, reason: e.to_string() })?;
+    Ok(entries.into_iter().map(|e| e.cluster_id).collect())
+}
+
 fn lookup_in(text: &str, path: &str, cluster_id: &str) -> Result<ClusterInfo, ConfigError> {
     let entries: Vec<Entry> = serde_json::from_str(text)
         .map_err(|e| ConfigError::Malformed { path: path.to_owned(), reason: e.to_string() })?;

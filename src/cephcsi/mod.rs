@@ -2,6 +2,7 @@
 //! that a volume ceph-csi provisioned is found exactly as ceph-csi finds it.
 
 mod config;
+pub mod group;
 mod mapping;
 mod secrets;
 mod volume_id;
@@ -30,6 +31,8 @@ pub enum Error {
     Connect { cluster_id: String, user: String, source: CephError },
     #[error("pool {pool_id} of cluster {cluster_id:?} does not exist")]
     PoolNotFound { cluster_id: String, pool_id: i64 },
+    #[error("pool {pool:?} of cluster {cluster_id:?} does not exist")]
+    PoolNameNotFound { cluster_id: String, pool: String },
     #[error("cannot open pool {pool_id}: {source}")]
     OpenPool { pool_id: i64, source: CephError },
     #[error("cannot read the volume's journal object {object}: {source}")]
@@ -113,6 +116,100 @@ impl Resolver {
         direct
     }
 
+    /// The pools a group ID may live in on this site: the one it names, then
+    /// its cluster-mapping translations (a group handle minted on the peer).
+    /// Blocking. Candidates that do not exist here are skipped; when none
+    /// opens, the first candidate's error is returned.
+    pub fn group_pools(&self, id: &CsiId, creds: &Credentials) -> Result<Vec<IoCtx>, Error> {
+        let mut candidates = vec![(id.cluster_id.clone(), id.pool_id)];
+        if let Some(mapping) = &self.mapping_path {
+            for c in mapping::candidates(mapping, &id.cluster_id, id.pool_id)? {
+                if !candidates.contains(&c) {
+                    candidates.push(c);
+                }
+            }
+        }
+        let mut first_err = None;
+        let mut pools = Vec::new();
+        for (cluster_id, pool_id) in candidates {
+            match self.open_pool(&cluster_id, pool_id, creds) {
+                Ok(io) => pools.push(io),
+                Err(e) if e.may_be_peer_handle() => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match (pools.is_empty(), first_err) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(pools),
+        }
+    }
+
+    /// Every pool of every cluster in config.json (in each clusterID's RADOS
+    /// namespace), for listing groups. Clusters these credentials cannot
+    /// reach are skipped with a warning: one dead site must not hide the rest.
+    pub fn all_pools(&self, creds: &Credentials) -> Result<Vec<(String, IoCtx)>, Error> {
+        let mut out = Vec::new();
+        for cluster_id in config::cluster_ids(&self.config_path)? {
+            let info = config::lookup(&self.config_path, &cluster_id)?;
+            let cluster = match self.connect(&cluster_id, &info, creds) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(cluster_id, error = %e, "skipping a cluster while listing groups");
+                    continue;
+                }
+            };
+            let names = IoCtx::pools(&cluster).map_err(|source| Error::OpenPool { pool_id: -1, source })?;
+            for name in names {
+                let Ok(pool_id) = cluster.pool_id(&name) else { continue };
+                if let Ok(io) = IoCtx::open(&cluster, pool_id, &info.rados_namespace) {
+                    out.push((cluster_id.clone(), io));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pool named `pool` of the cluster `cluster_id`, for creating groups.
+    pub fn pool_by_name(&self, cluster_id: &str, pool: &str, creds: &Credentials) -> Result<IoCtx, Error> {
+        let cluster_info = config::lookup(&self.config_path, cluster_id)?;
+        let cluster = self.connect(cluster_id, &cluster_info, creds)?;
+        let pool_id = cluster.pool_id(pool).map_err(|source| {
+            if source.is(libc::ENOENT) {
+                Error::PoolNameNotFound { cluster_id: cluster_id.to_owned(), pool: pool.to_owned() }
+            } else {
+                Error::OpenPool { pool_id: -1, source }
+            }
+        })?;
+        self.open_pool(cluster_id, pool_id, creds)
+    }
+
+    fn connect(
+        &self,
+        cluster_id: &str,
+        cluster_info: &ClusterInfo,
+        creds: &Credentials,
+    ) -> Result<Arc<crate::ceph::Cluster>, Error> {
+        self.connections.get(&cluster_info.mon_host, &creds.user, creds.key()).map_err(|source| Error::Connect {
+            cluster_id: cluster_id.to_owned(),
+            user: creds.user.clone(),
+            source,
+        })
+    }
+
+    fn open_pool(&self, cluster_id: &str, pool_id: i64, creds: &Credentials) -> Result<IoCtx, Error> {
+        let cluster_info = config::lookup(&self.config_path, cluster_id)?;
+        let cluster = self.connect(cluster_id, &cluster_info, creds)?;
+        IoCtx::open(&cluster, pool_id, &cluster_info.rados_namespace).map_err(|source| {
+            if source.is(libc::ENOENT) {
+                Error::PoolNotFound { cluster_id: cluster_id.to_owned(), pool_id }
+            } else {
+                Error::OpenPool { pool_id, source }
+            }
+        })
+    }
+
     fn resolve_at(
         &self,
         cluster_id: &str,
@@ -120,18 +217,7 @@ impl Resolver {
         uuid: &str,
         creds: &Credentials,
     ) -> Result<ResolvedVolume, Error> {
-        let cluster_info = config::lookup(&self.config_path, cluster_id)?;
-        let cluster = self
-            .connections
-            .get(&cluster_info.mon_host, &creds.user, creds.key())
-            .map_err(|source| Error::Connect { cluster_id: cluster_id.to_owned(), user: creds.user.clone(), source })?;
-        let io = IoCtx::open(&cluster, pool_id, &cluster_info.rados_namespace).map_err(|source| {
-            if source.is(libc::ENOENT) {
-                Error::PoolNotFound { cluster_id: cluster_id.to_owned(), pool_id }
-            } else {
-                Error::OpenPool { pool_id, source }
-            }
-        })?;
+        let io = self.open_pool(cluster_id, pool_id, creds)?;
         let object = format!("csi.volume.{uuid}");
         // ceph-csi records a custom image name (volumeNamePrefix) in the journal;
         // a volume without a journal entry uses the default name.

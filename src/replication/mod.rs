@@ -8,6 +8,7 @@ mod volume;
 
 pub use failover::{CREATION_TIME_KEY, demote, promote, resync};
 pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
+pub use params::{MIRRORING_MODE, SCHEDULING_INTERVAL};
 pub use status::{Health, ReplayDescription, health};
 pub use volume::{ReplicationInfo, disable, enable, info};
 
@@ -25,6 +26,16 @@ pub enum Error {
     Resolve(#[from] cephcsi::Error),
     #[error("{0}")]
     Unimplemented(String),
+    /// A volume group (or other object) that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// One member of a group failed; the code is the member's.
+    #[error("member {volume_id}: {source}")]
+    Member { volume_id: String, source: Box<Error> },
     #[error("image {image} does not exist")]
     ImageNotFound { image: String },
     #[error("{0}")]

@@ -1,6 +1,6 @@
 use tonic::{Request, Response, Status};
 
-use crate::proto::identity::capability::{self, Service, VolumeReplication};
+use crate::proto::identity::capability::{self, Service, VolumeGroup, VolumeReplication};
 use crate::proto::identity::identity_server::Identity;
 use crate::proto::identity::{
     Capability, GetCapabilitiesRequest, GetCapabilitiesResponse, GetIdentityRequest, GetIdentityResponse, ProbeRequest,
@@ -21,7 +21,7 @@ impl IdentityService {
 
 /// Only what really works is advertised; the controller trusts this list.
 pub fn capabilities() -> Vec<Capability> {
-    vec![
+    let mut caps = vec![
         Capability {
             r#type: Some(capability::Type::Service(Service {
                 r#type: capability::service::Type::ControllerService as i32,
@@ -32,7 +32,20 @@ pub fn capabilities() -> Vec<Capability> {
                 r#type: capability::volume_replication::Type::VolumeReplication as i32,
             })),
         },
-    ]
+    ];
+    use capability::volume_group::Type as G;
+    // RBD allows one group per image; a group with members cannot be deleted.
+    for t in [
+        G::VolumeGroup,
+        G::LimitVolumeToOneVolumeGroup,
+        G::DoNotAllowVgToDeleteVolumes,
+        G::ModifyVolumeGroup,
+        G::GetVolumeGroup,
+        G::ListVolumeGroups,
+    ] {
+        caps.push(Capability { r#type: Some(capability::Type::VolumeGroup(VolumeGroup { r#type: t as i32 })) });
+    }
+    caps
 }
 
 #[tonic::async_trait]

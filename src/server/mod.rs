@@ -3,6 +3,7 @@
 mod identity;
 mod replication;
 mod status;
+mod volumegroup;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -20,11 +21,14 @@ pub use status::{code_of, to_status};
 use crate::ceph::ConnectionPool;
 use crate::cephcsi::Resolver;
 use crate::exec::Executor;
+use crate::groups::scheduler::Scheduler;
 use crate::proto::identity::identity_server::IdentityServer;
 use crate::proto::replication::controller_server::ControllerServer;
+use crate::proto::volumegroup::controller_server::ControllerServer as VolumeGroupServer;
 
 /// Services listed by reflection: exactly the ones answered on the socket.
-pub const SERVED_SERVICES: &[&str] = &["identity.Identity", "replication.Controller", "grpc.health.v1.Health"];
+pub const SERVED_SERVICES: &[&str] =
+    &["identity.Identity", "replication.Controller", "volumegroup.Controller", "grpc.health.v1.Health"];
 
 /// How long in-flight calls may run on after SIGTERM before we exit anyway.
 const DRAIN_GRACE: Duration = Duration::from_secs(20);
@@ -119,6 +123,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<IdentityServer<identity::IdentityService>>().await;
     health_reporter.set_serving::<ControllerServer<replication::ReplicationService>>().await;
+    health_reporter.set_serving::<VolumeGroupServer<volumegroup::VolumeGroupService>>().await;
+    let scheduler = Scheduler::new();
+    let generations = scheduler.clone().spawn(exec.clone(), resolver.clone());
 
     let mut v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -145,7 +152,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?)
         .add_service(IdentityServer::new(identity::IdentityService::new(cfg.driver_name.clone())))
-        .add_service(ControllerServer::new(replication::ReplicationService::new(exec, resolver)))
+        .add_service(ControllerServer::new(replication::ReplicationService::new(
+            exec.clone(),
+            resolver.clone(),
+            scheduler,
+        )))
+        .add_service(VolumeGroupServer::new(volumegroup::VolumeGroupService::new(exec, resolver)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             stop_rx.await.ok();
         });
@@ -166,6 +178,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             }
         }
     };
+    generations.abort();
     if let Err(e) = std::fs::remove_file(&cfg.socket_path) {
         warn!(error = %e, "could not remove the socket");
     }

@@ -1,14 +1,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prost_types::{Duration as PbDuration, Timestamp};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::status::to_status;
+use super::status::{to_group_status, to_status};
 use crate::cephcsi::{Credentials, CsiId, ResolvedVolume, Resolver};
 use crate::exec::Executor;
+use crate::groups::{self, Group, Member, scheduler::Scheduler};
 use crate::proto::replication::controller_server::Controller;
 use crate::proto::replication::get_volume_replication_info_response::Status as InfoStatus;
 use crate::proto::replication::replication_source::Type as SourceType;
@@ -22,61 +23,137 @@ const MAX_KEY_LEN: usize = 256;
 pub struct ReplicationService {
     exec: Arc<Executor>,
     resolver: Arc<Resolver>,
+    scheduler: Arc<Scheduler>,
 }
 
+/// What a group RPC works on: the group, its members (guarded), the caller's
+/// credentials.
+type GroupWork<T> = Box<dyn FnOnce(&Group, &[Member], &Credentials) -> Result<T, Error> + Send>;
+
 impl ReplicationService {
-    pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
-        Self { exec, resolver }
+    pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>, scheduler: Arc<Scheduler>) -> Self {
+        Self { exec, resolver, scheduler }
     }
 
-    /// The common path of every RPC: validate, then run `work` on the resolved
-    /// volume off the runtime, under the volume's guard and the op deadline.
+    /// The common path of every RPC: validate, then run the volume's or the
+    /// group's work off the runtime, under its guard(s) and the op deadline.
     async fn run<T: Send + 'static>(
         &self,
         method: &'static str,
-        target: Result<String, Error>,
+        target: Result<Target, Error>,
         secrets: &HashMap<String, String>,
-        work: impl FnOnce(&ResolvedVolume) -> Result<T, Error> + Send + 'static,
+        volume_work: impl FnOnce(&ResolvedVolume) -> Result<T, Error> + Send + 'static,
+        group_work: GroupWork<T>,
     ) -> Result<T, Status> {
         let started = Instant::now();
-        let volume_id = target.as_ref().map(String::clone).unwrap_or_default();
+        let (subject, is_group) = match &target {
+            Ok(Target::Volume(v)) => (v.clone(), false),
+            Ok(Target::Group(g)) => (g.clone(), true),
+            Err(_) => (String::new(), false),
+        };
         let result = async {
-            let volume_id = target?;
-            let id = CsiId::decode(&volume_id).map_err(|e| Error::Resolve(e.into()))?;
             check_map("secrets", secrets)?;
-            let creds = Credentials::from_secrets(secrets).map_err(|e| Error::Resolve(e.into()))?;
-            let resolver = self.resolver.clone();
-            self.exec
-                .run(&volume_id, move || {
-                    let vol = resolver.resolve(&id, &creds)?;
-                    work(&vol)
-                })
-                .await
+            match target? {
+                Target::Volume(volume_id) => {
+                    let id = CsiId::decode(&volume_id).map_err(|e| Error::Resolve(e.into()))?;
+                    let creds = Credentials::from_secrets(secrets).map_err(|e| Error::Resolve(e.into()))?;
+                    let resolver = self.resolver.clone();
+                    self.exec
+                        .run(&volume_id, move || {
+                            let vol = resolver.resolve(&id, &creds)?;
+                            volume_work(&vol)
+                        })
+                        .await
+                }
+                Target::Group(group_id) => {
+                    let id = groups::decode_group_id(&group_id)?;
+                    let creds = Credentials::from_secrets(secrets).map_err(|e| Error::Resolve(e.into()))?;
+                    let resolver = self.resolver.clone();
+                    let claims = self.exec.claims();
+                    let scheduler = self.scheduler.clone();
+                    let key = group_id.clone();
+                    self.exec
+                        .run(&key, move || {
+                            let group = groups::find(&resolver, &id, &creds)?;
+                            let (members, _guards) = groups::resolve_members(&resolver, &group, &creds, &claims)?;
+                            let out = group_work(&group, &members, &creds);
+                            // Any call about a group keeps its generations going
+                            // while it is primary here; the scheduler drops it
+                            // when it is not.
+                            scheduler.watch(&group_id, &id, &creds);
+                            out
+                        })
+                        .await
+                }
+            }
         }
         .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let status_of = |err: &Error| {
+            if is_group { to_group_status(Some(&subject), err) } else { to_status(Some(&subject), err) }
+        };
         result
             .map_err(|err| {
-                let status = to_status(Some(&volume_id), &err);
-                warn!(method, volume_id, code = ?status.code(), elapsed_ms, error = %status.message(), "call failed");
+                let status = status_of(&err);
+                warn!(method, target = subject, code = ?status.code(), elapsed_ms, error = %status.message(), "call failed");
                 status
             })
-            .inspect(|_| info!(method, volume_id, elapsed_ms, "call succeeded"))
+            .inspect(|_| info!(method, target = subject, elapsed_ms, "call succeeded"))
     }
+}
+
+/// Group requests get group defaults: journal mirroring (the only mode in
+/// which a group is crash-consistent) unless the class asks otherwise.
+fn group_defaults(target: &Result<Target, Error>, params: &HashMap<String, String>) -> HashMap<String, String> {
+    let mut params = params.clone();
+    if matches!(target, Ok(Target::Group(_))) {
+        params.entry(replication::MIRRORING_MODE.to_owned()).or_insert_with(|| "journal".to_owned());
+    }
+    params
+}
+
+fn group_interval(
+    target: &Result<Target, Error>,
+    params: &HashMap<String, String>,
+) -> Result<Option<Duration>, Status> {
+    groups::parse_interval(params).map_err(|e| {
+        let subject = match target {
+            Ok(Target::Group(g)) | Ok(Target::Volume(g)) => g.as_str(),
+            Err(_) => "",
+        };
+        to_group_status(Some(subject), &e)
+    })
+}
+
+/// What a replication request is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Volume(String),
+    Group(String),
+}
+
+/// `replication_source.volumegroup`, or else the volume (see `volume_target`).
+fn target(legacy_id: &str, source: Option<&ReplicationSource>) -> Result<Target, Error> {
+    if let Some(SourceType::Volumegroup(g)) = source.and_then(|s| s.r#type.as_ref()) {
+        if !legacy_id.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "volume_id {legacy_id:?} and replication_source.volumegroup are both set; set only the group"
+            )));
+        }
+        if g.volume_group_id.is_empty() {
+            return Err(Error::InvalidArgument("replication_source.volumegroup.volume_group_id is empty".into()));
+        }
+        return Ok(Target::Group(g.volume_group_id.clone()));
+    }
+    volume_target(legacy_id, source).map(Target::Volume)
 }
 
 /// The volume a request is about: `replication_source.volume` (sidecars since
 /// v0.9) or the deprecated field 1 (sidecars up to v0.8).
-fn target(legacy_id: &str, source: Option<&ReplicationSource>) -> Result<String, Error> {
+fn volume_target(legacy_id: &str, source: Option<&ReplicationSource>) -> Result<String, Error> {
     let from_source = match source.and_then(|s| s.r#type.as_ref()) {
-        Some(SourceType::Volumegroup(g)) => {
-            return Err(Error::Unimplemented(format!(
-                "volume group {:?}: group replication is not supported by this server yet",
-                g.volume_group_id
-            )));
-        }
         Some(SourceType::Volume(v)) => v.volume_id.as_str(),
-        None => "",
+        _ => "",
     };
     match (legacy_id, from_source) {
         ("", "") => Err(Error::InvalidArgument("no volume given: set replication_source.volume.volume_id".to_owned())),
@@ -105,14 +182,17 @@ fn check_map(what: &str, map: &HashMap<String, String>) -> Result<(), Error> {
 /// volume the request names.
 fn parse_params<P>(
     method: &'static str,
-    target: &Result<String, Error>,
+    target: &Result<Target, Error>,
     params: &HashMap<String, String>,
     parse: fn(&HashMap<String, String>) -> Result<P, ParamError>,
 ) -> Result<P, Status> {
     check_map("parameters", params).and_then(|()| parse(params).map_err(Error::from)).map_err(|err| {
-        let volume_id = target.as_deref().unwrap_or_default();
-        let status = to_status(Some(volume_id), &err);
-        warn!(method, volume_id, code = ?status.code(), error = %status.message(), "call refused");
+        let status = match target {
+            Ok(Target::Group(g)) => to_group_status(Some(g), &err),
+            Ok(Target::Volume(v)) => to_status(Some(v), &err),
+            Err(_) => to_status(None, &err),
+        };
+        warn!(method, code = ?status.code(), error = %status.message(), "call refused");
         status
     })
 }
@@ -133,6 +213,16 @@ fn info_response(i: replication::ReplicationInfo) -> GetVolumeReplicationInfoRes
     }
 }
 
+fn group_info_response(i: groups::GroupInfo) -> GetVolumeReplicationInfoResponse {
+    info_response(replication::ReplicationInfo {
+        last_sync_time: i.last_sync_time,
+        last_sync_duration_secs: None,
+        last_sync_bytes: 0,
+        health: i.health,
+        status_message: i.status_message,
+    })
+}
+
 #[tonic::async_trait]
 impl Controller for ReplicationService {
     async fn enable_volume_replication(
@@ -143,8 +233,17 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let params = parse_params(METHOD, &target, &req.parameters, EnableParams::parse)?;
-        self.run(METHOD, target, &req.secrets, move |vol| replication::enable(vol, &params)).await?;
+        let params = parse_params(METHOD, &target, &group_defaults(&target, &req.parameters), EnableParams::parse)?;
+        let interval = group_interval(&target, &req.parameters)?;
+        let group_params = params.clone();
+        self.run(
+            METHOD,
+            target,
+            &req.secrets,
+            move |vol| replication::enable(vol, &params),
+            Box::new(move |g, m, _| groups::enable(g, m, &group_params, interval)),
+        )
+        .await?;
         Ok(Response::new(EnableVolumeReplicationResponse {}))
     }
 
@@ -157,7 +256,14 @@ impl Controller for ReplicationService {
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
         let params = parse_params(METHOD, &target, &req.parameters, DisableParams::parse)?;
-        self.run(METHOD, target, &req.secrets, move |vol| replication::disable(vol, &params)).await?;
+        self.run(
+            METHOD,
+            target,
+            &req.secrets,
+            move |vol| replication::disable(vol, &params),
+            Box::new(move |g, m, _| groups::disable(g, m, &params)),
+        )
+        .await?;
         Ok(Response::new(DisableVolumeReplicationResponse {}))
     }
 
@@ -168,8 +274,18 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let info = self.run("GetVolumeReplicationInfo", target, &req.secrets, replication::info).await?;
-        Ok(Response::new(info_response(info)))
+        let is_group = matches!(target, Ok(Target::Group(_)));
+        let info = self
+            .run(
+                "GetVolumeReplicationInfo",
+                target,
+                &req.secrets,
+                |vol| replication::info(vol).map(info_response),
+                Box::new(|g, m, _| groups::info(g, m).map(group_info_response)),
+            )
+            .await?;
+        let _ = is_group;
+        Ok(Response::new(info))
     }
 
     async fn promote_volume(
@@ -181,10 +297,18 @@ impl Controller for ReplicationService {
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
         // Promote carries the class parameters: the schedule is (re)applied.
-        let params = parse_params(METHOD, &target, &req.parameters, EnableParams::parse)?;
+        let params = parse_params(METHOD, &target, &group_defaults(&target, &req.parameters), EnableParams::parse)?;
+        let interval = group_interval(&target, &req.parameters)?;
         let force = req.force;
-        self.run(METHOD, target, &req.secrets, move |vol| replication::promote(vol, force, params.schedule.as_ref()))
-            .await?;
+        let schedule = params.schedule.clone();
+        self.run(
+            METHOD,
+            target,
+            &req.secrets,
+            move |vol| replication::promote(vol, force, params.schedule.as_ref()),
+            Box::new(move |g, m, _| groups::promote(g, m, force, schedule.as_ref(), interval).map(drop)),
+        )
+        .await?;
         Ok(Response::new(PromoteVolumeResponse {}))
     }
 
@@ -195,7 +319,8 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        self.run("DemoteVolume", target, &req.secrets, replication::demote).await?;
+        self.run("DemoteVolume", target, &req.secrets, replication::demote, Box::new(|g, m, _| groups::demote(g, m)))
+            .await?;
         Ok(Response::new(DemoteVolumeResponse {}))
     }
 
@@ -207,7 +332,15 @@ impl Controller for ReplicationService {
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
         let force = req.force;
-        let ready = self.run("ResyncVolume", target, &req.secrets, move |vol| replication::resync(vol, force)).await?;
+        let ready = self
+            .run(
+                "ResyncVolume",
+                target,
+                &req.secrets,
+                move |vol| replication::resync(vol, force),
+                Box::new(move |_, m, _| groups::resync(m, force)),
+            )
+            .await?;
         Ok(Response::new(ResyncVolumeResponse { ready }))
     }
 }
@@ -223,14 +356,19 @@ mod tests {
 
     #[test]
     fn target_accepts_either_field_but_not_two_different_ones() {
-        assert_eq!(target("a", None).unwrap(), "a");
-        assert_eq!(target("", vol("b").as_ref()).unwrap(), "b");
-        assert_eq!(target("b", vol("b").as_ref()).unwrap(), "b");
+        let v = |s: &str| Target::Volume(s.into());
+        assert_eq!(target("a", None).unwrap(), v("a"));
+        assert_eq!(target("", vol("b").as_ref()).unwrap(), v("b"));
+        assert_eq!(target("b", vol("b").as_ref()).unwrap(), v("b"));
         assert!(matches!(target("a", vol("b").as_ref()), Err(Error::InvalidArgument(_))));
         assert!(matches!(target("", None), Err(Error::InvalidArgument(_))));
-        let group = Some(ReplicationSource {
-            r#type: Some(SourceType::Volumegroup(VolumeGroupSource { volume_group_id: "g".into() })),
-        });
-        assert!(matches!(target("", group.as_ref()), Err(Error::Unimplemented(_))));
+        let group = |id: &str| {
+            Some(ReplicationSource {
+                r#type: Some(SourceType::Volumegroup(VolumeGroupSource { volume_group_id: id.into() })),
+            })
+        };
+        assert_eq!(target("", group("g").as_ref()).unwrap(), Target::Group("g".into()));
+        assert!(matches!(target("v", group("g").as_ref()), Err(Error::InvalidArgument(_))));
+        assert!(matches!(target("", group("").as_ref()), Err(Error::InvalidArgument(_))));
     }
 }

@@ -16,6 +16,10 @@ pub fn code_of(err: &Error) -> Code {
         Error::InvalidArgument(_) | Error::Param(_) => Code::InvalidArgument,
         Error::Resolve(e) => resolve_code(e),
         Error::Unimplemented(_) => Code::Unimplemented,
+        Error::NotFound(_) => Code::NotFound,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::Member { source, .. } => code_of(source),
         Error::ImageNotFound { .. } | Error::NoInfoYet(_) => Code::NotFound,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::InProgress(_) => Code::Aborted,
@@ -50,6 +54,8 @@ fn resolve_code(err: &cephcsi::Error) -> Code {
             _ => Code::Unavailable,
         },
         cephcsi::Error::PoolNotFound { .. } => Code::NotFound,
+        // A class parameter naming a pool that is not there.
+        cephcsi::Error::PoolNameNotFound { .. } => Code::InvalidArgument,
         cephcsi::Error::OpenPool { source, .. } | cephcsi::Error::Journal { source, .. } => errno_code(source),
     }
 }
@@ -76,8 +82,17 @@ fn errno_code(e: &CephError) -> Code {
 /// is known). The message reaches Kubernetes conditions verbatim: it names the
 /// volume and never holds a secret (no error type here can carry one).
 pub fn to_status(subject: Option<&str>, err: &Error) -> Status {
+    status_about("volume", subject, err)
+}
+
+/// The same for an error about a volume group.
+pub fn to_group_status(subject: Option<&str>, err: &Error) -> Status {
+    status_about("volume group", subject, err)
+}
+
+fn status_about(kind: &str, subject: Option<&str>, err: &Error) -> Status {
     let message = match subject {
-        Some(id) if !id.is_empty() => format!("volume {id}: {err}"),
+        Some(id) if !id.is_empty() => format!("{kind} {id}: {err}"),
         _ => err.to_string(),
     };
     Status::new(code_of(err), message)
@@ -119,6 +134,14 @@ mod tests {
         };
         assert_eq!(code_of(&Error::Resolve(e(libc::EACCES))), Code::Unauthenticated);
         assert_eq!(code_of(&Error::Resolve(e(libc::ETIMEDOUT))), Code::Unavailable);
+    }
+
+    #[test]
+    fn a_member_failure_keeps_the_members_code() {
+        let e = Error::Member { volume_id: "v".into(), source: Box::new(Error::FailedPrecondition("x".into())) };
+        assert_eq!(code_of(&e), Code::FailedPrecondition);
+        assert_eq!(e.to_string(), "member v: x");
+        assert_eq!(code_of(&Error::ResourceExhausted("x".into())), Code::ResourceExhausted);
     }
 
     #[test]

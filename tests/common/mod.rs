@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use rbd_addons::proto::identity::identity_client::IdentityClient;
 use rbd_addons::proto::replication::controller_client::ControllerClient;
-use rbd_addons::proto::replication::replication_source::{Type as SourceType, VolumeSource};
+use rbd_addons::proto::replication::replication_source::{Type as SourceType, VolumeGroupSource, VolumeSource};
 use rbd_addons::proto::replication::*;
+use rbd_addons::proto::volumegroup::controller_client::ControllerClient as VolumeGroupClient;
+use rbd_addons::proto::volumegroup::*;
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
@@ -482,4 +484,186 @@ pub async fn info_once_synced(
             Err(e) => panic!("info: {e:?}"),
         }
     }
+}
+
+/// Daemons stopped with SIGSTOP; they are continued when this is dropped, also
+/// when a test fails halfway.
+pub struct Frozen(Vec<i32>);
+
+impl Frozen {
+    pub fn daemons(lab: &Lab, site: &str, which: &[&str]) -> Self {
+        let pids = std::fs::read_to_string(format!("{}/pids", lab.facts["dir"].as_str().unwrap())).unwrap();
+        let mut frozen = Vec::new();
+        for line in pids.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() == 3 && f[0] == site && (which.is_empty() || which.contains(&f[1])) {
+                let pid: i32 = f[2].parse().unwrap();
+                // SAFETY: kill(2) on a lab daemon this test suite's lab started.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                frozen.push(pid);
+            }
+        }
+        assert!(!frozen.is_empty(), "no {site} daemons found to freeze");
+        Self(frozen)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: kill(2) on the daemons frozen above.
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+    }
+}
+
+// Volume groups: the VolumeGroup service and group replication, as the
+// controller drives them (VolumeGroupReplicationContent, then a VR whose
+// source is the group).
+
+pub type GroupClient = VolumeGroupClient<Channel>;
+
+impl Server {
+    pub async fn groups(&self) -> GroupClient {
+        VolumeGroupClient::new(self.channel().await)
+    }
+}
+
+pub fn group_source(group_id: &str) -> Option<ReplicationSource> {
+    Some(ReplicationSource {
+        r#type: Some(SourceType::Volumegroup(VolumeGroupSource { volume_group_id: group_id.into() })),
+    })
+}
+
+/// The class parameters ceph-csi requires for a group.
+pub fn group_params(lab: &Lab) -> HashMap<String, String> {
+    HashMap::from([("clusterID".into(), lab.cluster_id()), ("pool".into(), lab.pool())])
+}
+
+pub async fn create_group(
+    g: &mut GroupClient,
+    lab: &Lab,
+    name: &str,
+    volume_ids: &[&str],
+) -> Result<VolumeGroup, tonic::Status> {
+    let req = CreateVolumeGroupRequest {
+        name: name.into(),
+        parameters: group_params(lab),
+        secrets: lab.secrets(),
+        volume_ids: volume_ids.iter().map(|s| s.to_string()).collect(),
+    };
+    g.create_volume_group(req).await.map(|r| r.into_inner().volume_group.unwrap())
+}
+
+pub async fn modify_group(
+    g: &mut GroupClient,
+    lab: &Lab,
+    id: &str,
+    volume_ids: &[&str],
+) -> Result<VolumeGroup, tonic::Status> {
+    let req = ModifyVolumeGroupMembershipRequest {
+        volume_group_id: id.into(),
+        volume_ids: volume_ids.iter().map(|s| s.to_string()).collect(),
+        secrets: lab.secrets(),
+        ..Default::default()
+    };
+    g.modify_volume_group_membership(req).await.map(|r| r.into_inner().volume_group.unwrap())
+}
+
+pub async fn get_group(g: &mut GroupClient, lab: &Lab, id: &str) -> Result<VolumeGroup, tonic::Status> {
+    let req = ControllerGetVolumeGroupRequest { volume_group_id: id.into(), secrets: lab.secrets() };
+    g.controller_get_volume_group(req).await.map(|r| r.into_inner().volume_group.unwrap())
+}
+
+pub async fn delete_group(g: &mut GroupClient, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
+    let req = DeleteVolumeGroupRequest { volume_group_id: id.into(), secrets: lab.secrets() };
+    g.delete_volume_group(req).await.map(drop)
+}
+
+/// A replication request's common fields for a group.
+pub async fn group_enable(
+    c: &mut Client,
+    lab: &Lab,
+    id: &str,
+    parameters: HashMap<String, String>,
+) -> Result<(), tonic::Status> {
+    let req = EnableVolumeReplicationRequest {
+        parameters,
+        secrets: lab.secrets(),
+        replication_source: group_source(id),
+        ..Default::default()
+    };
+    c.enable_volume_replication(req).await.map(drop)
+}
+
+pub async fn group_promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<(), tonic::Status> {
+    let req = PromoteVolumeRequest {
+        force,
+        secrets: lab.secrets(),
+        replication_source: group_source(id),
+        ..Default::default()
+    };
+    c.promote_volume(req).await.map(drop)
+}
+
+pub async fn group_demote(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
+    let req =
+        DemoteVolumeRequest { secrets: lab.secrets(), replication_source: group_source(id), ..Default::default() };
+    c.demote_volume(req).await.map(drop)
+}
+
+pub async fn group_disable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
+    let req = DisableVolumeReplicationRequest {
+        secrets: lab.secrets(),
+        replication_source: group_source(id),
+        ..Default::default()
+    };
+    c.disable_volume_replication(req).await.map(drop)
+}
+
+pub async fn group_resync(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<bool, tonic::Status> {
+    let req = ResyncVolumeRequest {
+        force,
+        secrets: lab.secrets(),
+        replication_source: group_source(id),
+        ..Default::default()
+    };
+    c.resync_volume(req).await.map(|r| r.into_inner().ready)
+}
+
+pub async fn group_info(
+    c: &mut Client,
+    lab: &Lab,
+    id: &str,
+) -> Result<GetVolumeReplicationInfoResponse, tonic::Status> {
+    let req = GetVolumeReplicationInfoRequest {
+        secrets: lab.secrets(),
+        replication_source: group_source(id),
+        ..Default::default()
+    };
+    c.get_volume_replication_info(req).await.map(|r| r.into_inner())
+}
+
+/// Snapshot names of an image on a site, all namespaces (empty if absent).
+pub fn snap_names(lab: &Lab, s: Site, spec: &str) -> Vec<String> {
+    lab.rbd_json(s, &["snap", "ls", "--all", spec])
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A librbd connection to a site as the CSI user, for tests that write and
+/// read image data directly (as an application would).
+pub fn connect(lab: &Lab, s: Site) -> std::sync::Arc<rbd_addons::ceph::Cluster> {
+    let (mon, user, key) = (lab.mon_host(s), lab.user(), lab.key());
+    rbd_addons::ceph::Cluster::connect(&rbd_addons::ceph::ConnectOptions {
+        mon_host: &mon,
+        user: &user,
+        key: &key,
+        op_timeout: Duration::from_secs(30),
+    })
+    .expect("connect as the CSI user")
 }

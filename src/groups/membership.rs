@@ -1,0 +1,370 @@
+//! CreateVolumeGroup, ModifyVolumeGroupMembership, DeleteVolumeGroup,
+//! ControllerGetVolumeGroup and ListVolumeGroups over RBD groups, recorded in
+//! ceph-csi's group journal. Each step is idempotent, so a retry after any
+//! failure finishes the job: the journal is written before the RBD group is
+//! changed when adding, after it when removing.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tracing::info;
+
+use super::{
+    GROUP_KEY, Group, MAX_MEMBERS, Member, VOLUME_ID_KEY, find, on_member, open_member, resolve_member, state_object,
+};
+use crate::ceph::{Image, IoCtx};
+use crate::cephcsi::{Credentials, CsiId, Resolver, group as journal};
+use crate::exec::Claims;
+use crate::replication::{EnableParams, Error};
+
+/// CreateVolumeGroup's parameters, as ceph-csi reads them from the class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateParams {
+    pub cluster_id: String,
+    pub pool: String,
+    pub name_prefix: String,
+    /// Everything the class gave, returned as the group's context.
+    pub context: HashMap<String, String>,
+}
+
+impl CreateParams {
+    pub fn parse(params: &HashMap<String, String>) -> Result<Self, Error> {
+        let required = |k: &str| {
+            params.get(k).filter(|v| !v.is_empty()).cloned().ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "parameter {k:?} is required (set it in the VolumeGroupReplicationClass, as for ceph-csi)"
+                ))
+            })
+        };
+        let name_prefix =
+            params.get("volumeGroupNamePrefix").cloned().unwrap_or_else(|| journal::DEFAULT_GROUP_PREFIX.to_owned());
+        if name_prefix.len() > 64
+            || !name_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(Error::InvalidArgument(format!(
+                "parameter \"volumeGroupNamePrefix\" {name_prefix:?} must be at most 64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        // Replication parameters may share the class; check them here too so
+        // a typo fails at creation rather than at the first failover.
+        EnableParams::parse(params)?;
+        Ok(Self { cluster_id: required("clusterID")?, pool: required("pool")?, name_prefix, context: params.clone() })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub volume_id: String,
+    pub size_bytes: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    pub group_id: String,
+    pub context: HashMap<String, String>,
+    pub members: Vec<MemberView>,
+}
+
+fn check_count(n: usize) -> Result<(), Error> {
+    if n > MAX_MEMBERS {
+        return Err(Error::ResourceExhausted(format!("{n} volumes requested; a group holds at most {MAX_MEMBERS}")));
+    }
+    Ok(())
+}
+
+fn check_ids(volume_ids: &[String]) -> Result<Vec<String>, Error> {
+    let unique: BTreeSet<String> = volume_ids.iter().cloned().collect();
+    check_count(unique.len())?;
+    for v in &unique {
+        CsiId::decode(v).map_err(|e| Error::InvalidArgument(format!("member {v:?}: invalid volume ID: it {e}")))?;
+    }
+    Ok(unique.into_iter().collect())
+}
+
+fn new_uuid() -> Result<String, Error> {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| Error::Unavailable(format!("cannot generate a UUID: {e}")))
+}
+
+pub fn create(
+    resolver: &Resolver,
+    creds: &Credentials,
+    claims: &Claims,
+    name: &str,
+    params: &CreateParams,
+    volume_ids: &[String],
+) -> Result<GroupView, Error> {
+    let wanted = check_ids(volume_ids)?;
+    let io = resolver.pool_by_name(&params.cluster_id, &params.pool, creds)?;
+    let uuid = match journal::lookup_name(&io, name).map_err(Error::ceph("cannot read the group journal"))? {
+        Some(uuid) => uuid,
+        None => {
+            let uuid = new_uuid()?;
+            let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            journal::reserve(&io, name, &uuid, &format!("{}{uuid}", params.name_prefix), &created)
+                .map_err(Error::ceph("cannot record the group in the journal"))?;
+            uuid
+        }
+    };
+    let id = CsiId { cluster_id: params.cluster_id.clone(), pool_id: io.pool_id(), uuid };
+    let group = find(resolver, &id, creds)?;
+    let record = group.record.as_ref().ok_or_else(|| Error::NotFound(format!("volume group {id} lost its journal")))?;
+    if !record.members.is_empty() && !wanted.is_empty() && record.members != wanted {
+        return Err(Error::AlreadyExists(format!(
+            "volume group {name:?} exists with other members; use ModifyVolumeGroupMembership to change them"
+        )));
+    }
+    ensure_rbd_group(&group.io, &group.rbd_group)?;
+    if record.members.is_empty() {
+        apply_membership(resolver, creds, claims, &group, &wanted)?;
+    }
+    view(resolver, creds, &find(resolver, &id, creds)?, &params.context)
+}
+
+pub(super) fn ensure_rbd_group(io: &IoCtx, rbd_group: &str) -> Result<(), Error> {
+    match io.group_create(rbd_group) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is(libc::EEXIST) => Ok(()),
+        Err(e) => Err(Error::Ceph { what: format!("cannot create RBD group {rbd_group}"), source: e }),
+    }
+}
+
+/// Makes the group's members exactly `wanted`: removals first (journal after
+/// the RBD group), then additions (journal before the RBD group, so a crash
+/// leaves at worst a journal entry that the next call completes).
+fn apply_membership(
+    resolver: &Resolver,
+    creds: &Credentials,
+    claims: &Claims,
+    group: &Group,
+    wanted: &[String],
+) -> Result<(), Error> {
+    let current: BTreeSet<&String> = group.member_ids.iter().collect();
+    let wanted_set: BTreeSet<&String> = wanted.iter().collect();
+    let mut guards = Vec::new();
+    let to_remove: Vec<String> = current.difference(&wanted_set).map(|s| (*s).clone()).collect();
+    let to_add: Vec<String> = wanted_set.difference(&current).map(|s| (*s).clone()).collect();
+    // Resolve every new member before changing anything: a bad ID fails the
+    // whole call with nothing done.
+    let mut added = Vec::new();
+    for v in &to_add {
+        guards.push(claims.claim(v)?);
+        let m = resolve_member(resolver, v, creds)?;
+        check_same_cluster(group, &m)?;
+        added.push(m);
+    }
+    for v in &to_remove {
+        guards.push(claims.claim(v)?);
+        match resolve_member(resolver, v, creds) {
+            Ok(m) => leave(group, &m).map_err(on_member(&m))?,
+            // A member whose image is gone has nothing left to detach.
+            Err(Error::ImageNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    journal::remove_members(&group.io, group.uuid(), &to_remove)
+        .map_err(Error::ceph("cannot update the group journal"))?;
+    journal::add_members(&group.io, group.uuid(), &to_add).map_err(Error::ceph("cannot update the group journal"))?;
+    for m in &added {
+        join(group, m).map_err(on_member(m))?;
+    }
+    if !to_add.is_empty() || !to_remove.is_empty() {
+        info!(group = %group.id, added = to_add.len(), removed = to_remove.len(), "group membership changed");
+    }
+    Ok(())
+}
+
+fn check_same_cluster(group: &Group, m: &Member) -> Result<(), Error> {
+    let id = CsiId::decode(&m.volume_id).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    if id.cluster_id != group.id.cluster_id {
+        return Err(Error::InvalidArgument(format!(
+            "volume {} is in cluster {:?}, the group in {:?}; a group holds volumes of one cluster",
+            m.volume_id, id.cluster_id, group.id.cluster_id
+        )));
+    }
+    Ok(())
+}
+
+/// Adds a member to the RBD group and tags it; an image already in another
+/// group is refused (RBD allows one group per image).
+fn join(group: &Group, m: &Member) -> Result<(), Error> {
+    let image = open_member(m)?;
+    match image.group().map_err(Error::ceph("cannot read the image's group"))? {
+        Some((pool, name)) if pool == group.io.pool_id() && name == group.rbd_group => {}
+        Some((_, name)) => {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} is already in RBD group {name}; an image can be in one group only",
+                m.volume_id
+            )));
+        }
+        None => group
+            .io
+            .group_image_add(&group.rbd_group, &m.vol.io, &m.vol.image)
+            .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
+            .map_err(Error::ceph(format!("cannot add {} to RBD group {}", m.vol.spec(), group.rbd_group)))?,
+    }
+    tag(&image, group.uuid(), &m.volume_id)
+}
+
+pub(super) fn tag(image: &Image<'_>, uuid: &str, volume_id: &str) -> Result<(), Error> {
+    if image.metadata_get(GROUP_KEY).map_err(Error::ceph("cannot read image metadata"))?.as_deref() != Some(uuid) {
+        image.metadata_set(VOLUME_ID_KEY, volume_id).map_err(Error::ceph("cannot tag the member"))?;
+        image.metadata_set(GROUP_KEY, uuid).map_err(Error::ceph("cannot tag the member"))?;
+    }
+    Ok(())
+}
+
+fn leave(group: &Group, m: &Member) -> Result<(), Error> {
+    let image = open_member(m)?;
+    if let Some((pool, name)) = image.group().map_err(Error::ceph("cannot read the image's group"))?
+        && pool == group.io.pool_id()
+        && name == group.rbd_group
+    {
+        group
+            .io
+            .group_image_remove(&group.rbd_group, &m.vol.io, &m.vol.image)
+            .or_else(|e| if e.is(libc::ENOENT) { Ok(()) } else { Err(e) })
+            .map_err(Error::ceph(format!("cannot remove {} from RBD group {}", m.vol.spec(), group.rbd_group)))?;
+    }
+    image.metadata_remove(GROUP_KEY).map_err(Error::ceph("cannot untag the member"))?;
+    image.metadata_remove(VOLUME_ID_KEY).map_err(Error::ceph("cannot untag the member"))?;
+    Ok(())
+}
+
+/// Only the site that created a group changes it: the peer's view comes from
+/// mirrored member metadata.
+fn require_record(group: &Group) -> Result<&journal::GroupRecord, Error> {
+    group.record.as_ref().ok_or_else(|| {
+        Error::NotFound(format!("volume group {} was created on the peer site; change its membership there", group.id))
+    })
+}
+
+pub fn modify(
+    resolver: &Resolver,
+    creds: &Credentials,
+    claims: &Claims,
+    id: &CsiId,
+    volume_ids: &[String],
+) -> Result<GroupView, Error> {
+    let wanted = check_ids(volume_ids)?;
+    let group = find(resolver, id, creds)?;
+    require_record(&group)?;
+    ensure_rbd_group(&group.io, &group.rbd_group)?;
+    apply_membership(resolver, creds, claims, &group, &wanted)?;
+    let mirrored = mirroring_of(&group)?;
+    let group = find(resolver, id, creds)?;
+    if let Some(params) = mirrored {
+        // A volume joining a replicated group is replicated like the others.
+        for v in &group.member_ids {
+            let m = resolve_member(resolver, v, creds)?;
+            crate::replication::enable(&m.vol, &params).map_err(on_member(&m))?;
+        }
+    }
+    view(resolver, creds, &group, &HashMap::new())
+}
+
+/// The replication parameters recorded when the group's replication was
+/// enabled, if it is.
+fn mirroring_of(group: &Group) -> Result<Option<EnableParams>, Error> {
+    super::replicate::recorded_params(group)
+}
+
+pub fn delete(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<(), Error> {
+    let group = match find(resolver, id, creds) {
+        Ok(g) => g,
+        Err(Error::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let Some(record) = &group.record else {
+        // The peer's view of a replicated group: nothing here to delete.
+        return Ok(());
+    };
+    if !record.members.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "volume group {id} still has {} members; remove them (ModifyVolumeGroupMembership with no volumes) first",
+            record.members.len()
+        )));
+    }
+    match group.io.group_remove(&group.rbd_group) {
+        Ok(()) => {}
+        Err(e) if e.is(libc::ENOENT) => {}
+        Err(e) => return Err(Error::Ceph { what: format!("cannot remove RBD group {}", group.rbd_group), source: e }),
+    }
+    match group.io.remove(&state_object(group.uuid())) {
+        Ok(()) => {}
+        Err(e) if e.is(libc::ENOENT) => {}
+        Err(e) => return Err(Error::ceph("cannot remove the group's state")(e)),
+    }
+    journal::remove(&group.io, &record.name, group.uuid())
+        .map_err(Error::ceph("cannot remove the group from the journal"))?;
+    info!(group = %id, "volume group deleted");
+    Ok(())
+}
+
+pub fn get(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<GroupView, Error> {
+    let group = find(resolver, id, creds)?;
+    view(resolver, creds, &group, &HashMap::new())
+}
+
+fn view(
+    resolver: &Resolver,
+    creds: &Credentials,
+    group: &Group,
+    context: &HashMap<String, String>,
+) -> Result<GroupView, Error> {
+    let mut members = Vec::with_capacity(group.member_ids.len());
+    for v in &group.member_ids {
+        let size = match resolve_member(resolver, v, creds) {
+            Ok(m) => open_member(&m).and_then(|i| i.size().map_err(Error::ceph("cannot read the image size")))? as i64,
+            Err(Error::ImageNotFound { .. }) => 0,
+            Err(e) => return Err(e),
+        };
+        members.push(MemberView { volume_id: v.clone(), size_bytes: size });
+    }
+    let mut context = context.clone();
+    if group.record.is_none() {
+        context.insert("rbd-addons/view".into(), "peer".into());
+    }
+    // The handle as given: the controller keeps using the one it was handed.
+    Ok(GroupView { group_id: group.id.encode(), context, members })
+}
+
+pub struct ListPage {
+    pub groups: Vec<GroupView>,
+    pub next_token: String,
+}
+
+/// Every group of every cluster and pool in config.json, in a stable order;
+/// the token is the last group ID returned.
+pub fn list(
+    resolver: &Resolver,
+    creds: &Credentials,
+    max_entries: usize,
+    starting_token: &str,
+) -> Result<ListPage, Error> {
+    let mut ids = Vec::new();
+    for (cluster_id, io) in resolver.all_pools(creds)? {
+        for (_name, uuid) in journal::list(&io, "", u64::MAX).map_err(Error::ceph("cannot list the group journal"))? {
+            ids.push(CsiId { cluster_id: cluster_id.clone(), pool_id: io.pool_id(), uuid }.encode());
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    let start = if starting_token.is_empty() {
+        0
+    } else {
+        ids.iter().position(|i| i == starting_token).map(|p| p + 1).ok_or_else(|| {
+            Error::InProgress(format!(
+                "starting_token {starting_token:?} is not a volume group of this server; list from the start"
+            ))
+        })?
+    };
+    let end = (start + max_entries).min(ids.len());
+    let mut groups = Vec::with_capacity(end - start);
+    for id in &ids[start..end] {
+        let id = CsiId::decode(id).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        groups.push(get(resolver, creds, &id)?);
+    }
+    let next_token = if end < ids.len() { ids[end - 1].clone() } else { String::new() };
+    Ok(ListPage { groups, next_token })
+}

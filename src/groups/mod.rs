@@ -1,0 +1,197 @@
+//! Volume groups: the csi-addons VolumeGroup RPCs over RBD groups and
+//! ceph-csi's group journal, and group replication, where the group fails over
+//! as one crash-consistent unit through consistency generations.
+//!
+//! A group lives where it was created: the journal object names its members.
+//! On the peer site nothing of it exists but the mirrored member images, so
+//! every member carries image metadata (mirrored with the image) naming its
+//! group and its own volume ID; the peer finds the members by that.
+
+pub mod generations;
+mod membership;
+mod replicate;
+pub mod scheduler;
+
+pub use membership::{CreateParams, GroupView, ListPage, MemberView, create, delete, get, list, modify};
+pub use replicate::{
+    GENERATION_INTERVAL, GroupInfo, demote, disable, enable, info, parse_interval, promote, resync, take_generation,
+};
+
+use crate::ceph::{CephError, Image, IoCtx};
+use crate::cephcsi::{self, Credentials, CsiId, ResolvedVolume, Resolver, group as journal};
+use crate::exec::{Claims, KeyGuard};
+use crate::replication::Error;
+
+/// Image metadata on every member: the group's UUID, and the member's own
+/// volume ID (the handle the controller uses on both sites).
+pub const GROUP_KEY: &str = "rbd-addons.group";
+pub const VOLUME_ID_KEY: &str = "rbd-addons.volume-id";
+/// The csi-addons controller's own default limit (`--max-group-pvc`).
+pub const MAX_MEMBERS: usize = 100;
+/// The RADOS object holding our per-site group state (mode, interval, an
+/// unfinished promote); separate from ceph-csi's journal object, whose every
+/// unknown key ceph-csi would take for a member.
+pub fn state_object(uuid: &str) -> String {
+    format!("rbd-addons.group.{uuid}")
+}
+
+/// One member volume, resolved on this site.
+pub struct Member {
+    pub volume_id: String,
+    pub vol: ResolvedVolume,
+}
+
+/// A group as found on this site.
+pub struct Group {
+    pub id: CsiId,
+    /// The pool holding the group (and its journal, on the site that made it).
+    pub io: IoCtx,
+    pub rbd_group: String,
+    /// ceph-csi's journal record: on the site that created the group only.
+    pub record: Option<journal::GroupRecord>,
+    pub member_ids: Vec<String>,
+}
+
+impl Group {
+    pub fn uuid(&self) -> &str {
+        &self.id.uuid
+    }
+
+    /// The group's handle as this site would mint it (its own pool ID).
+    pub fn local_id(&self) -> String {
+        CsiId { cluster_id: self.id.cluster_id.clone(), pool_id: self.io.pool_id(), uuid: self.id.uuid.clone() }
+            .encode()
+    }
+}
+
+pub fn decode_group_id(id: &str) -> Result<CsiId, Error> {
+    CsiId::decode(id).map_err(|e| Error::InvalidArgument(format!("invalid volume group ID: it {e}")))
+}
+
+/// Finds a group on this site: by its journal where it was created, else by
+/// its members' metadata (the peer site of a replicated group).
+pub fn find(resolver: &Resolver, id: &CsiId, creds: &Credentials) -> Result<Group, Error> {
+    let pools = resolver.group_pools(id, creds).map_err(not_found_as_group(id))?;
+    // A candidate pool that these credentials may not read is another
+    // pool that happens to carry the same ID on this site: not ours.
+    let foreign = |e: &CephError| matches!(e.errno, libc::EPERM | libc::EACCES);
+    for io in &pools {
+        let record = match journal::read(io, &id.uuid) {
+            Err(e) if foreign(&e) => continue,
+            r => r.map_err(Error::ceph("cannot read the group's journal"))?,
+        };
+        if let Some(record) = record {
+            let io = reopen(io)?;
+            return Ok(Group {
+                id: id.clone(),
+                rbd_group: record.rbd_group.clone(),
+                member_ids: record.members.clone(),
+                record: Some(record),
+                io,
+            });
+        }
+    }
+    for io in &pools {
+        let members = match scan_members(io, &id.uuid) {
+            Err(Error::Ceph { source, .. }) if foreign(&source) => continue,
+            r => r?,
+        };
+        if !members.is_empty() {
+            let io = reopen(io)?;
+            return Ok(Group {
+                id: id.clone(),
+                rbd_group: format!("{}{}", journal::DEFAULT_GROUP_PREFIX, id.uuid),
+                record: None,
+                member_ids: members,
+                io,
+            });
+        }
+    }
+    Err(Error::NotFound(format!("volume group {id} does not exist on this site")))
+}
+
+fn not_found_as_group(id: &CsiId) -> impl FnOnce(cephcsi::Error) -> Error + '_ {
+    move |e| match e {
+        cephcsi::Error::PoolNotFound { .. } => Error::NotFound(format!("volume group {id}: {e}")),
+        e => Error::Resolve(e),
+    }
+}
+
+fn reopen(io: &IoCtx) -> Result<IoCtx, Error> {
+    IoCtx::open(io.cluster(), io.pool_id(), io.namespace()).map_err(Error::ceph("cannot open the group's pool"))
+}
+
+/// The member volume IDs whose images carry this group's UUID: one omap read
+/// per image header, no image opened.
+fn scan_members(io: &IoCtx, uuid: &str) -> Result<Vec<String>, Error> {
+    let images = io.image_directory().map_err(Error::ceph("cannot list the pool's images"))?;
+    let group_key = format!("metadata_{GROUP_KEY}");
+    let id_key = format!("metadata_{VOLUME_ID_KEY}");
+    let mut members = Vec::new();
+    for (image_id, _name) in images {
+        let vals = match io.omap_get(&format!("rbd_header.{image_id}"), &[&group_key, &id_key]) {
+            Ok(v) => v,
+            Err(e) if e.is(libc::ENOENT) => continue,
+            Err(e) => return Err(Error::ceph("cannot read an image header")(e)),
+        };
+        if vals.get(&group_key).is_some_and(|g| metadata_text(g) == uuid)
+            && let Some(v) = vals.get(&id_key)
+        {
+            members.push(metadata_text(v));
+        }
+    }
+    members.sort();
+    Ok(members)
+}
+
+/// Image metadata values in a header's omap are encoded strings (u32 length
+/// prefix); `rbd_metadata_set` writes them that way.
+fn metadata_text(raw: &[u8]) -> String {
+    match raw.get(..4).map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize) {
+        Some(len) if raw.len() == len + 4 => String::from_utf8_lossy(&raw[4..]).into_owned(),
+        _ => String::from_utf8_lossy(raw).into_owned(),
+    }
+}
+
+/// Resolves every member and claims its volume guard, so a volume RPC on a
+/// member while its group is worked on answers ABORTED.
+pub fn resolve_members(
+    resolver: &Resolver,
+    group: &Group,
+    creds: &Credentials,
+    claims: &Claims,
+) -> Result<(Vec<Member>, Vec<KeyGuard>), Error> {
+    let mut guards = Vec::with_capacity(group.member_ids.len());
+    let mut members = Vec::with_capacity(group.member_ids.len());
+    for volume_id in &group.member_ids {
+        guards.push(claims.claim(volume_id)?);
+        members.push(resolve_member(resolver, volume_id, creds)?);
+    }
+    Ok((members, guards))
+}
+
+fn resolve_member(resolver: &Resolver, volume_id: &str, creds: &Credentials) -> Result<Member, Error> {
+    let id = CsiId::decode(volume_id)
+        .map_err(|e| Error::InvalidArgument(format!("member {volume_id:?}: invalid volume ID: it {e}")))?;
+    let vol = resolver.resolve(&id, creds)?;
+    Ok(Member { volume_id: volume_id.to_owned(), vol })
+}
+
+/// Names the member an error is about, so a partly failed group call says
+/// which volume to look at; the retry finishes the rest.
+pub fn on_member(m: &Member) -> impl FnOnce(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Exec(x) => Error::Exec(x),
+        e => Error::Member { volume_id: m.volume_id.clone(), source: Box::new(e) },
+    }
+}
+
+fn open_member<'a>(m: &'a Member) -> Result<Image<'a>, Error> {
+    Image::open(&m.vol.io, &m.vol.image).map_err(|e: CephError| {
+        if e.is(libc::ENOENT) {
+            Error::ImageNotFound { image: m.vol.spec() }
+        } else {
+            Error::Ceph { what: format!("cannot open member {}", m.vol.spec()), source: e }
+        }
+    })
+}

@@ -1,0 +1,363 @@
+//! The six replication RPCs for a volume group. Each acts on every member and
+//! is all-or-nothing from the caller's view: a member that fails is named in
+//! the error and a retry finishes the job, because every step is idempotent
+//! and whatever must survive a crash (the mode, an unfinished promote) is kept
+//! in RADOS on this site, never only in memory.
+//!
+//! In journal mode the group is crash-consistent across members: generations
+//! are taken while it is primary and at demote, and a promote first brings
+//! every member back to the newest generation all of them received.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::generations::{self, Reverted, Taken};
+use super::membership::{ensure_rbd_group, tag};
+use super::{Group, Member, on_member, open_member, state_object};
+use crate::ceph::{IoCtx, MirrorImageMode, MirrorState};
+use crate::replication::{self, DisableParams, EnableParams, Error, Health, Schedule};
+
+const MODE_KEY: &str = "mode";
+const INTERVAL_KEY: &str = "generation-interval";
+/// Set before the first member is promoted, cleared once every member is
+/// primary and reverted: a promote interrupted in between is finished by the
+/// next call, revert included.
+const PROMOTING_KEY: &str = "promoting";
+
+/// The group parameter for how often a primary group takes a generation
+/// (its RPO in journal mode).
+pub const GENERATION_INTERVAL: &str = "generationInterval";
+pub const DEFAULT_GENERATION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How often generations are taken: `<n>s|m|h`, at least one second.
+pub fn parse_interval(params: &HashMap<String, String>) -> Result<Option<Duration>, Error> {
+    let Some(v) = params.get(GENERATION_INTERVAL) else { return Ok(None) };
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "parameter {GENERATION_INTERVAL} is {v:?}; use a whole number of seconds, minutes or hours such as \"30s\" or \"5m\""
+        ))
+    };
+    let (digits, unit) = v.split_at(v.len().saturating_sub(1));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if secs == 0 || secs > 7 * 24 * 3600 {
+        return Err(bad());
+    }
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+fn read_state(io: &IoCtx, uuid: &str) -> Result<HashMap<String, String>, Error> {
+    match io.omap_get(&state_object(uuid), &[MODE_KEY, INTERVAL_KEY, PROMOTING_KEY]) {
+        Ok(v) => Ok(v.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect()),
+        Err(e) if e.is(libc::ENOENT) => Ok(HashMap::new()),
+        Err(e) => Err(Error::ceph("cannot read the group's state")(e)),
+    }
+}
+
+fn write_state(io: &IoCtx, uuid: &str, pairs: &[(&str, &str)]) -> Result<(), Error> {
+    let raw: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    io.omap_set(&state_object(uuid), &raw).map_err(Error::ceph("cannot record the group's state"))
+}
+
+fn clear_state(io: &IoCtx, uuid: &str, keys: &[&str]) -> Result<(), Error> {
+    match io.omap_rm_keys(&state_object(uuid), keys) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is(libc::ENOENT) => Ok(()),
+        Err(e) => Err(Error::ceph("cannot record the group's state")(e)),
+    }
+}
+
+/// The parameters a group's replication was enabled with, if it is.
+pub(super) fn recorded_params(group: &Group) -> Result<Option<EnableParams>, Error> {
+    let state = read_state(&group.io, group.uuid())?;
+    let mode = match state.get(MODE_KEY).map(String::as_str) {
+        Some("journal") => MirrorImageMode::Journal,
+        Some("snapshot") => MirrorImageMode::Snapshot,
+        _ => return Ok(None),
+    };
+    Ok(Some(EnableParams { mode, schedule: None, flatten: replication::FlattenMode::Never }))
+}
+
+/// The generation interval recorded for the group, else the default.
+pub fn interval_of(group: &Group) -> Result<Duration, Error> {
+    let state = read_state(&group.io, group.uuid())?;
+    Ok(state.get(INTERVAL_KEY).and_then(|s| s.parse().ok()).map_or(DEFAULT_GENERATION_INTERVAL, Duration::from_secs))
+}
+
+fn require_members(group: &Group, members: &[Member]) -> Result<(), Error> {
+    if members.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "volume group {} has no members; add volumes before replicating it",
+            group.id
+        )));
+    }
+    Ok(())
+}
+
+/// The mirroring mode the members actually use (the first member's).
+fn members_mode(members: &[Member]) -> Result<Option<MirrorImageMode>, Error> {
+    let Some(m) = members.first() else { return Ok(None) };
+    let image = open_member(m)?;
+    let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state"))?;
+    if info.state != MirrorState::Enabled {
+        return Ok(None);
+    }
+    Ok(Some(image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))?))
+}
+
+fn primaries(members: &[Member]) -> Result<Vec<bool>, Error> {
+    members
+        .iter()
+        .map(|m| {
+            let image = open_member(m).map_err(on_member(m))?;
+            let info =
+                image.mirror_info().map_err(Error::ceph("cannot read the mirroring state")).map_err(on_member(m))?;
+            Ok(info.state == MirrorState::Enabled && info.primary)
+        })
+        .collect()
+}
+
+pub fn enable(
+    group: &Group,
+    members: &[Member],
+    params: &EnableParams,
+    interval: Option<Duration>,
+) -> Result<(), Error> {
+    require_members(group, members)?;
+    for m in members {
+        replication::enable(&m.vol, params).map_err(on_member(m))?;
+        tag(&open_member(m)?, group.uuid(), &m.volume_id).map_err(on_member(m))?;
+    }
+    let secs = interval.unwrap_or(DEFAULT_GENERATION_INTERVAL).as_secs().to_string();
+    write_state(&group.io, group.uuid(), &[(MODE_KEY, params.mode.as_str()), (INTERVAL_KEY, &secs)])?;
+    match params.mode {
+        MirrorImageMode::Journal => {
+            if primaries(members)?.iter().all(|p| *p) {
+                ensure_rbd_group_members(group, members)?;
+                take_generation(group, members)?;
+            }
+        }
+        MirrorImageMode::Snapshot => warn!(
+            group = %group.id,
+            "snapshot mirroring replicates each member on its own: the group is NOT crash-consistent across volumes; use mirroringMode=journal"
+        ),
+    }
+    info!(group = %group.id, members = members.len(), mode = params.mode.as_str(), "group replication enabled");
+    Ok(())
+}
+
+/// The RBD group on this site holds every member: after a failover the
+/// group exists only where it was created, and a resync re-creates a member's
+/// image outside any group.
+fn ensure_rbd_group_members(group: &Group, members: &[Member]) -> Result<(), Error> {
+    ensure_rbd_group(&group.io, &group.rbd_group)?;
+    for m in members {
+        let image = open_member(m).map_err(on_member(m))?;
+        let in_group = image.group().map_err(Error::ceph("cannot read the image's group")).map_err(on_member(m))?;
+        match in_group {
+            Some((pool, name)) if pool == group.io.pool_id() && name == group.rbd_group => {}
+            Some((_, name)) => {
+                return Err(on_member(m)(Error::FailedPrecondition(format!(
+                    "{} is in RBD group {name}, not in {}",
+                    m.vol.spec(),
+                    group.rbd_group
+                ))));
+            }
+            None => group
+                .io
+                .group_image_add(&group.rbd_group, &m.vol.io, &m.vol.image)
+                .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
+                .map_err(Error::ceph(format!("cannot add {} to RBD group {}", m.vol.spec(), group.rbd_group)))
+                .map_err(on_member(m))?,
+        }
+    }
+    Ok(())
+}
+
+/// Takes one generation now (the group must be primary here, in journal mode).
+pub fn take_generation(group: &Group, members: &[Member]) -> Result<Taken, Error> {
+    let taken = generations::take(&group.io, &group.rbd_group, members)?;
+    info!(group = %group.id, generation = taken.number, pause_ms = taken.pause.as_millis() as u64,
+        "consistency generation taken");
+    Ok(taken)
+}
+
+pub fn disable(group: &Group, members: &[Member], params: &DisableParams) -> Result<(), Error> {
+    let mode = members_mode(members)?;
+    let all_primary = primaries(members)?.iter().all(|p| *p);
+    if mode == Some(MirrorImageMode::Journal) && all_primary {
+        generations::remove_all(&group.io, &group.rbd_group, members)?;
+    }
+    for m in members {
+        replication::disable(&m.vol, params).map_err(on_member(m))?;
+    }
+    clear_state(&group.io, group.uuid(), &[MODE_KEY, INTERVAL_KEY, PROMOTING_KEY])?;
+    info!(group = %group.id, "group replication disabled");
+    Ok(())
+}
+
+pub fn demote(group: &Group, members: &[Member]) -> Result<(), Error> {
+    require_members(group, members)?;
+    let roles = primaries(members)?;
+    if roles.iter().all(|p| !*p) {
+        return Ok(());
+    }
+    // The last cut before the peer takes over: with writers stopped it holds
+    // everything, so a planned failover loses nothing. Only while every member
+    // is still primary; a retry after a partial demote already has it.
+    if roles.iter().all(|p| *p) && members_mode(members)? == Some(MirrorImageMode::Journal) {
+        ensure_rbd_group_members(group, members)?;
+        take_generation(group, members)?;
+    }
+    for m in members {
+        replication::demote(&m.vol).map_err(on_member(m))?;
+    }
+    info!(group = %group.id, "group demoted");
+    Ok(())
+}
+
+/// What a group promote did, for the log and the caller.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Promoted {
+    pub reverted: Option<Reverted>,
+}
+
+pub fn promote(
+    group: &Group,
+    members: &[Member],
+    force: bool,
+    schedule: Option<&Schedule>,
+    interval: Option<Duration>,
+) -> Result<Promoted, Error> {
+    require_members(group, members)?;
+    let mut state = read_state(&group.io, group.uuid())?;
+    let roles = primaries(members)?;
+    if roles.iter().any(|p| !*p) && !state.contains_key(PROMOTING_KEY) {
+        write_state(&group.io, group.uuid(), &[(PROMOTING_KEY, "1")])?;
+        state.insert(PROMOTING_KEY.into(), "1".into());
+    }
+    for (m, primary) in members.iter().zip(&roles) {
+        if !primary {
+            replication::promote(&m.vol, force, schedule).map_err(on_member(m))?;
+        } else if let Some(s) = schedule {
+            // Already primary: (re)apply the schedule like a volume promote.
+            replication::promote(&m.vol, false, Some(s)).map_err(on_member(m))?;
+        }
+    }
+    let mode = members_mode(members)?;
+    let mut done = Promoted::default();
+    if state.contains_key(PROMOTING_KEY) {
+        if mode == Some(MirrorImageMode::Journal) {
+            done.reverted = revert_to_newest_common(group, members)?;
+            ensure_rbd_group_members(group, members)?;
+        }
+        let secs = interval.map(|i| i.as_secs().to_string());
+        let mut pairs = vec![(MODE_KEY, mode.map_or("snapshot", MirrorImageMode::as_str))];
+        if let Some(s) = &secs {
+            pairs.push((INTERVAL_KEY, s));
+        }
+        write_state(&group.io, group.uuid(), &pairs)?;
+        clear_state(&group.io, group.uuid(), &[PROMOTING_KEY])?;
+        if mode == Some(MirrorImageMode::Journal) {
+            take_generation(group, members)?;
+        }
+        info!(group = %group.id, force, reverted_bytes = done.reverted.map_or(0, |r| r.bytes), "group promoted");
+    } else if let Some(i) = interval {
+        write_state(&group.io, group.uuid(), &[(INTERVAL_KEY, &i.as_secs().to_string())])?;
+    }
+    Ok(done)
+}
+
+fn revert_to_newest_common(group: &Group, members: &[Member]) -> Result<Option<Reverted>, Error> {
+    let images = generations::open_all(members)?;
+    let cuts: Vec<_> = images.iter().map(generations::cuts_of).collect::<Result<_, _>>()?;
+    drop(images);
+    match generations::newest_common(&cuts) {
+        Some((n, member_cuts)) => Ok(Some(generations::revert(members, n, &member_cuts)?)),
+        None => {
+            warn!(group = %group.id,
+                "no consistency generation reached every member; the members are promoted as they are and may not show one instant");
+            Ok(None)
+        }
+    }
+}
+
+/// Resync of every member; ready only when every member is.
+pub fn resync(members: &[Member], force: bool) -> Result<bool, Error> {
+    let mut ready = true;
+    for m in members {
+        ready &= replication::resync(&m.vol, force).map_err(on_member(m))?;
+    }
+    Ok(ready)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub last_sync_time: i64,
+    pub health: Health,
+    pub status_message: String,
+}
+
+/// The newest point every member holds on the peer. In journal mode that is
+/// the newest generation the peer had replayed on every member at its last
+/// report; in snapshot mode the oldest member's last sync. The status is the
+/// worst member's.
+pub fn info(group: &Group, members: &[Member]) -> Result<GroupInfo, Error> {
+    require_members(group, members)?;
+    let mut worst = (Health::Healthy, String::new());
+    let mut caught_up_until = i64::MAX;
+    let mut oldest_sync = i64::MAX;
+    let mode = members_mode(members)?;
+    for m in members {
+        let i = replication::info(&m.vol).map_err(on_member(m))?;
+        if rank(i.health) > rank(worst.0) || worst.1.is_empty() {
+            worst = (i.health, format!("{}: {}", m.volume_id, i.status_message));
+        }
+        caught_up_until = caught_up_until.min(i.last_sync_time);
+        oldest_sync = oldest_sync.min(i.last_sync_time);
+    }
+    let last_sync_time = match mode {
+        Some(MirrorImageMode::Journal) => {
+            let images = generations::open_all(members)?;
+            let first = &images[0];
+            let cuts = generations::cuts_of(first)?;
+            let mut newest = None;
+            for cut in cuts.values() {
+                if let Some(id) = cut.group_snap_id {
+                    let ts = first.snap_timestamp(id).map_err(Error::ceph("cannot read a snapshot time"))?;
+                    if ts <= caught_up_until {
+                        newest = Some(newest.map_or(ts, |n: i64| n.max(ts)));
+                    }
+                }
+            }
+            newest.ok_or_else(|| {
+                Error::NoInfoYet(format!("the peer has not reported a complete generation of group {} yet", group.id))
+            })?
+        }
+        _ => oldest_sync,
+    };
+    let message = match mode {
+        Some(MirrorImageMode::Journal) => worst.1,
+        _ => format!(
+            "{} (snapshot mode: members are replicated one by one, NOT crash-consistent across volumes)",
+            worst.1
+        ),
+    };
+    Ok(GroupInfo { last_sync_time, health: worst.0, status_message: message })
+}
+
+fn rank(h: Health) -> u8 {
+    match h {
+        Health::Healthy => 0,
+        Health::Unknown => 1,
+        Health::Degraded => 2,
+        Health::Error => 3,
+    }
+}

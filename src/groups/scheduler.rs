@@ -1,0 +1,190 @@
+//! Takes consistency generations of primary journal-mode groups at their
+//! interval. The server holds no keyring: a group is watched with the
+//! credentials of the last call about it (the controller asks for replication
+//! info every minute or so, which keeps the watch alive across restarts).
+//!
+//! Several servers may watch one group (replicas, or both sites' servers in
+//! a test). Only the holder of a RADOS lock on the group's state object takes
+//! generations, and whether one is due is read from the newest fence post's
+//! time, so a new holder carries on where the last one stopped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, warn};
+
+use super::{Group, find, generations, resolve_members, state_object};
+use crate::ceph::{MirrorImageMode, MirrorState};
+use crate::cephcsi::{Credentials, CsiId, Resolver};
+use crate::exec::Executor;
+use crate::replication::Error;
+
+const LOCK_NAME: &str = "rbd-addons.generations";
+/// How often the watch list is looked at.
+const TICK: Duration = Duration::from_millis(500);
+/// A watch not refreshed by any call for this long is dropped.
+const WATCH_EXPIRY: Duration = Duration::from_secs(3600);
+
+struct Watch {
+    /// The group ID as the caller gave it (also the guard key of its RPCs).
+    group_id: String,
+    id: CsiId,
+    creds: Credentials,
+    next: Instant,
+    refreshed: Instant,
+}
+
+pub struct Scheduler {
+    watches: Mutex<HashMap<String, Watch>>,
+    /// Identifies this server as a lock holder.
+    cookie: String,
+}
+
+/// What one look at a group found.
+enum Outcome {
+    /// Look again after this long.
+    Next(Duration),
+    /// Not a primary journal-mode group here (any more).
+    Forget,
+}
+
+impl Scheduler {
+    pub fn new() -> Arc<Self> {
+        let cookie = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap_or_default().trim().to_owned();
+        Arc::new(Self { watches: Mutex::new(HashMap::new()), cookie })
+    }
+
+    /// Starts (or refreshes) watching a group.
+    pub fn watch(&self, group_id: &str, id: &CsiId, creds: &Credentials) {
+        let now = Instant::now();
+        let mut w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(id.uuid.clone())
+            .and_modify(|e| {
+                e.creds = creds.clone();
+                e.refreshed = now;
+            })
+            .or_insert_with(|| Watch {
+                group_id: group_id.to_owned(),
+                id: id.clone(),
+                creds: creds.clone(),
+                next: now,
+                refreshed: now,
+            });
+    }
+
+    pub fn forget(&self, id: &CsiId) {
+        self.watches.lock().unwrap_or_else(|p| p.into_inner()).remove(&id.uuid);
+    }
+
+    pub fn watched(&self) -> usize {
+        self.watches.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Runs until the runtime stops.
+    pub fn spawn(self: Arc<Self>, exec: Arc<Executor>, resolver: Arc<Resolver>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TICK).await;
+                let now = Instant::now();
+                let due: Vec<(String, String, CsiId, Credentials)> = {
+                    let mut w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+                    w.retain(|_, e| now.duration_since(e.refreshed) < WATCH_EXPIRY);
+                    w.iter()
+                        .filter(|(_, e)| e.next <= now)
+                        .map(|(k, e)| (k.clone(), e.group_id.clone(), e.id.clone(), e.creds.clone()))
+                        .collect()
+                };
+                for (uuid, group_id, id, creds) in due {
+                    let this = self.clone();
+                    let (exec, resolver) = (exec.clone(), resolver.clone());
+                    // Mark it as not due while it runs, so a slow look is not
+                    // started twice.
+                    this.reschedule(&uuid, Duration::from_secs(3600));
+                    tokio::spawn(async move {
+                        let claims = exec.claims();
+                        let cookie = this.cookie.clone();
+                        let r = exec.run(&group_id, move || look(&resolver, &id, &creds, &claims, &cookie)).await;
+                        match r {
+                            Ok(Outcome::Next(after)) => this.reschedule(&uuid, after),
+                            Ok(Outcome::Forget) => {
+                                this.watches.lock().unwrap_or_else(|p| p.into_inner()).remove(&uuid);
+                            }
+                            // Busy with an RPC, or a transient failure: soon again.
+                            Err(Error::Exec(_)) => this.reschedule(&uuid, Duration::from_secs(1)),
+                            Err(e) => {
+                                warn!(group = group_id, error = %e, "could not take a consistency generation");
+                                this.reschedule(&uuid, Duration::from_secs(5));
+                            }
+                        }
+                    });
+                }
+            }
+        })
+    }
+
+    fn reschedule(&self, uuid: &str, after: Duration) {
+        if let Some(e) = self.watches.lock().unwrap_or_else(|p| p.into_inner()).get_mut(uuid) {
+            e.next = Instant::now() + after;
+        }
+    }
+}
+
+fn look(
+    resolver: &Resolver,
+    id: &CsiId,
+    creds: &Credentials,
+    claims: &crate::exec::Claims,
+    cookie: &str,
+) -> Result<Outcome, Error> {
+    let group = match find(resolver, id, creds) {
+        Ok(g) => g,
+        Err(Error::NotFound(_)) => return Ok(Outcome::Forget),
+        Err(e) => return Err(e),
+    };
+    let interval = super::replicate::interval_of(&group)?;
+    let (members, _guards) = resolve_members(resolver, &group, creds, claims)?;
+    if members.is_empty() || !all_primary_journal(&members)? {
+        return Ok(Outcome::Forget);
+    }
+    let lease = (interval * 3).clamp(Duration::from_secs(30), Duration::from_secs(600));
+    match group.io.lock_exclusive(&state_object(group.uuid()), LOCK_NAME, cookie, lease.as_secs()) {
+        Ok(()) => {}
+        // Another server takes this group's generations.
+        Err(e) if e.is(libc::EBUSY) || e.is(libc::EEXIST) => return Ok(Outcome::Next(interval)),
+        Err(e) => return Err(Error::ceph("cannot lock the group's state")(e)),
+    }
+    let age = newest_age(&group, &members)?;
+    if let Some(age) = age
+        && age < interval
+    {
+        return Ok(Outcome::Next(interval - age));
+    }
+    let taken = super::replicate::take_generation(&group, &members)?;
+    debug!(group = %group.id, generation = taken.number, "scheduled generation taken");
+    Ok(Outcome::Next(interval))
+}
+
+fn all_primary_journal(members: &[super::Member]) -> Result<bool, Error> {
+    for m in members {
+        let image = super::open_member(m)?;
+        let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state"))?;
+        if info.state != MirrorState::Enabled || !info.primary {
+            return Ok(false);
+        }
+        if image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))? != MirrorImageMode::Journal {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// How long ago the newest fence post was taken (on the first member).
+fn newest_age(_group: &Group, members: &[super::Member]) -> Result<Option<Duration>, Error> {
+    let image = super::open_member(&members[0])?;
+    let cuts = generations::cuts_of(&image)?;
+    let Some(cut) = cuts.values().next_back() else { return Ok(None) };
+    let ts = image.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    Ok(Some(Duration::from_secs((now - ts).max(0) as u64)))
+}
