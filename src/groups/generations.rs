@@ -213,33 +213,68 @@ pub fn revert(members: &[Member], n: u64, cuts: &[MemberCut]) -> Result<Reverted
     let mut bytes = 0;
     for (m, cut) in members.iter().zip(cuts) {
         let Some(snap_id) = cut.group_snap_id else { continue };
-        let head = Image::open(&m.vol.io, &m.vol.image)
-            .map_err(Error::ceph(format!("cannot open member {} to revert it", m.vol.spec())))?;
-        let at_cut = Image::open_read_only(&m.vol.io, &m.vol.image)
-            .map_err(Error::ceph(format!("cannot open member {} to revert it", m.vol.spec())))?;
-        at_cut
-            .read_snapshot(snap_id)
-            .map_err(Error::ceph(format!("cannot read generation {n} of {}", m.vol.spec())))?;
-        let pre = format!("{PRE_PREFIX}{n}");
-        let extents =
-            head.changed_since(&pre).map_err(Error::ceph(format!("cannot diff {} since {pre}", m.vol.spec())))?;
-        let mut buf = Vec::new();
-        for e in extents {
-            let mut offset = e.offset;
-            let end = e.offset + e.len;
-            while offset < end {
-                let len = (end - offset).min(CHUNK) as usize;
-                buf.resize(len, 0);
-                at_cut.read_at(offset, &mut buf).map_err(revert_err(m))?;
-                head.write_at(offset, &buf).map_err(revert_err(m))?;
-                offset += len as u64;
-                bytes += len as u64;
-            }
-        }
-        head.flush().map_err(revert_err(m))?;
+        bytes += revert_member(m, n, snap_id)?;
     }
     info!(generation = n, bytes, members = members.len(), "members reverted to their newest common generation");
     Ok(Reverted { generation: n, bytes })
+}
+
+fn revert_member(m: &Member, n: u64, snap_id: u64) -> Result<u64, Error> {
+    let at_cut = Image::open_read_only(&m.vol.io, &m.vol.image)
+        .map_err(Error::ceph(format!("cannot open member {} to revert it", m.vol.spec())))?;
+    at_cut.read_snapshot(snap_id).map_err(Error::ceph(format!("cannot read generation {n} of {}", m.vol.spec())))?;
+    let head = writable_head(m)?;
+    let pre = format!("{PRE_PREFIX}{n}");
+    let extents = head.changed_since(&pre).map_err(Error::ceph(format!("cannot diff {} since {pre}", m.vol.spec())))?;
+    let mut bytes = 0;
+    let mut buf = Vec::new();
+    for e in extents {
+        let mut offset = e.offset;
+        let end = e.offset + e.len;
+        while offset < end {
+            let len = (end - offset).min(CHUNK) as usize;
+            buf.resize(len, 0);
+            at_cut.read_at(offset, &mut buf).map_err(revert_err(m))?;
+            head.write_at(offset, &buf).map_err(revert_err(m))?;
+            offset += len as u64;
+            bytes += len as u64;
+        }
+    }
+    head.flush().map_err(revert_err(m))?;
+    Ok(bytes)
+}
+
+/// How long a just-promoted member may stay read-only: this site's rbd-mirror
+/// lets go of the image (its exclusive lock) shortly after the promote.
+const WRITABLE_SETTLE: Duration = Duration::from_secs(30);
+
+/// Opens the member's head for writing once it accepts writes: a flush of an
+/// empty write set does not take the lock, so probe with a rewrite of the
+/// first sector's own content.
+fn writable_head(m: &Member) -> Result<Image<'_>, Error> {
+    let deadline = Instant::now() + WRITABLE_SETTLE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let head = Image::open(&m.vol.io, &m.vol.image)
+            .map_err(Error::ceph(format!("cannot open member {} to revert it", m.vol.spec())))?;
+        let mut sector = vec![0u8; 512];
+        // Both the read and the write may meet the lock still held elsewhere.
+        match head.read_at(0, &mut sector).and_then(|()| head.write_at(0, &sector)) {
+            Ok(()) => return Ok(head),
+            Err(e) if e.is(libc::EROFS) && Instant::now() + pause < deadline => {
+                drop(head);
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) if e.is(libc::EROFS) => {
+                return Err(Error::Unavailable(format!(
+                    "member {} is still read-only after its promote (this site's rbd-mirror holds it); retry",
+                    m.vol.spec()
+                )));
+            }
+            Err(e) => return Err(revert_err(m)(e)),
+        }
+    }
 }
 
 fn revert_err(m: &Member) -> impl FnOnce(CephError) -> Error + '_ {
