@@ -99,6 +99,11 @@ pub fn create(
     let uuid = match journal::lookup_name(&io, name).map_err(Error::ceph("cannot read the group journal"))? {
         Some(uuid) => uuid,
         None => {
+            // Refuse before anything is written: a member in another group
+            // must not leave an empty group behind.
+            for v in &wanted {
+                check_free(&resolve_member(resolver, v, creds)?, None).map_err(missing_is_invalid(v))?;
+            }
             let uuid = new_uuid()?;
             let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
             journal::reserve(&io, name, &uuid, &format!("{}{uuid}", params.name_prefix), &created)
@@ -151,6 +156,7 @@ fn apply_membership(
         guards.push(claims.claim(v)?);
         let m = resolve_member(resolver, v, creds)?;
         check_same_cluster(group, &m)?;
+        check_free(&m, Some(group)).map_err(missing_is_invalid(v))?;
         added.push(m);
     }
     for v in &to_remove {
@@ -183,6 +189,30 @@ fn check_same_cluster(group: &Group, m: &Member) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// A volume the request wants in the group but that does not exist is a bad
+/// request, not a missing group.
+fn missing_is_invalid(volume_id: &str) -> impl FnOnce(Error) -> Error + '_ {
+    move |e| match e {
+        Error::ImageNotFound { image } => {
+            Error::InvalidArgument(format!("volume {volume_id} does not exist (image {image})"))
+        }
+        e => e,
+    }
+}
+
+/// Fails when the member's image is in an RBD group other than `group`'s.
+fn check_free(m: &Member, group: Option<&Group>) -> Result<(), Error> {
+    let image = open_member(m)?;
+    match image.group().map_err(Error::ceph("cannot read the image's group"))? {
+        None => Ok(()),
+        Some((pool, name)) if group.is_some_and(|g| pool == g.io.pool_id() && name == g.rbd_group) => Ok(()),
+        Some((_, name)) => Err(Error::FailedPrecondition(format!(
+            "volume {} is already in RBD group {name}; an image can be in one group only",
+            m.volume_id
+        ))),
+    }
 }
 
 /// Adds a member to the RBD group and tags it; an image already in another
@@ -344,7 +374,12 @@ pub fn list(
 ) -> Result<ListPage, Error> {
     let mut ids = Vec::new();
     for (cluster_id, io) in resolver.all_pools(creds)? {
-        for (_name, uuid) in journal::list(&io, "", u64::MAX).map_err(Error::ceph("cannot list the group journal"))? {
+        let names = match journal::list(&io, "", u64::MAX) {
+            // Pools these credentials may not read hold no groups of theirs.
+            Err(e) if matches!(e.errno, libc::EPERM | libc::EACCES) => continue,
+            r => r.map_err(Error::ceph("cannot list the group journal"))?,
+        };
+        for (_name, uuid) in names {
             ids.push(CsiId { cluster_id: cluster_id.clone(), pool_id: io.pool_id(), uuid }.encode());
         }
     }

@@ -153,6 +153,32 @@ fn metadata_text(raw: &[u8]) -> String {
     }
 }
 
+/// The guard of a group's generations: held by the scheduler while it takes
+/// one, and by every call that changes the group's roles, so a generation is
+/// never taken while members are being demoted or promoted.
+pub fn generations_key(id: &CsiId) -> String {
+    format!("generations/{}", id.uuid)
+}
+
+/// Claims a guard that is only ever held briefly (a generation takes well
+/// under a second), waiting for it rather than failing the caller.
+pub fn claim_waiting(claims: &Claims, key: &str) -> Result<KeyGuard, Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match claims.claim(key) {
+            Ok(g) => return Ok(g),
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Resolves every member without guarding them (for the generation taker,
+/// which changes no member's state but its snapshots).
+pub fn members_unguarded(resolver: &Resolver, group: &Group, creds: &Credentials) -> Result<Vec<Member>, Error> {
+    group.member_ids.iter().map(|v| resolve_member(resolver, v, creds)).collect()
+}
+
 /// Resolves every member and claims its volume guard, so a volume RPC on a
 /// member while its group is worked on answers ABORTED.
 pub fn resolve_members(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, warn};
 
-use super::{Group, find, generations, resolve_members, state_object};
+use super::{Group, find, generations, members_unguarded, state_object};
 use crate::ceph::{MirrorImageMode, MirrorState};
 use crate::cephcsi::{Credentials, CsiId, Resolver};
 use crate::exec::Executor;
@@ -102,9 +102,9 @@ impl Scheduler {
                     // started twice.
                     this.reschedule(&uuid, Duration::from_secs(3600));
                     tokio::spawn(async move {
-                        let claims = exec.claims();
                         let cookie = this.cookie.clone();
-                        let r = exec.run(&group_id, move || look(&resolver, &id, &creds, &claims, &cookie)).await;
+                        let key = super::generations_key(&id);
+                        let r = exec.run(&key, move || look(&resolver, &id, &creds, &cookie)).await;
                         match r {
                             Ok(Outcome::Next(after)) => this.reschedule(&uuid, after),
                             Ok(Outcome::Forget) => {
@@ -130,20 +130,14 @@ impl Scheduler {
     }
 }
 
-fn look(
-    resolver: &Resolver,
-    id: &CsiId,
-    creds: &Credentials,
-    claims: &crate::exec::Claims,
-    cookie: &str,
-) -> Result<Outcome, Error> {
+fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> Result<Outcome, Error> {
     let group = match find(resolver, id, creds) {
         Ok(g) => g,
         Err(Error::NotFound(_)) => return Ok(Outcome::Forget),
         Err(e) => return Err(e),
     };
     let interval = super::replicate::interval_of(&group)?;
-    let (members, _guards) = resolve_members(resolver, &group, creds, claims)?;
+    let members = members_unguarded(resolver, &group, creds)?;
     if members.is_empty() || !all_primary_journal(&members)? {
         return Ok(Outcome::Forget);
     }
@@ -160,6 +154,12 @@ fn look(
     {
         return Ok(Outcome::Next(interval - age));
     }
+    if unchanged_since_newest(&members)? {
+        // Nothing written since the last cut: another would add journal
+        // traffic (and keep the peer from ever reporting itself caught up)
+        // without moving the recovery point.
+        return Ok(Outcome::Next(interval));
+    }
     let taken = super::replicate::take_generation(&group, &members)?;
     debug!(group = %group.id, generation = taken.number, "scheduled generation taken");
     Ok(Outcome::Next(interval))
@@ -173,6 +173,24 @@ fn all_primary_journal(members: &[super::Member]) -> Result<bool, Error> {
             return Ok(false);
         }
         if image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))? != MirrorImageMode::Journal {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether no member has been written since the newest complete generation.
+fn unchanged_since_newest(members: &[super::Member]) -> Result<bool, Error> {
+    for m in members {
+        let image = super::open_member(m)?;
+        let cuts = generations::cuts_of(&image)?;
+        let Some((n, cut)) = cuts.iter().next_back() else { return Ok(false) };
+        if cut.group_snap_id.is_none() {
+            return Ok(false);
+        }
+        let pre = format!("{}{n}", generations::PRE_PREFIX);
+        let changed = image.changed_since(&pre).map_err(Error::ceph("cannot diff a member"))?;
+        if !changed.is_empty() {
             return Ok(false);
         }
     }

@@ -75,6 +75,7 @@ impl ReplicationService {
                     self.exec
                         .run(&key, move || {
                             let group = groups::find(&resolver, &id, &creds)?;
+                            let _generations = groups::claim_waiting(&claims, &groups::generations_key(&id))?;
                             let (members, _guards) = groups::resolve_members(&resolver, &group, &creds, &claims)?;
                             let out = group_work(&group, &members, &creds);
                             // Any call about a group keeps its generations going

@@ -1,0 +1,394 @@
+//! Volume groups through the real server against the lab: the VolumeGroup
+//! service checked in Ceph's own view (RBD groups, ceph-csi's journal omap,
+//! member metadata), and group replication through a planned failover and
+//! back with the data checked by checksum on both sites.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rbd_addons::proto::volumegroup::ListVolumeGroupsRequest;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(150);
+
+fn uuid_of(group_id: &str) -> &str {
+    &group_id[group_id.len() - 36..]
+}
+
+fn rbd_group_members(lab: &Lab, s: Site, group_id: &str) -> Vec<String> {
+    let group = format!("{}/csi-vol-group-{}", lab.pool(), uuid_of(group_id));
+    lab.rbd_json(s, &["group", "image", "ls", &group])
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m["image"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn journal_keys(lab: &Lab, group_id: &str) -> Vec<String> {
+    let out = std::process::Command::new("timeout")
+        .args(["30", "rados", "-c", &lab.conf(Site::A), "-p", &lab.pool(), "listomapkeys"])
+        .arg(format!("csi.volume.group.{}", uuid_of(group_id)))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+fn directory_names(lab: &Lab) -> Vec<String> {
+    let out = std::process::Command::new("timeout")
+        .args(["30", "rados", "-c", &lab.conf(Site::A), "-p", &lab.pool(), "listomapkeys", "csi.groups.default"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+fn image_of(v: &TestVolume) -> String {
+    v.spec.rsplit('/').next().unwrap().to_owned()
+}
+
+fn code(r: Result<impl Sized, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test]
+async fn volume_group_lifecycle_in_ceph_and_the_journal() {
+    let lab = Lab::load();
+    let mut server = Server::start(&lab.csi_config(Site::A), &[]).await;
+    let mut g = server.groups().await;
+    let vols: Vec<TestVolume> = (0..3).map(|_| lab.create_volume(VolumeOpts::default())).collect();
+    let (v1, v2, v3) = (vols[0].id.as_str(), vols[1].id.as_str(), vols[2].id.as_str());
+    let name = format!("vgrc-{}", new_uuid());
+
+    let group = create_group(&mut g, &lab, &name, &[v1, v2]).await.expect("create");
+    let gid = group.volume_group_id.clone();
+    assert!(gid.starts_with("0001-0009-rook-ceph-"), "{gid}");
+    let mut listed: Vec<String> = group.volumes.iter().map(|v| v.volume_id.clone()).collect();
+    listed.sort();
+    let mut want = vec![v1.to_owned(), v2.to_owned()];
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(group.volumes.iter().all(|v| v.capacity_bytes == 16 << 20));
+    assert_eq!(group.volume_group_context.get("pool"), Some(&lab.pool()));
+    // Ceph's view: the RBD group, ceph-csi's journal, the members' tags.
+    let mut members = rbd_group_members(&lab, Site::A, &gid);
+    members.sort();
+    let mut images = vec![image_of(&vols[0]), image_of(&vols[1])];
+    images.sort();
+    assert_eq!(members, images);
+    let keys = journal_keys(&lab, &gid);
+    for k in ["csi.volname", "csi.groupname", "csi.creationtime", v1, v2] {
+        assert!(keys.iter().any(|x| x == k), "journal lacks {k}: {keys:?}");
+    }
+    let tag = lab.rbd(Site::A, &["image-meta", "get", &vols[0].spec, "rbd-addons.group"]);
+    assert_eq!(tag.trim(), uuid_of(&gid));
+
+    // Create is idempotent by name; other members under the same name are not.
+    let again = create_group(&mut g, &lab, &name, &[v2, v1]).await.expect("create again");
+    assert_eq!(again.volume_group_id, gid);
+    assert_eq!(code(create_group(&mut g, &lab, &name, &[v3]).await), Code::AlreadyExists);
+    // A volume in another group cannot join, and nothing is left behind.
+    let other = format!("vgrc-other-{}", new_uuid());
+    assert_eq!(code(create_group(&mut g, &lab, &other, &[v3, v1]).await), Code::FailedPrecondition);
+    assert!(!directory_names(&lab).contains(&format!("csi.volume.group.{other}")), "a refused create left a name");
+    let other_group = create_group(&mut g, &lab, &other, &[]).await.expect("an empty group is allowed");
+    assert!(other_group.volumes.is_empty());
+
+    // Modify takes the full desired list.
+    let modified = modify_group(&mut g, &lab, &gid, &[v2, v3]).await.expect("modify");
+    assert_eq!(modified.volumes.len(), 2);
+    let mut members = rbd_group_members(&lab, Site::A, &gid);
+    members.sort();
+    let mut images = vec![image_of(&vols[1]), image_of(&vols[2])];
+    images.sort();
+    assert_eq!(members, images);
+    assert!(lab.rbd_try(Site::A, &["image-meta", "get", &vols[0].spec, "rbd-addons.group"]).is_err(), "v1 untagged");
+    assert!(!journal_keys(&lab, &gid).iter().any(|k| k == v1));
+    modify_group(&mut g, &lab, &gid, &[v3, v2]).await.expect("modify again is a no-op");
+    assert_eq!(rbd_group_members(&lab, Site::A, &gid).len(), 2);
+
+    // State lives in RADOS: a new server sees the same group.
+    server.stop().await;
+    let server = Server::start(&lab.csi_config(Site::A), &[]).await;
+    let mut g = server.groups().await;
+    assert_eq!(get_group(&mut g, &lab, &gid).await.expect("get after restart").volumes.len(), 2);
+
+    // Listing pages through every group; a token that names no group is ABORTED.
+    let first = g
+        .list_volume_groups(ListVolumeGroupsRequest {
+            max_entries: 1,
+            starting_token: String::new(),
+            secrets: lab.secrets(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(first.entries.len(), 1);
+    assert!(!first.next_token.is_empty());
+    let mut seen = vec![first.entries[0].volume_group.clone().unwrap().volume_group_id];
+    let mut token = first.next_token;
+    while !token.is_empty() {
+        let page = g
+            .list_volume_groups(ListVolumeGroupsRequest {
+                max_entries: 2,
+                starting_token: token,
+                secrets: lab.secrets(),
+            })
+            .await
+            .expect("next page")
+            .into_inner();
+        seen.extend(page.entries.iter().map(|e| e.volume_group.clone().unwrap().volume_group_id));
+        token = page.next_token;
+    }
+    assert!(seen.contains(&gid) && seen.contains(&other_group.volume_group_id), "{seen:?}");
+    let bad = ListVolumeGroupsRequest { max_entries: 0, starting_token: "nope".into(), secrets: lab.secrets() };
+    assert_eq!(code(g.list_volume_groups(bad).await), Code::Aborted);
+    let negative = ListVolumeGroupsRequest { max_entries: -1, starting_token: String::new(), secrets: lab.secrets() };
+    assert_eq!(code(g.list_volume_groups(negative).await), Code::InvalidArgument);
+
+    // Delete: refused with members; fine once empty; fine when gone.
+    assert_eq!(code(delete_group(&mut g, &lab, &gid).await), Code::FailedPrecondition);
+    modify_group(&mut g, &lab, &gid, &[]).await.expect("remove all members");
+    delete_group(&mut g, &lab, &gid).await.expect("delete");
+    assert!(
+        lab.rbd_try(Site::A, &["group", "info", &format!("{}/csi-vol-group-{}", lab.pool(), uuid_of(&gid))]).is_err()
+    );
+    assert!(journal_keys(&lab, &gid).is_empty(), "the journal object is gone");
+    delete_group(&mut g, &lab, &gid).await.expect("delete again is OK");
+    assert_eq!(code(get_group(&mut g, &lab, &gid).await), Code::NotFound);
+    assert_eq!(code(modify_group(&mut g, &lab, &gid, &[v1]).await), Code::NotFound);
+    delete_group(&mut g, &lab, &other_group.volume_group_id).await.expect("delete the empty group");
+    for v in &vols {
+        cleanup(&lab, &v.spec);
+    }
+}
+
+#[tokio::test]
+async fn volume_group_bad_inputs_have_exact_codes() {
+    let lab = Lab::load();
+    let server = Server::start(&lab.csi_config(Site::A), &[]).await;
+    let mut g = server.groups().await;
+    let mut c = server.replication().await;
+    let v = lab.create_volume(VolumeOpts::default());
+    let missing_group = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
+    let create = |name: &str, params: HashMap<String, String>, ids: Vec<String>| CreateVolumeGroupRequest {
+        name: name.into(),
+        parameters: params,
+        secrets: lab.secrets(),
+        volume_ids: ids,
+    };
+    use rbd_addons::proto::volumegroup::CreateVolumeGroupRequest;
+    let mut no_pool = group_params(&lab);
+    no_pool.remove("pool");
+    let mut no_cluster = group_params(&lab);
+    no_cluster.remove("clusterID");
+    let mut unknown_pool = group_params(&lab);
+    unknown_pool.insert("pool".into(), "no-such-pool".into());
+    let mut bad_prefix = group_params(&lab);
+    bad_prefix.insert("volumeGroupNamePrefix".into(), "a/b".into());
+    let mut bad_mode = group_params(&lab);
+    bad_mode.insert("mirroringMode".into(), "sync".into());
+    let too_many: Vec<String> =
+        (0..101).map(|_| volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid())).collect();
+    let cases: Vec<(&str, CreateVolumeGroupRequest, Code)> = vec![
+        ("empty name", create("", group_params(&lab), vec![]), Code::InvalidArgument),
+        ("overlong name", create(&"n".repeat(300), group_params(&lab), vec![]), Code::InvalidArgument),
+        ("no pool", create("x", no_pool, vec![]), Code::InvalidArgument),
+        ("no clusterID", create("x", no_cluster, vec![]), Code::InvalidArgument),
+        ("unknown pool", create("x", unknown_pool, vec![]), Code::InvalidArgument),
+        ("bad name prefix", create("x", bad_prefix, vec![]), Code::InvalidArgument),
+        ("bad mirroringMode", create("x", bad_mode, vec![]), Code::InvalidArgument),
+        ("malformed member", create("x", group_params(&lab), vec!["not-an-id".into()]), Code::InvalidArgument),
+        ("101 members", create("x", group_params(&lab), too_many.clone()), Code::ResourceExhausted),
+        ("member image missing", create("x", group_params(&lab), vec![too_many[0].clone()]), Code::InvalidArgument),
+    ];
+    for (what, req, want) in cases {
+        assert_eq!(code(g.create_volume_group(req).await), want, "{what}");
+    }
+    let mut no_secret = create("x", group_params(&lab), vec![v.id.clone()]);
+    no_secret.secrets.clear();
+    assert_eq!(code(g.create_volume_group(no_secret).await), Code::InvalidArgument, "no secret");
+    let mut wrong_key = create("x", group_params(&lab), vec![v.id.clone()]);
+    wrong_key.secrets.insert("userKey".into(), "AQBkZXJwIHNlY3JldCBrZXkgbm90IHZhbGlkAAAAAA==".into());
+    assert_eq!(code(g.create_volume_group(wrong_key).await), Code::Unauthenticated, "wrong key");
+    assert_eq!(code(get_group(&mut g, &lab, "").await), Code::InvalidArgument, "empty group ID");
+    assert_eq!(code(get_group(&mut g, &lab, "0001-xyz").await), Code::InvalidArgument, "malformed group ID");
+    assert_eq!(code(get_group(&mut g, &lab, &missing_group).await), Code::NotFound, "unknown group");
+    assert_eq!(code(delete_group(&mut g, &lab, &missing_group).await), Code::Ok, "delete unknown group");
+    assert_eq!(code(modify_group(&mut g, &lab, &missing_group, &[]).await), Code::NotFound, "modify unknown group");
+    // Group replication's own inputs.
+    assert_eq!(code(group_enable(&mut c, &lab, &missing_group, HashMap::new()).await), Code::NotFound);
+    let bad_interval = HashMap::from([("generationInterval".to_owned(), "5x".to_owned())]);
+    assert_eq!(code(group_enable(&mut c, &lab, &missing_group, bad_interval).await), Code::InvalidArgument);
+    let zero = HashMap::from([("generationInterval".to_owned(), "0s".to_owned())]);
+    assert_eq!(code(group_enable(&mut c, &lab, &missing_group, zero).await), Code::InvalidArgument);
+    let group = create_group(&mut g, &lab, &format!("vgrc-empty-{}", new_uuid()), &[]).await.unwrap();
+    assert_eq!(
+        code(group_enable(&mut c, &lab, &group.volume_group_id, HashMap::new()).await),
+        Code::FailedPrecondition,
+        "an empty group cannot replicate"
+    );
+    delete_group(&mut g, &lab, &group.volume_group_id).await.unwrap();
+    cleanup(&lab, &v.spec);
+    let log = server.log_text();
+    assert!(!log.contains(&lab.key()), "the key reached the log");
+}
+
+/// A group of three volumes with data, replicating in journal mode, with
+/// site-b holding every member.
+async fn replicated_group(lab: &Lab, sites: &SitePair, params: HashMap<String, String>) -> (String, Vec<TestVolume>) {
+    let mut a = sites.a.replication().await;
+    let mut g = sites.a.groups().await;
+    let vols: Vec<TestVolume> = (0..3).map(|_| lab.create_volume(VolumeOpts::default())).collect();
+    for v in &vols {
+        write_data(lab, Site::A, &v.spec);
+    }
+    let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
+    let group = create_group(&mut g, lab, &format!("vgrc-dr-{}", new_uuid()), &ids).await.expect("create group");
+    let gid = group.volume_group_id;
+    group_enable(&mut a, lab, &gid, params).await.expect("enable group replication");
+    for v in &vols {
+        let sum = checksum(lab, Site::A, &v.spec).unwrap();
+        wait_same_data(lab, &v.spec, &sum, Site::B, LIMIT).await;
+    }
+    (gid, vols)
+}
+
+#[tokio::test]
+async fn group_planned_failover_and_failback_lose_nothing() {
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let params = HashMap::from([("generationInterval".to_owned(), "3s".to_owned())]);
+    let (gid, vols) = replicated_group(&lab, &sites, params).await;
+    for v in &vols {
+        assert_eq!(lab.mirror_info(Site::A, &v.spec).unwrap()["mode"], "journal", "groups default to journal mode");
+        assert!(snap_names(&lab, Site::A, &v.spec).iter().any(|s| s.starts_with("rbd-addons.pre.")));
+    }
+    // The generations reach site-b through journal replay; info reports one.
+    let start = Instant::now();
+    let info = loop {
+        match group_info(&mut a, &lab, &gid).await {
+            Ok(i) => break i,
+            Err(e) if e.code() == Code::NotFound && start.elapsed() < LIMIT => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Err(e) => panic!("group info: {e:?}"),
+        }
+    };
+    assert!(info.last_sync_time.unwrap().seconds > 0);
+    assert_eq!(code(group_info(&mut b, &lab, &gid).await), Code::FailedPrecondition, "info on the secondary");
+
+    // A member's volume RPC while the group is worked on is refused.
+    let member = vols[0].id.clone();
+    let racing = {
+        let lab2 = Lab::load();
+        let mut a2 = sites.a.replication().await;
+        let gid = gid.clone();
+        tokio::spawn(async move { group_demote(&mut a2, &lab2, &gid).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let during = demote(&mut a, &lab, &member).await;
+    racing.await.unwrap().expect("group demote");
+    if let Err(e) = &during {
+        assert_eq!(e.code(), Code::Aborted, "{e:?}");
+    }
+    let sums: Vec<String> = vols.iter().map(|v| checksum(&lab, Site::A, &v.spec).unwrap()).collect();
+    group_demote(&mut a, &lab, &gid).await.expect("demote again is OK");
+    for v in &vols {
+        assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(false));
+    }
+
+    // Failover: non-forced promote on b, with the handle minted on a.
+    group_promote(&mut b, &lab, &gid, false).await.expect("promote on b");
+    group_promote(&mut b, &lab, &gid, false).await.expect("promote again is OK");
+    for (v, sum) in vols.iter().zip(&sums) {
+        assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true));
+        assert_eq!(checksum(&lab, Site::B, &v.spec).as_deref(), Some(sum.as_str()), "{} lost data", v.spec);
+    }
+    assert_eq!(rbd_group_members(&lab, Site::B, &gid).len(), 3, "site-b's RBD group holds every member");
+    let mut gb = sites.b.groups().await;
+    let seen_on_b = get_group(&mut gb, &lab, &gid).await.expect("the peer's view of the group");
+    assert_eq!(seen_on_b.volumes.len(), 3);
+
+    // Work on b, then fail back once a has replayed it.
+    for v in &vols {
+        write_data(&lab, Site::B, &v.spec);
+    }
+    let sums_b: Vec<String> = vols.iter().map(|v| checksum(&lab, Site::B, &v.spec).unwrap()).collect();
+    for (v, sum) in vols.iter().zip(&sums_b) {
+        wait_same_data(&lab, &v.spec, sum, Site::A, LIMIT).await;
+    }
+    group_demote(&mut b, &lab, &gid).await.expect("demote b");
+    let start = Instant::now();
+    loop {
+        match group_promote(&mut a, &lab, &gid, false).await {
+            Ok(()) => break,
+            Err(e) if e.code() == Code::Unavailable && start.elapsed() < LIMIT => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Err(e) => panic!("promote a: {e:?}"),
+        }
+    }
+    for (v, sum) in vols.iter().zip(&sums_b) {
+        assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true));
+        assert_eq!(checksum(&lab, Site::A, &v.spec).as_deref(), Some(sum.as_str()), "{} lost b's data", v.spec);
+    }
+
+    group_disable(&mut a, &lab, &gid).await.expect("disable");
+    group_disable(&mut a, &lab, &gid).await.expect("disable again is OK");
+    for v in &vols {
+        assert_eq!(lab.mirror_info(Site::A, &v.spec).unwrap()["state"], "disabled");
+        assert!(
+            !snap_names(&lab, Site::A, &v.spec).iter().any(|s| s.starts_with("rbd-addons.")),
+            "generations removed"
+        );
+    }
+    let mut g = sites.a.groups().await;
+    modify_group(&mut g, &lab, &gid, &[]).await.expect("empty the group");
+    delete_group(&mut g, &lab, &gid).await.expect("delete the group");
+    for v in &vols {
+        cleanup(&lab, &v.spec);
+    }
+}
+
+#[tokio::test]
+async fn snapshot_mode_groups_say_they_are_not_crash_consistent() {
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    let mut a = sites.a.replication().await;
+    let params = HashMap::from([("mirroringMode".to_owned(), "snapshot".to_owned())]);
+    let (gid, vols) = replicated_group(&lab, &sites, params).await;
+    for v in &vols {
+        assert_eq!(lab.mirror_info(Site::A, &v.spec).unwrap()["mode"], "snapshot");
+        assert!(!snap_names(&lab, Site::A, &v.spec).iter().any(|s| s.starts_with("rbd-addons.pre.")));
+    }
+    let start = Instant::now();
+    let info = loop {
+        match group_info(&mut a, &lab, &gid).await {
+            Ok(i) => break i,
+            Err(e) if e.code() == Code::NotFound && start.elapsed() < LIMIT => {
+                for v in &vols {
+                    mirror_snapshot(&lab, Site::A, &v.spec);
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await
+            }
+            Err(e) => panic!("group info: {e:?}"),
+        }
+    };
+    assert!(info.status_message.contains("NOT crash-consistent"), "{}", info.status_message);
+    assert!(sites.a.log_text().contains("NOT crash-consistent"), "the log says it too");
+    group_disable(&mut a, &lab, &gid).await.expect("disable");
+    let mut g = sites.a.groups().await;
+    modify_group(&mut g, &lab, &gid, &[]).await.unwrap();
+    delete_group(&mut g, &lab, &gid).await.unwrap();
+    for v in &vols {
+        cleanup(&lab, &v.spec);
+    }
+}
