@@ -13,8 +13,13 @@ use crate::proto::identity::identity_client::IdentityClient;
 use crate::proto::identity::{GetCapabilitiesRequest, GetIdentityRequest, ProbeRequest, capability};
 use crate::proto::replication::controller_client::ControllerClient;
 use crate::proto::replication::get_volume_replication_info_response::Status as InfoStatus;
-use crate::proto::replication::replication_source::{Type as SourceType, VolumeSource};
+use crate::proto::replication::replication_source::{Type as SourceType, VolumeGroupSource, VolumeSource};
 use crate::proto::replication::*;
+use crate::proto::volumegroup::controller_client::ControllerClient as GroupClient;
+use crate::proto::volumegroup::{
+    ControllerGetVolumeGroupRequest, CreateVolumeGroupRequest, DeleteVolumeGroupRequest, ListVolumeGroupsRequest,
+    ModifyVolumeGroupMembershipRequest, VolumeGroup,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -63,6 +68,40 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// What a replication command is about: one volume, or a volume group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Volume(String),
+    Group(String),
+}
+
+impl Subject {
+    fn source(&self) -> Option<ReplicationSource> {
+        Some(ReplicationSource {
+            r#type: Some(match self {
+                Subject::Volume(v) => SourceType::Volume(VolumeSource { volume_id: v.clone() }),
+                Subject::Group(g) => SourceType::Volumegroup(VolumeGroupSource { volume_group_id: g.clone() }),
+            }),
+        })
+    }
+
+    /// The output field naming the subject.
+    fn field(&self) -> (&'static str, &str) {
+        match self {
+            Subject::Volume(v) => ("volume_id", v),
+            Subject::Group(g) => ("group_id", g),
+        }
+    }
+
+    fn with(&self, mut fields: Value) -> Value {
+        let (k, v) = self.field();
+        if let Value::Object(map) = &mut fields {
+            map.insert(k.to_owned(), json!(v));
+        }
+        fields
     }
 }
 
@@ -115,39 +154,39 @@ impl Connection {
 
     pub async fn enable(
         &self,
-        volume_id: &str,
+        subject: &Subject,
         parameters: HashMap<String, String>,
         secrets: HashMap<String, String>,
     ) -> Result<Value, ClientError> {
         let req = EnableVolumeReplicationRequest {
             parameters,
             secrets,
-            replication_source: source(volume_id),
+            replication_source: subject.source(),
             ..Default::default()
         };
         self.replication().enable_volume_replication(self.request(req)).await?;
-        Ok(json!({"volume_id": volume_id, "replication": "enabled"}))
+        Ok(subject.with(json!({"replication": "enabled"})))
     }
 
     pub async fn disable(
         &self,
-        volume_id: &str,
+        subject: &Subject,
         parameters: HashMap<String, String>,
         secrets: HashMap<String, String>,
     ) -> Result<Value, ClientError> {
         let req = DisableVolumeReplicationRequest {
             parameters,
             secrets,
-            replication_source: source(volume_id),
+            replication_source: subject.source(),
             ..Default::default()
         };
         self.replication().disable_volume_replication(self.request(req)).await?;
-        Ok(json!({"volume_id": volume_id, "replication": "disabled"}))
+        Ok(subject.with(json!({"replication": "disabled"})))
     }
 
     pub async fn promote(
         &self,
-        volume_id: &str,
+        subject: &Subject,
         force: bool,
         parameters: HashMap<String, String>,
         secrets: HashMap<String, String>,
@@ -156,28 +195,28 @@ impl Connection {
             force,
             parameters,
             secrets,
-            replication_source: source(volume_id),
+            replication_source: subject.source(),
             ..Default::default()
         };
         self.replication().promote_volume(self.request(req)).await?;
-        Ok(json!({"volume_id": volume_id, "role": "primary"}))
+        Ok(subject.with(json!({"role": "primary"})))
     }
 
     pub async fn demote(
         &self,
-        volume_id: &str,
+        subject: &Subject,
         parameters: HashMap<String, String>,
         secrets: HashMap<String, String>,
     ) -> Result<Value, ClientError> {
         let req =
-            DemoteVolumeRequest { parameters, secrets, replication_source: source(volume_id), ..Default::default() };
+            DemoteVolumeRequest { parameters, secrets, replication_source: subject.source(), ..Default::default() };
         self.replication().demote_volume(self.request(req)).await?;
-        Ok(json!({"volume_id": volume_id, "role": "secondary"}))
+        Ok(subject.with(json!({"role": "secondary"})))
     }
 
     pub async fn resync(
         &self,
-        volume_id: &str,
+        subject: &Subject,
         force: bool,
         parameters: HashMap<String, String>,
         secrets: HashMap<String, String>,
@@ -186,33 +225,134 @@ impl Connection {
             force,
             parameters,
             secrets,
-            replication_source: source(volume_id),
+            replication_source: subject.source(),
             ..Default::default()
         };
         let r = self.replication().resync_volume(self.request(req)).await?.into_inner();
-        Ok(json!({"volume_id": volume_id, "ready": r.ready}))
+        Ok(subject.with(json!({"ready": r.ready})))
     }
 
-    pub async fn info(&self, volume_id: &str, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
+    pub async fn info(&self, subject: &Subject, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
         let req =
-            GetVolumeReplicationInfoRequest { secrets, replication_source: source(volume_id), ..Default::default() };
+            GetVolumeReplicationInfoRequest { secrets, replication_source: subject.source(), ..Default::default() };
         let r = self.replication().get_volume_replication_info(self.request(req)).await?.into_inner();
         let status = InfoStatus::try_from(r.status).unwrap_or(InfoStatus::Unknown);
         let last = r.last_sync_time.map(|t| t.seconds);
-        Ok(json!({
-            "volume_id": volume_id,
+        Ok(subject.with(json!({
             "last_sync_time": last.map(rfc3339),
             "last_sync_age_seconds": last.map(|t| now_secs() - t),
             "last_sync_duration_seconds": r.last_sync_duration.map(|d| d.seconds),
             "last_sync_bytes": r.last_sync_bytes,
             "status": status.as_str_name(),
             "status_message": r.status_message,
-        }))
+        })))
     }
 }
 
-fn source(volume_id: &str) -> Option<ReplicationSource> {
-    Some(ReplicationSource { r#type: Some(SourceType::Volume(VolumeSource { volume_id: volume_id.to_owned() })) })
+/// The volume-group calls.
+impl Connection {
+    fn groups(&self) -> GroupClient<Channel> {
+        GroupClient::new(self.channel.clone())
+    }
+
+    pub async fn group_create(
+        &self,
+        name: &str,
+        volume_ids: Vec<String>,
+        parameters: HashMap<String, String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req = CreateVolumeGroupRequest { name: name.to_owned(), parameters, secrets, volume_ids };
+        let r = self.groups().create_volume_group(self.request(req)).await?.into_inner();
+        Ok(group_json(r.volume_group))
+    }
+
+    pub async fn group_modify(
+        &self,
+        group_id: &str,
+        volume_ids: Vec<String>,
+        parameters: HashMap<String, String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req = ModifyVolumeGroupMembershipRequest {
+            volume_group_id: group_id.to_owned(),
+            volume_ids,
+            secrets,
+            parameters,
+        };
+        let r = self.groups().modify_volume_group_membership(self.request(req)).await?.into_inner();
+        Ok(group_json(r.volume_group))
+    }
+
+    pub async fn group_delete(&self, group_id: &str, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
+        let req = DeleteVolumeGroupRequest { volume_group_id: group_id.to_owned(), secrets };
+        self.groups().delete_volume_group(self.request(req)).await?;
+        Ok(json!({"group_id": group_id, "deleted": true}))
+    }
+
+    pub async fn group_get(&self, group_id: &str, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
+        let req = ControllerGetVolumeGroupRequest { volume_group_id: group_id.to_owned(), secrets };
+        let r = self.groups().controller_get_volume_group(self.request(req)).await?.into_inner();
+        Ok(group_json(r.volume_group))
+    }
+
+    pub async fn group_list(
+        &self,
+        max_entries: i32,
+        starting_token: String,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req = ListVolumeGroupsRequest { max_entries, starting_token, secrets };
+        let r = self.groups().list_volume_groups(self.request(req)).await?.into_inner();
+        let groups: Vec<Value> = r.entries.into_iter().map(|e| group_json(e.volume_group)).collect();
+        let ids: Vec<Value> = groups.iter().map(|g| g["group_id"].clone()).collect();
+        Ok(json!({"groups": ids, "details": groups, "next_token": Some(r.next_token).filter(|t| !t.is_empty())}))
+    }
+}
+
+/// `rbd-addons group generations`: reads the members' snapshots on this site
+/// directly (no server involved), so it also works while the server is down.
+pub fn generations(
+    config: &Path,
+    mapping: &Path,
+    group_id: &str,
+    secrets: &HashMap<String, String>,
+) -> Result<Value, ClientError> {
+    use crate::ceph::ConnectionPool;
+    use crate::cephcsi::{Credentials, Resolver};
+    use crate::groups;
+    let fail = |e: crate::replication::Error| ClientError::Rpc(crate::server::to_group_status(Some(group_id), &e));
+    let id = groups::decode_group_id(group_id).map_err(fail)?;
+    let creds = Credentials::from_secrets(secrets).map_err(|e| fail(crate::replication::Error::Resolve(e.into())))?;
+    let pool = std::sync::Arc::new(ConnectionPool::new(Duration::from_secs(60), Duration::from_secs(30)));
+    let resolver = Resolver::new(config.to_owned(), Some(mapping.to_owned()), pool);
+    let group = groups::find(&resolver, &id, &creds).map_err(fail)?;
+    let members = groups::members_unguarded(&resolver, &group, &creds).map_err(fail)?;
+    let held = groups::generations::held(&members).map_err(fail)?;
+    let mut lines = Vec::new();
+    for (volume_id, gens) in &held {
+        let text: Vec<String> = gens
+            .iter()
+            .map(|g| format!("{}@{}{}", g.number, rfc3339(g.taken), if g.complete { "" } else { " (fence post only)" }))
+            .collect();
+        lines.push(format!("{volume_id}: {}", if text.is_empty() { "none".to_owned() } else { text.join(" ") }));
+    }
+    let complete_everywhere = held
+        .iter()
+        .map(|(_, g)| g.iter().filter(|g| g.complete).map(|g| g.number).collect::<std::collections::BTreeSet<_>>())
+        .reduce(|a, b| a.intersection(&b).copied().collect())
+        .and_then(|s| s.last().copied());
+    Ok(json!({
+        "group_id": group_id,
+        "newest_common_generation": complete_everywhere,
+        "members": lines,
+    }))
+}
+
+fn group_json(g: Option<VolumeGroup>) -> Value {
+    let g = g.unwrap_or_default();
+    let volumes: Vec<&str> = g.volumes.iter().map(|v| v.volume_id.as_str()).collect();
+    json!({"group_id": g.volume_group_id, "volumes": volumes})
 }
 
 fn capability_name(t: &capability::Type) -> String {

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rbd_addons::client::{self, ClientError, Connection};
+use rbd_addons::client::{self, ClientError, Connection, Subject};
 use rbd_addons::server::{self, ServeConfig};
 
 /// CSI-Addons server for Ceph RBD.
@@ -36,6 +36,91 @@ enum Command {
     Demote(VolumeCommand),
     /// Re-copy a split-brained secondary from the peer (ResyncVolume); prints ready.
     Resync(ForceCommand),
+    /// Volume groups: create, modify, delete, get, list, and their consistency generations.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group (CreateVolumeGroup); idempotent by name.
+    Create(GroupCreateArgs),
+    /// Set a group's members to exactly the given volumes (ModifyVolumeGroupMembership).
+    Modify(GroupMembersArgs),
+    /// Delete an empty group (DeleteVolumeGroup).
+    Delete(GroupIdArgs),
+    /// Show a group and its members (ControllerGetVolumeGroup).
+    Get(GroupIdArgs),
+    /// List the groups of every cluster in the server's config (ListVolumeGroups).
+    List(GroupListArgs),
+    /// List the consistency generations on each member, read from Ceph directly.
+    Generations(GenerationsArgs),
+}
+
+#[derive(Args)]
+struct GroupCreateArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The request name (the VolumeGroupReplicationContent's name).
+    #[arg(long)]
+    name: String,
+    /// A member volume handle (repeatable).
+    #[arg(long = "volume-id")]
+    volume_ids: Vec<String>,
+    /// A class parameter (repeatable); clusterID and pool are required.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    #[arg(long, env = "RBD_ADDONS_SECRETS_FILE")]
+    secrets_file: PathBuf,
+}
+
+#[derive(Args)]
+struct GroupMembersArgs {
+    #[command(flatten)]
+    group: GroupIdArgs,
+    /// A member volume handle (repeatable); none removes every member.
+    #[arg(long = "volume-id")]
+    volume_ids: Vec<String>,
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+}
+
+#[derive(Args)]
+struct GroupIdArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The group handle (VolumeGroupReplicationContent's volumeGroupReplicationHandle).
+    #[arg(long)]
+    group_id: String,
+    #[arg(long, env = "RBD_ADDONS_SECRETS_FILE")]
+    secrets_file: PathBuf,
+}
+
+#[derive(Args)]
+struct GroupListArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[arg(long, default_value_t = 0)]
+    max_entries: i32,
+    #[arg(long, default_value = "")]
+    starting_token: String,
+    #[arg(long, env = "RBD_ADDONS_SECRETS_FILE")]
+    secrets_file: PathBuf,
+}
+
+#[derive(Args)]
+struct GenerationsArgs {
+    #[arg(long)]
+    group_id: String,
+    #[arg(long, env = "RBD_ADDONS_SECRETS_FILE")]
+    secrets_file: PathBuf,
+    /// ceph-csi's config.json of this site.
+    #[arg(long, env = "RBD_ADDONS_CEPH_CSI_CONFIG", default_value = "/etc/ceph-csi-config/config.json")]
+    ceph_csi_config: PathBuf,
+    #[arg(long, env = "RBD_ADDONS_CLUSTER_MAPPING", default_value = "/etc/ceph-csi-config/cluster-mapping.json")]
+    cluster_mapping: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -66,8 +151,11 @@ struct VolumeCommand {
     #[command(flatten)]
     client: ClientArgs,
     /// The ceph-csi volume handle (PV spec.csi.volumeHandle).
+    #[arg(long, required_unless_present = "group_id", conflicts_with = "group_id")]
+    volume_id: Option<String>,
+    /// A volume group handle instead: the call acts on every member.
     #[arg(long)]
-    volume_id: String,
+    group_id: Option<String>,
     /// A replication parameter, as in a VolumeReplicationClass (repeatable).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
@@ -144,6 +232,14 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
 }
 
 impl VolumeCommand {
+    fn subject(&self) -> Subject {
+        match (&self.volume_id, &self.group_id) {
+            (Some(v), _) => Subject::Volume(v.clone()),
+            (None, Some(g)) => Subject::Group(g.clone()),
+            (None, None) => unreachable!("clap requires one of them"),
+        }
+    }
+
     async fn connect(
         &self,
     ) -> Result<
@@ -165,27 +261,71 @@ async fn client_call(command: Command) -> Result<serde_json::Value, ClientError>
         Command::Probe(a) => Connection::open(&a.endpoint, a.timeout).await?.probe().await,
         Command::Enable(v) => {
             let (conn, params, secrets) = v.connect().await?;
-            conn.enable(&v.volume_id, params, secrets).await
+            conn.enable(&v.subject(), params, secrets).await
         }
         Command::Disable(v) => {
             let (conn, params, secrets) = v.connect().await?;
-            conn.disable(&v.volume_id, params, secrets).await
+            conn.disable(&v.subject(), params, secrets).await
         }
         Command::Info(v) => {
             let (conn, _, secrets) = v.connect().await?;
-            conn.info(&v.volume_id, secrets).await
+            conn.info(&v.subject(), secrets).await
         }
         Command::Promote(f) => {
             let (conn, params, secrets) = f.volume.connect().await?;
-            conn.promote(&f.volume.volume_id, f.force, params, secrets).await
+            conn.promote(&f.volume.subject(), f.force, params, secrets).await
         }
         Command::Demote(v) => {
             let (conn, params, secrets) = v.connect().await?;
-            conn.demote(&v.volume_id, params, secrets).await
+            conn.demote(&v.subject(), params, secrets).await
         }
         Command::Resync(f) => {
             let (conn, params, secrets) = f.volume.connect().await?;
-            conn.resync(&f.volume.volume_id, f.force, params, secrets).await
+            conn.resync(&f.volume.subject(), f.force, params, secrets).await
+        }
+        Command::Group(g) => group_call(g).await,
+    }
+}
+
+async fn group_call(command: GroupCommand) -> Result<serde_json::Value, ClientError> {
+    match command {
+        GroupCommand::Create(a) => {
+            let (params, secrets) = (client::parse_params(&a.params)?, client::read_secrets(&a.secrets_file)?);
+            Connection::open(&a.client.endpoint, a.client.timeout)
+                .await?
+                .group_create(&a.name, a.volume_ids, params, secrets)
+                .await
+        }
+        GroupCommand::Modify(a) => {
+            let (params, secrets) = (client::parse_params(&a.params)?, client::read_secrets(&a.group.secrets_file)?);
+            Connection::open(&a.group.client.endpoint, a.group.client.timeout)
+                .await?
+                .group_modify(&a.group.group_id, a.volume_ids, params, secrets)
+                .await
+        }
+        GroupCommand::Delete(a) => {
+            let secrets = client::read_secrets(&a.secrets_file)?;
+            Connection::open(&a.client.endpoint, a.client.timeout).await?.group_delete(&a.group_id, secrets).await
+        }
+        GroupCommand::Get(a) => {
+            let secrets = client::read_secrets(&a.secrets_file)?;
+            Connection::open(&a.client.endpoint, a.client.timeout).await?.group_get(&a.group_id, secrets).await
+        }
+        GroupCommand::List(a) => {
+            let secrets = client::read_secrets(&a.secrets_file)?;
+            Connection::open(&a.client.endpoint, a.client.timeout)
+                .await?
+                .group_list(a.max_entries, a.starting_token, secrets)
+                .await
+        }
+        GroupCommand::Generations(a) => {
+            let secrets = client::read_secrets(&a.secrets_file)?;
+            // Reads Ceph directly: librados blocks, so off the runtime.
+            tokio::task::spawn_blocking(move || {
+                client::generations(&a.ceph_csi_config, &a.cluster_mapping, &a.group_id, &secrets)
+            })
+            .await
+            .map_err(|e| ClientError::Usage(format!("generations: {e}")))?
         }
     }
 }
@@ -196,6 +336,13 @@ fn run_client(command: Command) -> ExitCode {
         Command::Identity(a) | Command::Capabilities(a) | Command::Probe(a) => a.json,
         Command::Enable(v) | Command::Disable(v) | Command::Info(v) | Command::Demote(v) => v.client.json,
         Command::Promote(f) | Command::Resync(f) => f.volume.client.json,
+        Command::Group(g) => match g {
+            GroupCommand::Create(a) => a.client.json,
+            GroupCommand::Modify(a) => a.group.client.json,
+            GroupCommand::Delete(a) | GroupCommand::Get(a) => a.client.json,
+            GroupCommand::List(a) => a.client.json,
+            GroupCommand::Generations(a) => a.json,
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(client_call(command)) {
@@ -229,7 +376,8 @@ fn main() -> ExitCode {
         | Command::Info(_)
         | Command::Promote(_)
         | Command::Demote(_)
-        | Command::Resync(_)) => run_client(client_command),
+        | Command::Resync(_)
+        | Command::Group(_)) => run_client(client_command),
         Command::Serve(args) => {
             if let Err(e) = init_logging(args.log_format, &args.log_level) {
                 eprintln!("rbd-addons: {e}");

@@ -114,7 +114,8 @@ async fn table_of_bad_inputs() {
             source: Some(ReplicationSource {
                 r#type: Some(SourceType::Volumegroup(VolumeGroupSource { volume_group_id: plain.id.clone() })),
             }),
-            ..base("volume group source", Rpc::Enable, "", Code::Unimplemented)
+            // A volume's handle is no group's: nothing by that UUID here.
+            ..base("volume handle as a group source", Rpc::Enable, "", Code::NotFound)
         },
         with_secrets("no secrets", HashMap::new(), Code::InvalidArgument),
         with_secrets("no userKey", p(&[("userID", "csi-rbd")]), Code::InvalidArgument),

@@ -91,6 +91,31 @@ pub fn cuts_of(image: &Image<'_>) -> Result<BTreeMap<u64, MemberCut>, Error> {
     Ok(member_cuts(&image.snapshots().map_err(Error::ceph(format!("cannot list the snapshots of {}", image.name())))?))
 }
 
+/// One generation as a member holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub number: u64,
+    /// Unix seconds of the fence post.
+    pub taken: i64,
+    /// Whether the member holds the group snapshot too (the cut itself).
+    pub complete: bool,
+}
+
+/// The generations each member holds, oldest first, for operators.
+pub fn held(members: &[Member]) -> Result<Vec<(String, Vec<Held>)>, Error> {
+    let images = open_all(members)?;
+    let mut out = Vec::with_capacity(members.len());
+    for (m, image) in members.iter().zip(&images) {
+        let mut gens = Vec::new();
+        for (n, cut) in cuts_of(image)? {
+            let taken = image.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?;
+            gens.push(Held { number: n, taken, complete: cut.group_snap_id.is_some() });
+        }
+        out.push((m.volume_id.clone(), gens));
+    }
+    Ok(out)
+}
+
 /// A generation just taken.
 #[derive(Debug, Clone, Copy)]
 pub struct Taken {
@@ -137,10 +162,9 @@ fn prune(group_io: &IoCtx, rbd_group: &str, images: &[Image<'_>], newest: u64) -
     for name in ours {
         if let Some(n) = name.strip_prefix(GEN_PREFIX).and_then(|n| n.parse::<u64>().ok())
             && n < oldest_kept
+            && let Err(e) = group_io.group_snap_remove(rbd_group, &name)
         {
-            if let Err(e) = group_io.group_snap_remove(rbd_group, &name) {
-                warn!(group = rbd_group, snap = %name, error = %e, "could not prune a group snapshot");
-            }
+            warn!(group = rbd_group, snap = %name, error = %e, "could not prune a group snapshot");
         }
     }
     for image in images {
@@ -153,10 +177,10 @@ fn prune(group_io: &IoCtx, rbd_group: &str, images: &[Image<'_>], newest: u64) -
             // removed above come from the peer's group (replayed before a
             // failover).
             let foreign_group = s.kind == SnapKind::Group;
-            if ours || foreign_group {
-                if let Err(e) = image.snap_remove_by_id(s.id) {
-                    warn!(image = image.name(), snap = %s.name, error = %e, "could not prune a snapshot");
-                }
+            if (ours || foreign_group)
+                && let Err(e) = image.snap_remove_by_id(s.id)
+            {
+                warn!(image = image.name(), snap = %s.name, error = %e, "could not prune a snapshot");
             }
         }
     }

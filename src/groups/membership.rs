@@ -161,11 +161,11 @@ fn apply_membership(
     }
     for v in &to_remove {
         guards.push(claims.claim(v)?);
-        match resolve_member(resolver, v, creds) {
-            Ok(m) => leave(group, &m).map_err(on_member(&m))?,
+        let m = resolve_member(resolver, v, creds)?;
+        match leave(group, &m) {
             // A member whose image is gone has nothing left to detach.
             Err(Error::ImageNotFound { .. }) => {}
-            Err(e) => return Err(e),
+            r => r.map_err(on_member(&m))?,
         }
     }
     journal::remove_members(&group.io, group.uuid(), &to_remove)
@@ -256,6 +256,12 @@ fn leave(group: &Group, m: &Member) -> Result<(), Error> {
             .or_else(|e| if e.is(libc::ENOENT) { Ok(()) } else { Err(e) })
             .map_err(Error::ceph(format!("cannot remove {} from RBD group {}", m.vol.spec(), group.rbd_group)))?;
     }
+    // A secondary copy takes its metadata from the primary and refuses
+    // writes; untagging is the primary site's part.
+    let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state"))?;
+    if info.state == crate::ceph::MirrorState::Enabled && !info.primary {
+        return Ok(());
+    }
     image.metadata_remove(GROUP_KEY).map_err(Error::ceph("cannot untag the member"))?;
     image.metadata_remove(VOLUME_ID_KEY).map_err(Error::ceph("cannot untag the member"))?;
     Ok(())
@@ -318,6 +324,14 @@ pub fn delete(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<()
     match group.io.group_remove(&group.rbd_group) {
         Ok(()) => {}
         Err(e) if e.is(libc::ENOENT) => {}
+        // The group's snapshots sit on images that are secondaries here; right
+        // after the primary's disable rbd-mirror deletes them within a second.
+        Err(e) if e.is(libc::EROFS) => {
+            return Err(Error::Unavailable(format!(
+                "RBD group {} still has snapshots on secondary images that rbd-mirror has not removed yet; retry",
+                group.rbd_group
+            )));
+        }
         Err(e) => return Err(Error::Ceph { what: format!("cannot remove RBD group {}", group.rbd_group), source: e }),
     }
     match group.io.remove(&state_object(group.uuid())) {
@@ -344,8 +358,12 @@ fn view(
 ) -> Result<GroupView, Error> {
     let mut members = Vec::with_capacity(group.member_ids.len());
     for v in &group.member_ids {
-        let size = match resolve_member(resolver, v, creds) {
-            Ok(m) => open_member(&m).and_then(|i| i.size().map_err(Error::ceph("cannot read the image size")))? as i64,
+        let size = resolve_member(resolver, v, creds)
+            .and_then(|m| open_member(&m).and_then(|i| i.size().map_err(Error::ceph("cannot read the image size"))));
+        let size = match size {
+            Ok(s) => s as i64,
+            // A member whose image is gone (deleted, or being re-created by a
+            // resync) is still listed: the group says what it holds.
             Err(Error::ImageNotFound { .. }) => 0,
             Err(e) => return Err(e),
         };

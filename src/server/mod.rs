@@ -16,7 +16,7 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub use identity::capabilities;
-pub use status::{code_of, to_status};
+pub use status::{code_of, to_group_status, to_status};
 
 use crate::ceph::ConnectionPool;
 use crate::cephcsi::Resolver;

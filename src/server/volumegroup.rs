@@ -19,6 +19,8 @@ use crate::replication::Error;
 const MAX_NAME_LEN: usize = 253;
 /// ListVolumeGroups' page size when the caller sets none, and the largest.
 const MAX_PAGE: usize = 1000;
+/// Guard keys of list calls (never a group ID, which starts with 0001-).
+const LIST_KEY: &str = "list-volume-groups/";
 
 pub struct VolumeGroupService {
     exec: Arc<Executor>,
@@ -50,7 +52,9 @@ impl VolumeGroupService {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         result
             .map_err(|err| {
-                let status = to_group_status(Some(&key), &err);
+                // A list is about no one group.
+                let subject = Some(key.as_str()).filter(|k| !k.starts_with(LIST_KEY));
+                let status = to_group_status(subject, &err);
                 warn!(method, group = key, code = ?status.code(), elapsed_ms, error = %status.message(), "call failed");
                 status
             })
@@ -149,7 +153,7 @@ impl Controller for VolumeGroupService {
         let token = req.starting_token;
         // Lists change nothing: each call gets its own guard key.
         static LISTS: AtomicU64 = AtomicU64::new(0);
-        let key = format!("list-volume-groups/{}", LISTS.fetch_add(1, Ordering::Relaxed));
+        let key = format!("{LIST_KEY}{}", LISTS.fetch_add(1, Ordering::Relaxed));
         let page = self
             .run("ListVolumeGroups", key, &req.secrets, move |resolver, creds, _| {
                 groups::list(resolver, creds, max, &token)

@@ -155,15 +155,15 @@ def main():
         resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = sorted(s.name for s in resp.list_services_response.service)
         check("reflection lists exactly the served services", names ==
-              ["grpc.health.v1.Health", "identity.Identity", "replication.Controller"], names)
+              ["grpc.health.v1.Health", "identity.Identity", "replication.Controller", "volumegroup.Controller"], names)
 
         # Identity.
         code, body = call(channel, "/identity.Identity/GetIdentity", b"")
         check("GetIdentity", code == grpc.StatusCode.OK and decode(body)[1][0] == b"rbd.csi.ceph.com", (code, body))
         code, body = call(channel, "/identity.Identity/GetCapabilities", b"")
         caps = sorted(next(iter(decode(c))) for c in decode(body).get(1, [])) if code == grpc.StatusCode.OK else []
-        # Capability oneof: service = 1, volume_replication = 4.
-        check("GetCapabilities advertises service and volume_replication", caps == [1, 4], caps)
+        # Capability oneof: service = 1, volume_replication = 4, volume_group = 5 (six of them).
+        check("GetCapabilities advertises service, volume_replication, volume_group", caps == [1, 4] + [5] * 6, caps)
         code, body = call(channel, "/identity.Identity/Probe", b"")
         ready = decode(decode(body)[1][0]).get(1, [0])[0] if code == grpc.StatusCode.OK else None
         check("Probe ready", ready == 1, (code, body))
@@ -206,6 +206,29 @@ def main():
         info = json.loads(rbd(site["conf"], "info", image, "--format", "json").stdout)
         check("DisableVolumeReplication disables mirroring in Ceph",
               code == grpc.StatusCode.OK and "mirroring" not in info, (code, info))
+
+        # VolumeGroup: CreateVolumeGroupRequest name = 1, parameters = 2,
+        # secrets = 3, volume_ids = 4; the response's VolumeGroup is field 1 with
+        # volume_group_id = 1 and volumes = 3 (csi.v1.Volume, volume_id = 2).
+        group_name = f"wire-{vol_uuid}"
+        create = (field_str(1, group_name) + field_map(2, {"clusterID": cid, "pool": lab["pool"]})
+                  + field_map(3, secrets) + field_str(4, volume_id))
+        code, body = call(channel, "/volumegroup.Controller/CreateVolumeGroup", create)
+        group = decode(decode(body)[1][0]) if code == grpc.StatusCode.OK else {}
+        group_id = group.get(1, [b""])[0].decode()
+        members = [decode(v).get(2, [b""])[0].decode() for v in group.get(3, [])]
+        rbd_group = f"{lab['pool']}/csi-vol-group-{group_id[-36:]}"
+        listed = rbd(site["conf"], "group", "image", "ls", rbd_group).stdout
+        check("CreateVolumeGroup makes an RBD group with the volume",
+              code == grpc.StatusCode.OK and members == [volume_id] and f"csi-vol-{vol_uuid}" in listed, (code, body, listed))
+        code, _ = call(channel, "/volumegroup.Controller/DeleteVolumeGroup", field_str(1, group_id) + field_map(2, secrets))
+        check("DeleteVolumeGroup with a member is FAILED_PRECONDITION", code == grpc.StatusCode.FAILED_PRECONDITION, code)
+        code, _ = call(channel, "/volumegroup.Controller/ModifyVolumeGroupMembership", field_str(1, group_id) + field_map(3, secrets))
+        check("ModifyVolumeGroupMembership to no members", code == grpc.StatusCode.OK, code)
+        code, _ = call(channel, "/volumegroup.Controller/DeleteVolumeGroup", field_str(1, group_id) + field_map(2, secrets))
+        check("DeleteVolumeGroup of the empty group", code == grpc.StatusCode.OK, code)
+        code, _ = call(channel, "/volumegroup.Controller/ControllerGetVolumeGroup", field_str(1, group_id) + field_map(2, secrets))
+        check("ControllerGetVolumeGroup of a deleted group is NOT_FOUND", code == grpc.StatusCode.NOT_FOUND, code)
 
         code, detail = call(channel, "/replication.Controller/EnableVolumeReplication",
                             enable_req(volume_id, {"userID": lab["user"]}))
