@@ -19,8 +19,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rbd_addons::ceph::{Image, IoCtx};
+use tonic::Code;
 
 const MEMBERS: usize = 3;
+const LIMIT: Duration = Duration::from_secs(150);
+/// Both tests freeze site-a: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const CUTS: usize = 10;
 
 fn cut_count() -> usize {
@@ -168,16 +172,16 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64) -> Cu
 
     drop(frozen);
     w.join().ok();
-    // Both sites are primary now; stop mirroring so rbd-mirror forgets them.
+    // Both sites are primary now: drop the test's images everywhere.
     for v in &vols {
-        lab.rbd_try(Site::B, &["mirror", "image", "disable", "--force", &v.spec]).ok();
-        lab.rbd_try(Site::A, &["mirror", "image", "disable", "--force", &v.spec]).ok();
+        remove_everywhere(lab, &v.spec);
     }
     Cut { acknowledged, on_b, control_gap: first_gap(&control) }
 }
 
 #[tokio::test]
 async fn forced_group_failover_at_random_instants_keeps_a_gap_free_prefix() {
+    let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &["--ceph-timeout", "10s"]).await;
     let mut rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
@@ -195,4 +199,84 @@ async fn forced_group_failover_at_random_instants_keeps_a_gap_free_prefix() {
         cuts.len()
     );
     assert!(kept > 0, "no record ever reached site-b");
+    assert!(broken > 0, "the control (per-volume failover) never broke the prefix: the test proves nothing");
+}
+
+/// After the unplanned failover, the old primary comes back: demote it (it
+/// reports split-brain), resync it from site-b through the group, then fail
+/// back without force; nothing site-b wrote is lost.
+#[tokio::test]
+async fn group_failback_after_site_loss_through_resync() {
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &["--ceph-timeout", "10s"]).await;
+    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let mut groups_a = sites.a.groups().await;
+    let vols: Vec<TestVolume> = (0..MEMBERS).map(|_| lab.create_volume(VolumeOpts::default())).collect();
+    for v in &vols {
+        write_data(&lab, Site::A, &v.spec);
+    }
+    let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
+    let gid = create_group(&mut groups_a, &lab, &format!("site-loss-{}", new_uuid()), &ids)
+        .await
+        .expect("create group")
+        .volume_group_id;
+    group_enable(&mut a, &lab, &gid, HashMap::new()).await.expect("enable");
+    for v in &vols {
+        let sum = checksum(&lab, Site::A, &v.spec).unwrap();
+        wait_same_data(&lab, &v.spec, &sum, Site::B, LIMIT).await;
+    }
+    {
+        let _frozen = Frozen::daemons(&lab, "site-a", &[]);
+        group_promote(&mut b, &lab, &gid, true).await.expect("forced promote with site-a frozen");
+    }
+    for v in &vols {
+        write_data(&lab, Site::B, &v.spec);
+    }
+    let sums_b: Vec<String> = vols.iter().map(|v| checksum(&lab, Site::B, &v.spec).unwrap()).collect();
+
+    // Site-a is back and still primary: demote, then resync until ready.
+    group_demote(&mut a, &lab, &gid).await.expect("demote the old primary");
+    let started = Instant::now();
+    let mut first = true;
+    loop {
+        match group_resync(&mut a, &lab, &gid, true).await {
+            Ok(true) => break,
+            Ok(false) => first = false,
+            Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound) => first = false,
+            Err(e) => panic!("group resync: {e:?}"),
+        }
+        assert!(started.elapsed() < LIMIT, "group resync not ready after {LIMIT:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(!first, "a split-brained group cannot be ready before its resync");
+    for (v, sum) in vols.iter().zip(&sums_b) {
+        wait_same_data(&lab, &v.spec, sum, Site::A, LIMIT).await;
+    }
+    // Planned failback.
+    group_demote(&mut b, &lab, &gid).await.expect("demote b");
+    let started = Instant::now();
+    loop {
+        match group_promote(&mut a, &lab, &gid, false).await {
+            Ok(()) => break,
+            Err(e) if e.code() == Code::Unavailable && started.elapsed() < LIMIT => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Err(e) => panic!("promote a: {e:?}"),
+        }
+    }
+    for (v, sum) in vols.iter().zip(&sums_b) {
+        assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true));
+        assert_eq!(checksum(&lab, Site::A, &v.spec).as_deref(), Some(sum.as_str()), "{} lost b's data", v.spec);
+    }
+    // The resynced members are back in site-a's RBD group, and generations go on.
+    let group = format!("{}/csi-vol-group-{}", lab.pool(), &gid[gid.len() - 36..]);
+    let listed = lab.rbd(Site::A, &["group", "image", "ls", &group]);
+    for v in &vols {
+        assert!(listed.contains(&v.spec), "{} not in {group}: {listed}", v.spec);
+    }
+    group_disable(&mut a, &lab, &gid).await.expect("disable");
+    for v in &vols {
+        remove_everywhere(&lab, &v.spec);
+    }
 }

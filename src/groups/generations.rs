@@ -275,7 +275,7 @@ const WRITABLE_SETTLE: Duration = Duration::from_secs(30);
 /// Opens the member's head for writing once it accepts writes: a flush of an
 /// empty write set does not take the lock, so probe with a rewrite of the
 /// first sector's own content.
-fn writable_head(m: &Member) -> Result<Image<'_>, Error> {
+pub(super) fn writable_head(m: &Member) -> Result<Image<'_>, Error> {
     let deadline = Instant::now() + WRITABLE_SETTLE;
     let mut pause = Duration::from_millis(50);
     loop {

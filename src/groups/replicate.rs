@@ -255,6 +255,12 @@ pub fn promote(
     let mut done = Promoted::default();
     if state.contains_key(PROMOTING_KEY) {
         if mode == Some(MirrorImageMode::Journal) {
+            // Just promoted, a member stays read-only until this site's
+            // rbd-mirror lets go of it; the revert and the next generation
+            // both write.
+            for m in members {
+                generations::writable_head(m).map_err(on_member(m))?;
+            }
             done.reverted = revert_to_newest_common(group, members)?;
             ensure_rbd_group_members(group, members)?;
         }

@@ -667,3 +667,23 @@ pub fn connect(lab: &Lab, s: Site) -> std::sync::Arc<rbd_addons::ceph::Cluster> 
     })
     .expect("connect as the CSI user")
 }
+
+/// Removes a test image on both sites, whatever its state: mirroring off, out
+/// of its RBD group, every snapshot (group ones by ID), then the image.
+pub fn remove_everywhere(lab: &Lab, spec: &str) {
+    for s in [Site::A, Site::B] {
+        lab.rbd_try(s, &["mirror", "image", "disable", "--force", spec]).ok();
+        if let Ok(info) = lab.rbd_json(s, &["info", spec])
+            && let Some(group) = info["group"].as_str()
+        {
+            lab.rbd_try(s, &["group", "image", "rm", group, spec]).ok();
+        }
+        let snaps = lab.rbd_json(s, &["snap", "ls", "--all", spec]).ok().and_then(|v| v.as_array().cloned());
+        for snap in snaps.unwrap_or_default() {
+            if let Some(id) = snap["id"].as_u64() {
+                lab.rbd_try(s, &["snap", "rm", "--snap-id", &id.to_string(), spec]).ok();
+            }
+        }
+        lab.rbd_try(s, &["rm", "--no-progress", spec]).ok();
+    }
+}
