@@ -137,8 +137,10 @@ rbd_mirror_journal_poll_age = 1
 EOF
   # rbd-mirror opens the peer cluster under the peer's site name and reads
   # ./<site-name>.conf from its working directory: keep its sockets in the lab.
-  printf '[global]\nrun_dir = %s/run\nlog_file = %s/log/peer-$name.log\n' "$d" "$d" \
-    >"$d/$(site_name "$(peer_of "$s")").conf"
+  # Its operations on the peer are bounded too: after a site loss, a journal
+  # replayer only lets go of a promoted image once they have failed.
+  printf '[global]\nrun_dir = %s/run\nlog_file = %s/log/peer-$name.log\nrados_osd_op_timeout = 10\nrados_mon_op_timeout = 10\n' \
+    "$d" "$d" >"$d/$(site_name "$(peer_of "$s")").conf"
 }
 
 osd_up() { [ "$(ceph_at "$1" osd stat -f json | jq .num_up_osds)" = 1 ]; }

@@ -269,8 +269,11 @@ fn revert_member(m: &Member, n: u64, snap_id: u64) -> Result<u64, Error> {
 }
 
 /// How long a just-promoted member may stay read-only: this site's rbd-mirror
-/// lets go of the image (its exclusive lock) shortly after the promote.
-const WRITABLE_SETTLE: Duration = Duration::from_secs(30);
+/// lets go of the image (its exclusive lock) once its replayer has stopped,
+/// usually within 0.1 s. After a forced promote with the peer site gone, the
+/// replayer's stop waits for its operations on the lost peer to time out
+/// (`rados_osd_op_timeout` of rbd-mirror's peer connection; see the README).
+const WRITABLE_SETTLE: Duration = Duration::from_secs(45);
 
 /// Opens the member's head for writing once it accepts writes: a flush of an
 /// empty write set does not take the lock, so probe with a rewrite of the
@@ -292,7 +295,8 @@ pub(super) fn writable_head(m: &Member) -> Result<Image<'_>, Error> {
             }
             Err(e) if e.is(libc::EROFS) => {
                 return Err(Error::Unavailable(format!(
-                    "member {} is still read-only after its promote (this site's rbd-mirror holds it); retry",
+                    "member {} is still read-only after its promote: this site's rbd-mirror still holds it \
+                     (after a site loss it lets go once its operations on the lost site time out); retry",
                     m.vol.spec()
                 )));
             }

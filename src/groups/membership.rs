@@ -421,3 +421,39 @@ pub fn list(
     let next_token = if end < ids.len() { ids[end - 1].clone() } else { String::new() };
     Ok(ListPage { groups, next_token })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn create_parameters_as_ceph_csi_reads_them() {
+        let p = CreateParams::parse(&params(&[("clusterID", "rook-ceph"), ("pool", "replicapool")])).unwrap();
+        assert_eq!(p.name_prefix, "csi-vol-group-");
+        assert_eq!(p.context.len(), 2);
+        let p = CreateParams::parse(&params(&[("clusterID", "c"), ("pool", "p"), ("volumeGroupNamePrefix", "app-")]));
+        assert_eq!(p.unwrap().name_prefix, "app-");
+        for bad in [
+            params(&[("pool", "p")]),
+            params(&[("clusterID", "c")]),
+            params(&[("clusterID", ""), ("pool", "p")]),
+            params(&[("clusterID", "c"), ("pool", "p"), ("volumeGroupNamePrefix", "a/b")]),
+            params(&[("clusterID", "c"), ("pool", "p"), ("mirroringMode", "sync")]),
+        ] {
+            assert!(CreateParams::parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn member_lists_are_deduplicated_and_bounded() {
+        let id = "0001-0009-rook-ceph-0000000000000002-71f1dc66-e334-4b9b-9f7c-536f4c3f03fa".to_owned();
+        assert_eq!(check_ids(&[id.clone(), id.clone()]).unwrap(), vec![id]);
+        assert!(matches!(check_ids(&["x".into()]), Err(Error::InvalidArgument(_))));
+        assert!(check_count(MAX_MEMBERS).is_ok());
+        assert!(matches!(check_count(MAX_MEMBERS + 1), Err(Error::ResourceExhausted(_))));
+    }
+}

@@ -221,3 +221,16 @@ fn open_member<'a>(m: &'a Member) -> Result<Image<'a>, Error> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_values_in_a_header_are_length_prefixed() {
+        assert_eq!(metadata_text(b"\x03\x00\x00\x00abc"), "abc");
+        // Anything else is taken as it is.
+        assert_eq!(metadata_text(b"abc"), "abc");
+        assert_eq!(metadata_text(b"\x09\x00\x00\x00abc"), "\t\0\0\0abc");
+    }
+}

@@ -367,3 +367,30 @@ fn rank(h: Health) -> u8 {
         Health::Error => 3,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(v: &str) -> Result<Option<Duration>, Error> {
+        parse_interval(&HashMap::from([(GENERATION_INTERVAL.to_owned(), v.to_owned())]))
+    }
+
+    #[test]
+    fn generation_intervals() {
+        assert_eq!(parse_interval(&HashMap::new()).unwrap(), None);
+        assert_eq!(interval("30s").unwrap(), Some(Duration::from_secs(30)));
+        assert_eq!(interval("5m").unwrap(), Some(Duration::from_secs(300)));
+        assert_eq!(interval("2h").unwrap(), Some(Duration::from_secs(7200)));
+        for bad in ["", "0s", "5", "m", "-1m", "1.5m", "5d", "9999999999999999999h", "200h"] {
+            assert!(matches!(interval(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_worst_member_decides_the_health() {
+        assert!(rank(Health::Error) > rank(Health::Degraded));
+        assert!(rank(Health::Degraded) > rank(Health::Unknown));
+        assert!(rank(Health::Unknown) > rank(Health::Healthy));
+    }
+}

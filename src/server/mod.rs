@@ -146,6 +146,17 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         op_timeout_s = cfg.op_timeout.as_secs(),
         "serving"
     );
+    if crate::ceph::native_group_mirroring() {
+        warn!(
+            "librbd exports rbd_mirror_group_*, whose signatures are not stable across releases; \
+               snapshot-mode groups still replicate member by member (not crash-consistent): use journal mode"
+        );
+    } else {
+        info!(
+            "librbd has no native group mirroring: journal-mode groups are made crash-consistent by \
+               consistency generations; snapshot-mode groups replicate member by member (not crash-consistent)"
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .add_service(health_service)

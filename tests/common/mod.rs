@@ -3,6 +3,8 @@
 //! `scripts/lab.sh up`, checked through the `rbd` CLI (Ceph's own view).
 #![allow(dead_code)]
 
+pub mod interleave;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -488,12 +490,17 @@ pub async fn info_once_synced(
 
 /// Daemons stopped with SIGSTOP; they are continued when this is dropped, also
 /// when a test fails halfway.
-pub struct Frozen(Vec<i32>);
+pub struct Frozen {
+    pids: Vec<i32>,
+    /// The site's conf when its OSD was frozen (see `heal`).
+    osd_conf: Option<String>,
+}
 
 impl Frozen {
     pub fn daemons(lab: &Lab, site: &str, which: &[&str]) -> Self {
         let pids = std::fs::read_to_string(format!("{}/pids", lab.facts["dir"].as_str().unwrap())).unwrap();
         let mut frozen = Vec::new();
+        let mut osd = false;
         for line in pids.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() == 3 && f[0] == site && (which.is_empty() || which.contains(&f[1])) {
@@ -501,18 +508,57 @@ impl Frozen {
                 // SAFETY: kill(2) on a lab daemon this test suite's lab started.
                 unsafe { libc::kill(pid, libc::SIGSTOP) };
                 frozen.push(pid);
+                osd |= f[1] == "osd";
             }
         }
         assert!(!frozen.is_empty(), "no {site} daemons found to freeze");
-        Self(frozen)
+        let site_key = site.trim_start_matches("site-");
+        let osd_conf = osd.then(|| lab.facts["sites"][site_key]["conf"].as_str().unwrap().to_owned());
+        Self { pids: frozen, osd_conf }
+    }
+}
+
+/// A lone OSD that was stopped for longer than its read lease comes back
+/// with its PGs "laggy": it renews leases through peer OSDs, and has none, so
+/// they stay laggy and every op on them waits. Marking it down makes it
+/// re-peer at once (memstore keeps its data: the process never stopped).
+fn heal(conf: &str) {
+    // Snapshot trimming is fine; laggy, stale or peering PGs make ops wait.
+    let serves =
+        |state: &str| state.starts_with("active+clean") && !state.contains("laggy") && !state.contains("stale");
+    let ceph = |args: &[&str]| {
+        Command::new("timeout").args(["20", "ceph", "-c", conf]).args(args).output().ok().filter(|o| o.status.success())
+    };
+    let clean = || {
+        ceph(&["pg", "stat", "-f", "json"]).and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok()).is_some_and(
+            |v| {
+                let s = &v["pg_summary"];
+                s["num_pgs"].as_u64().unwrap_or(0) > 0
+                    && s["num_pg_by_state"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().all(|st| st["num"] == 0 || serves(st["name"].as_str().unwrap_or(""))))
+            },
+        )
+    };
+    let started = Instant::now();
+    let mut marked_down = false;
+    while !clean() && started.elapsed() < Duration::from_secs(60) {
+        if !marked_down && started.elapsed() > Duration::from_secs(3) {
+            ceph(&["osd", "down", "0"]);
+            marked_down = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        for pid in &self.0 {
+        for pid in &self.pids {
             // SAFETY: kill(2) on the daemons frozen above.
             unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+        if let Some(conf) = &self.osd_conf {
+            heal(conf);
         }
     }
 }

@@ -1,0 +1,89 @@
+//! The interleaved writer of the group-consistency proof, shared by the test
+//! (`tests/group_consistency.rs`) and the example that measures it
+//! (`examples/group_consistency.rs`): record k goes to member k mod N, each
+//! write after the previous one was acknowledged, so the records any site
+//! holds must form a gap-free prefix 1..K if its members show one instant.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rbd_addons::ceph::{Cluster, Image, IoCtx};
+
+pub const MEMBERS: usize = 3;
+const RECORD: usize = 4096;
+const MAGIC: &[u8; 8] = b"RBDADDRC";
+
+fn record(k: u64, member: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; RECORD];
+    buf[..8].copy_from_slice(MAGIC);
+    buf[8..16].copy_from_slice(&k.to_le_bytes());
+    buf[16..24].copy_from_slice(&check(k, member).to_le_bytes());
+    buf
+}
+
+fn check(k: u64, member: usize) -> u64 {
+    k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (member as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+}
+
+fn place(k: u64) -> (usize, u64) {
+    ((k % MEMBERS as u64) as usize, (k / MEMBERS as u64) * RECORD as u64)
+}
+
+/// The records present on a site: every valid record in every member.
+pub fn records_on(cluster: &Arc<Cluster>, pool_id: i64, images: &[String], upto: u64) -> BTreeSet<u64> {
+    let io = IoCtx::open(cluster, pool_id, "").expect("open pool");
+    let mut found = BTreeSet::new();
+    for (member, name) in images.iter().enumerate() {
+        let image = Image::open_read_only(&io, name).expect("open member read-only");
+        let blocks = upto / MEMBERS as u64 + 2;
+        let mut buf = vec![0u8; (blocks as usize) * RECORD];
+        image.read_at(0, &mut buf).expect("read member");
+        for block in buf.chunks(RECORD) {
+            if &block[..8] != MAGIC {
+                continue;
+            }
+            let k = u64::from_le_bytes(block[8..16].try_into().unwrap());
+            let sum = u64::from_le_bytes(block[16..24].try_into().unwrap());
+            if sum == check(k, member) && place(k).0 == member {
+                found.insert(k);
+            }
+        }
+    }
+    found
+}
+
+/// The first missing record below the newest present one, if any.
+pub fn first_gap(present: &BTreeSet<u64>) -> Option<u64> {
+    let newest = *present.iter().next_back()?;
+    (1..newest).find(|k| !present.contains(k))
+}
+
+/// Writes records 1, 2, 3, ... until stopped or cut off, each after the last
+/// was acknowledged; `latencies`, when given, receives every write's time.
+pub fn writer(
+    cluster: Arc<Cluster>,
+    pool_id: i64,
+    images: Vec<String>,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    latencies: Option<Arc<Mutex<Vec<Duration>>>>,
+) {
+    let io = IoCtx::open(&cluster, pool_id, "").expect("open pool");
+    let handles: Vec<Image<'_>> = images.iter().map(|n| Image::open(&io, n).expect("open member")).collect();
+    let mut k = 1u64;
+    while !stop.load(Ordering::Relaxed) {
+        let (member, offset) = place(k);
+        let started = Instant::now();
+        if handles[member].write_at(offset, &record(k, member)).is_err() {
+            return; // the site was cut off
+        }
+        if let Some(l) = &latencies {
+            l.lock().unwrap().push(started.elapsed());
+        }
+        written.store(k, Ordering::Relaxed);
+        k += 1;
+    }
+}
