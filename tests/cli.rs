@@ -189,6 +189,12 @@ async fn a_group_failover_driven_from_the_command_line() {
 
     let o = cli(&sites.b, &["disable", "--group-id", &gid, "--secrets-file", s]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // Disabled this soon after the failover, site-a never replayed from b, so
+    // its rbd-mirror does not own (and will not delete) the demoted copies:
+    // they stay as orphans, which an admin disables by hand (Ceph's rule).
+    for v in &vols {
+        lab.rbd_try(Site::A, &["mirror", "image", "disable", "--force", &v.spec]).ok();
+    }
     let o = cli(&sites.a, &["group", "modify", "--group-id", &gid, "--secrets-file", s]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Site-a's copies go away shortly after site-b's disable; until then the

@@ -439,6 +439,34 @@ impl IoCtx {
         CephError::check("rbd_group_image_remove", ret).map(drop)
     }
 
+    /// Unlinks an image from a group by its ID: the way to unlink one that
+    /// has no name any more (moved to the trash by rbd-mirror's deleter).
+    pub fn group_image_remove_by_id(&self, group: &str, image_io: &IoCtx, image_id: &str) -> Result<(), CephError> {
+        let g = c_string("rbd_group_image_remove_by_id", group)?;
+        let i = c_string("rbd_group_image_remove_by_id", image_id)?;
+        // SAFETY: valid ioctxs and C strings for the duration of the call.
+        let ret = unsafe { sys::rbd_group_image_remove_by_id(self.raw(), g.as_ptr(), image_io.raw(), i.as_ptr()) };
+        CephError::check("rbd_group_image_remove_by_id", ret).map(drop)
+    }
+
+    /// `(pool ID, image ID)` of every image a group links, read from the
+    /// group's header (names cannot be had for images in the trash).
+    pub fn group_image_ids(&self, group: &str) -> Result<Vec<(i64, String)>, CephError> {
+        let dir = self.omap_get("rbd_group_directory", &[&format!("name_{group}")])?;
+        let Some(raw) = dir.get(&format!("name_{group}")) else {
+            return Err(CephError::new("rbd_group_image_ids", libc::ENOENT));
+        };
+        let group_id = String::from_utf8_lossy(raw.get(4..).unwrap_or_default()).into_owned();
+        let entries = self.omap_list(&format!("rbd_group_header.{group_id}"), "image_", "", 1024)?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let (pool, id) = k.strip_prefix("image_")?.split_once('_')?;
+                Some((i64::from_str_radix(pool, 16).ok()?, id.to_owned()))
+            })
+            .collect())
+    }
+
     pub fn group_image_list(&self, group: &str) -> Result<Vec<GroupMember>, CephError> {
         let g = c_string("rbd_group_image_list", group)?;
         let entry = size_of::<sys::rbd_group_image_info_t>();

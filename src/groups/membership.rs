@@ -202,6 +202,52 @@ fn missing_is_invalid(volume_id: &str) -> impl FnOnce(Error) -> Error + '_ {
     }
 }
 
+/// Unlinks from the RBD group every image that no longer exists by name: a
+/// secondary copy that rbd-mirror's deleter moved to the trash after the
+/// primary's disable stays linked to this site's group, and the deleter
+/// cannot finish (EMLINK) until it is unlinked.
+fn unlink_departed(group: &Group) -> Result<(), Error> {
+    let linked = match group.io.group_image_ids(&group.rbd_group) {
+        Ok(l) => l,
+        Err(e) if e.is(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(Error::ceph("cannot read the RBD group's members")(e)),
+    };
+    for (pool_id, image_id) in linked {
+        let image_io = if pool_id == group.io.pool_id() {
+            None
+        } else {
+            Some(
+                IoCtx::open(group.io.cluster(), pool_id, group.io.namespace())
+                    .map_err(Error::ceph("cannot open a member's pool"))?,
+            )
+        };
+        let io = image_io.as_ref().unwrap_or(&group.io);
+        let key = format!("id_{image_id}");
+        let named = match io.omap_get("rbd_directory", &[&key]) {
+            Ok(v) => v.contains_key(&key),
+            Err(e) if e.is(libc::ENOENT) => false,
+            Err(e) => return Err(Error::ceph("cannot read the pool's image directory")(e)),
+        };
+        if !named {
+            io_unlink(group, io, &image_id)?;
+        }
+    }
+    Ok(())
+}
+
+fn io_unlink(group: &Group, io: &IoCtx, image_id: &str) -> Result<(), Error> {
+    match group.io.group_image_remove_by_id(&group.rbd_group, io, image_id) {
+        Ok(()) => {
+            info!(group = %group.id, image_id, "unlinked an image that left (trash) from the RBD group");
+            Ok(())
+        }
+        Err(e) if e.is(libc::ENOENT) => Ok(()),
+        Err(e) => {
+            Err(Error::Ceph { what: format!("cannot unlink image {image_id} from {}", group.rbd_group), source: e })
+        }
+    }
+}
+
 /// Fails when the member's image is in an RBD group other than `group`'s.
 fn check_free(m: &Member, group: Option<&Group>) -> Result<(), Error> {
     let image = open_member(m)?;
@@ -321,6 +367,7 @@ pub fn delete(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<()
             record.members.len()
         )));
     }
+    unlink_departed(&group)?;
     match group.io.group_remove(&group.rbd_group) {
         Ok(()) => {}
         Err(e) if e.is(libc::ENOENT) => {}

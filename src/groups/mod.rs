@@ -56,12 +56,6 @@ impl Group {
     pub fn uuid(&self) -> &str {
         &self.id.uuid
     }
-
-    /// The group's handle as this site would mint it (its own pool ID).
-    pub fn local_id(&self) -> String {
-        CsiId { cluster_id: self.id.cluster_id.clone(), pool_id: self.io.pool_id(), uuid: self.id.uuid.clone() }
-            .encode()
-    }
 }
 
 pub fn decode_group_id(id: &str) -> Result<CsiId, Error> {

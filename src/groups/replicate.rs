@@ -318,16 +318,15 @@ pub struct GroupInfo {
 pub fn info(group: &Group, members: &[Member]) -> Result<GroupInfo, Error> {
     require_members(group, members)?;
     let mut worst = (Health::Healthy, String::new());
-    let mut caught_up_until = i64::MAX;
-    let mut oldest_sync = i64::MAX;
+    // Every member's peer holds everything up to this time (its last sync).
+    let mut all_synced_until = i64::MAX;
     let mode = members_mode(members)?;
     for m in members {
         let i = replication::info(&m.vol).map_err(on_member(m))?;
         if rank(i.health) > rank(worst.0) || worst.1.is_empty() {
             worst = (i.health, format!("{}: {}", m.volume_id, i.status_message));
         }
-        caught_up_until = caught_up_until.min(i.last_sync_time);
-        oldest_sync = oldest_sync.min(i.last_sync_time);
+        all_synced_until = all_synced_until.min(i.last_sync_time);
     }
     let last_sync_time = match mode {
         Some(MirrorImageMode::Journal) => {
@@ -338,7 +337,7 @@ pub fn info(group: &Group, members: &[Member]) -> Result<GroupInfo, Error> {
             for cut in cuts.values() {
                 if let Some(id) = cut.group_snap_id {
                     let ts = first.snap_timestamp(id).map_err(Error::ceph("cannot read a snapshot time"))?;
-                    if ts <= caught_up_until {
+                    if ts <= all_synced_until {
                         newest = Some(newest.map_or(ts, |n: i64| n.max(ts)));
                     }
                 }
@@ -347,7 +346,7 @@ pub fn info(group: &Group, members: &[Member]) -> Result<GroupInfo, Error> {
                 Error::NoInfoYet(format!("the peer has not reported a complete generation of group {} yet", group.id))
             })?
         }
-        _ => oldest_sync,
+        _ => all_synced_until,
     };
     let message = match mode {
         Some(MirrorImageMode::Journal) => worst.1,

@@ -275,7 +275,6 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let is_group = matches!(target, Ok(Target::Group(_)));
         let info = self
             .run(
                 "GetVolumeReplicationInfo",
@@ -285,7 +284,6 @@ impl Controller for ReplicationService {
                 Box::new(|g, m, _| groups::info(g, m).map(group_info_response)),
             )
             .await?;
-        let _ = is_group;
         Ok(Response::new(info))
     }
 
