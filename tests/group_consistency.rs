@@ -184,21 +184,7 @@ async fn group_failback_after_site_loss_through_resync() {
         wait_same_data(&lab, &v.spec, sum, Site::A, LIMIT).await;
     }
     // Planned failback.
-    group_demote(&mut b, &lab, &gid).await.expect("demote b");
-    let started = Instant::now();
-    loop {
-        match group_promote(&mut a, &lab, &gid, false).await {
-            Ok(()) => break,
-            Err(e) if e.code() == Code::Unavailable && started.elapsed() < LIMIT => {
-                tokio::time::sleep(Duration::from_secs(1)).await
-            }
-            Err(e) => panic!("promote a: {e:?}"),
-        }
-    }
-    for (v, sum) in vols.iter().zip(&sums_b) {
-        assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true));
-        assert_eq!(checksum(&lab, Site::A, &v.spec).as_deref(), Some(sum.as_str()), "{} lost b's data", v.spec);
-    }
+    group_fail_over(&mut b, &mut a, &lab, &gid, &vols, &sums_b, Site::A).await;
     // The resynced members are back in site-a's RBD group, and generations go on.
     let group = format!("{}/csi-vol-group-{}", lab.pool(), &gid[gid.len() - 36..]);
     let listed = lab.rbd(Site::A, &["group", "image", "ls", &group]);

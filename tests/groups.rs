@@ -285,20 +285,34 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     assert!(info.last_sync_time.unwrap().seconds > 0);
     assert_eq!(code(group_info(&mut b, &lab, &gid).await), Code::FailedPrecondition, "info on the secondary");
 
-    // A member's volume RPC while the group is worked on is refused.
-    let member = vols[0].id.clone();
-    let racing = {
-        let lab2 = Lab::load();
-        let mut a2 = sites.a.replication().await;
-        let gid = gid.clone();
-        tokio::spawn(async move { group_demote(&mut a2, &lab2, &gid).await })
-    };
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    let during = demote(&mut a, &lab, &member).await;
-    racing.await.unwrap().expect("group demote");
-    if let Err(e) = &during {
-        assert_eq!(e.code(), Code::Aborted, "{e:?}");
+    // While the group is worked on, a call on one of its members is refused
+    // (ABORTED), and the other way round: a group call that finds a member
+    // busy is refused with nothing done, and its retry finishes the job.
+    let mut aborted = 0;
+    for attempt in 0.. {
+        let racing = {
+            let lab2 = Lab::load();
+            let mut a2 = sites.a.replication().await;
+            let gid = gid.clone();
+            tokio::spawn(async move { group_demote(&mut a2, &lab2, &gid).await })
+        };
+        // Let the group call take its guards first (it works for a few hundred ms).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while !racing.is_finished() {
+            if let Err(e) = common::info(&mut a, &lab, &vols[0].id).await
+                && e.code() == Code::Aborted
+            {
+                aborted += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        match racing.await.unwrap() {
+            Ok(()) => break,
+            Err(e) if e.code() == Code::Aborted && attempt < 10 => {}
+            Err(e) => panic!("group demote: {e:?}"),
+        }
     }
+    assert!(aborted > 0, "no member call was refused while the group was demoted");
     let sums: Vec<String> = vols.iter().map(|v| checksum(&lab, Site::A, &v.spec).unwrap()).collect();
     group_demote(&mut a, &lab, &gid).await.expect("demote again is OK");
     for v in &vols {
@@ -325,21 +339,7 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     for (v, sum) in vols.iter().zip(&sums_b) {
         wait_same_data(&lab, &v.spec, sum, Site::A, LIMIT).await;
     }
-    group_demote(&mut b, &lab, &gid).await.expect("demote b");
-    let start = Instant::now();
-    loop {
-        match group_promote(&mut a, &lab, &gid, false).await {
-            Ok(()) => break,
-            Err(e) if e.code() == Code::Unavailable && start.elapsed() < LIMIT => {
-                tokio::time::sleep(Duration::from_secs(1)).await
-            }
-            Err(e) => panic!("promote a: {e:?}"),
-        }
-    }
-    for (v, sum) in vols.iter().zip(&sums_b) {
-        assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true));
-        assert_eq!(checksum(&lab, Site::A, &v.spec).as_deref(), Some(sum.as_str()), "{} lost b's data", v.spec);
-    }
+    group_fail_over(&mut b, &mut a, &lab, &gid, &vols, &sums_b, Site::A).await;
 
     group_disable(&mut a, &lab, &gid).await.expect("disable");
     group_disable(&mut a, &lab, &gid).await.expect("disable again is OK");
@@ -388,6 +388,61 @@ async fn snapshot_mode_groups_say_they_are_not_crash_consistent() {
     let mut g = sites.a.groups().await;
     modify_group(&mut g, &lab, &gid, &[]).await.unwrap();
     delete_group(&mut g, &lab, &gid).await.unwrap();
+    for v in &vols {
+        cleanup(&lab, &v.spec);
+    }
+}
+
+#[tokio::test]
+async fn a_group_ceph_csi_created_is_served() {
+    let lab = Lab::load();
+    let server = Server::start(&lab.csi_config(Site::A), &[]).await;
+    let mut g = server.groups().await;
+    let vols: Vec<TestVolume> = (0..2).map(|_| lab.create_volume(VolumeOpts::default())).collect();
+    // What ceph-csi's CreateVolumeGroup leaves: an RBD group, a directory entry
+    // and a group object with one key per member.
+    let (uuid, name) = (new_uuid(), format!("vgrc-csi-{}", new_uuid()));
+    let rbd_group = format!("{}/csi-vol-group-{uuid}", lab.pool());
+    lab.rbd(Site::A, &["group", "create", &rbd_group]);
+    for v in &vols {
+        lab.rbd(Site::A, &["group", "image", "add", &rbd_group, &v.spec]);
+    }
+    let object = format!("csi.volume.group.{uuid}");
+    let set = |oid: &str, key: &str, value: &str| {
+        let st = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "printf %s '{value}' | timeout 30 rados -c {} -p {} setomapval {oid} {key}",
+                lab.conf(Site::A),
+                lab.pool()
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success(), "setomapval {oid} {key}");
+    };
+    set("csi.groups.default", &format!("csi.volume.group.{name}"), &uuid);
+    set(&object, "csi.volname", &name);
+    set(&object, "csi.groupname", &format!("csi-vol-group-{uuid}"));
+    set(&object, "csi.creationtime", "2026-11-23T10:00:00Z");
+    for v in &vols {
+        set(&object, &v.id, "");
+    }
+    let gid = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &uuid);
+
+    let group = get_group(&mut g, &lab, &gid).await.expect("get a ceph-csi group");
+    let mut got: Vec<String> = group.volumes.iter().map(|v| v.volume_id.clone()).collect();
+    got.sort();
+    let mut want: Vec<String> = vols.iter().map(|v| v.id.clone()).collect();
+    want.sort();
+    assert_eq!(got, want);
+    // Create with the same name finds it rather than making another.
+    let again = create_group(&mut g, &lab, &name, &[]).await.expect("create by the same name");
+    assert_eq!(again.volume_group_id, gid);
+    modify_group(&mut g, &lab, &gid, &[&vols[1].id]).await.expect("modify a ceph-csi group");
+    assert_eq!(rbd_group_members(&lab, Site::A, &gid), vec![vols[1].spec.rsplit('/').next().unwrap().to_owned()]);
+    modify_group(&mut g, &lab, &gid, &[]).await.unwrap();
+    delete_group(&mut g, &lab, &gid).await.expect("delete a ceph-csi group");
+    assert!(directory_names(&lab).iter().all(|k| k != &format!("csi.volume.group.{name}")));
     for v in &vols {
         cleanup(&lab, &v.spec);
     }

@@ -80,7 +80,11 @@ pub fn writer(
         if handles[member].write_at(offset, &record(k, member)).is_err() {
             return; // the site was cut off
         }
-        if let Some(l) = &latencies {
+        // A write that was stuck while the site was cut off measures the cut,
+        // not the writer's pauses.
+        if let Some(l) = &latencies
+            && !stop.load(Ordering::Relaxed)
+        {
             l.lock().unwrap().push(started.elapsed());
         }
         written.store(k, Ordering::Relaxed);

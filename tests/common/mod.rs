@@ -733,3 +733,32 @@ pub fn remove_everywhere(lab: &Lab, spec: &str) {
         lab.rbd_try(s, &["rm", "--no-progress", spec]).ok();
     }
 }
+
+/// A planned group failback: demote on `from`, then promote on `to` without
+/// force, retrying the transient UNAVAILABLE right after the peer's demote;
+/// then every member is primary on `to_site` and holds the data in `sums`.
+pub async fn group_fail_over(
+    from: &mut Client,
+    to: &mut Client,
+    lab: &Lab,
+    id: &str,
+    vols: &[TestVolume],
+    sums: &[String],
+    to_site: Site,
+) {
+    group_demote(from, lab, id).await.expect("group demote");
+    let started = Instant::now();
+    loop {
+        match group_promote(to, lab, id, false).await {
+            Ok(()) => break,
+            Err(e) if e.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(150) => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Err(e) => panic!("group promote: {e:?}"),
+        }
+    }
+    for (v, sum) in vols.iter().zip(sums) {
+        assert_eq!(is_primary(lab, to_site, &v.spec), Some(true));
+        assert_eq!(checksum(lab, to_site, &v.spec).as_deref(), Some(sum.as_str()), "{} lost data", v.spec);
+    }
+}
