@@ -6,11 +6,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rbd_addons::ceph::{Cluster, Image, IoCtx};
+use serde_json::Value;
 
 pub const MEMBERS: usize = 3;
 const RECORD: usize = 4096;
@@ -91,3 +93,37 @@ pub fn writer(
         k += 1;
     }
 }
+
+/// A lone OSD that was stopped for longer than its read lease comes back
+/// with its PGs "laggy": it renews leases through peer OSDs, and has none, so
+/// they stay laggy and every op on them waits. Marking it down makes it
+/// re-peer at once (memstore keeps its data: the process never stopped).
+pub fn heal_lone_osd(conf: &str) {
+    // Snapshot trimming is fine; laggy, stale or peering PGs make ops wait.
+    let serves =
+        |state: &str| state.starts_with("active+clean") && !state.contains("laggy") && !state.contains("stale");
+    let ceph = |args: &[&str]| {
+        Command::new("timeout").args(["20", "ceph", "-c", conf]).args(args).output().ok().filter(|o| o.status.success())
+    };
+    let clean = || {
+        ceph(&["pg", "stat", "-f", "json"]).and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok()).is_some_and(
+            |v| {
+                let s = &v["pg_summary"];
+                s["num_pgs"].as_u64().unwrap_or(0) > 0
+                    && s["num_pg_by_state"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().all(|st| st["num"] == 0 || serves(st["name"].as_str().unwrap_or(""))))
+            },
+        )
+    };
+    let started = Instant::now();
+    let mut marked_down = false;
+    while !clean() && started.elapsed() < Duration::from_secs(60) {
+        if !marked_down && started.elapsed() > Duration::from_secs(3) {
+            ceph(&["osd", "down", "0"]);
+            marked_down = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+

@@ -518,39 +518,6 @@ impl Frozen {
     }
 }
 
-/// A lone OSD that was stopped for longer than its read lease comes back
-/// with its PGs "laggy": it renews leases through peer OSDs, and has none, so
-/// they stay laggy and every op on them waits. Marking it down makes it
-/// re-peer at once (memstore keeps its data: the process never stopped).
-fn heal(conf: &str) {
-    // Snapshot trimming is fine; laggy, stale or peering PGs make ops wait.
-    let serves =
-        |state: &str| state.starts_with("active+clean") && !state.contains("laggy") && !state.contains("stale");
-    let ceph = |args: &[&str]| {
-        Command::new("timeout").args(["20", "ceph", "-c", conf]).args(args).output().ok().filter(|o| o.status.success())
-    };
-    let clean = || {
-        ceph(&["pg", "stat", "-f", "json"]).and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok()).is_some_and(
-            |v| {
-                let s = &v["pg_summary"];
-                s["num_pgs"].as_u64().unwrap_or(0) > 0
-                    && s["num_pg_by_state"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().all(|st| st["num"] == 0 || serves(st["name"].as_str().unwrap_or(""))))
-            },
-        )
-    };
-    let started = Instant::now();
-    let mut marked_down = false;
-    while !clean() && started.elapsed() < Duration::from_secs(60) {
-        if !marked_down && started.elapsed() > Duration::from_secs(3) {
-            ceph(&["osd", "down", "0"]);
-            marked_down = true;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 impl Drop for Frozen {
     fn drop(&mut self) {
         for pid in &self.pids {
@@ -558,7 +525,7 @@ impl Drop for Frozen {
             unsafe { libc::kill(*pid, libc::SIGCONT) };
         }
         if let Some(conf) = &self.osd_conf {
-            heal(conf);
+            interleave::heal_lone_osd(conf);
         }
     }
 }
