@@ -235,6 +235,29 @@ async fn volume_group_bad_inputs_have_exact_codes() {
         "an empty group cannot replicate"
     );
     delete_group(&mut g, &lab, &group.volume_group_id).await.unwrap();
+    // A member that fails is named, with its own code; nothing else is hidden.
+    let gone = lab.create_volume(VolumeOpts::default());
+    let group = create_group(&mut g, &lab, &format!("vgrc-gone-{}", new_uuid()), &[&v.id, &gone.id]).await.unwrap();
+    lab.rbd(
+        Site::A,
+        &[
+            "group",
+            "image",
+            "rm",
+            &format!("{}/csi-vol-group-{}", lab.pool(), uuid_of(&group.volume_group_id)),
+            &gone.spec,
+        ],
+    );
+    lab.rbd(Site::A, &["rm", "--no-progress", &gone.spec]);
+    let err = group_enable(&mut c, &lab, &group.volume_group_id, HashMap::new()).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains(&format!("member {}", gone.id)), "{}", err.message());
+    // Disable skips the member that is gone (nothing to disable there) and
+    // disables the rest: NOT_FOUND would tell the controller all was done.
+    group_disable(&mut c, &lab, &group.volume_group_id).await.expect("disable with a member gone");
+    assert_eq!(lab.mirror_info(Site::A, &v.spec).unwrap()["state"], "disabled");
+    modify_group(&mut g, &lab, &group.volume_group_id, &[]).await.unwrap();
+    delete_group(&mut g, &lab, &group.volume_group_id).await.unwrap();
     cleanup(&lab, &v.spec);
     let log = server.log_text();
     assert!(!log.contains(&lab.key()), "the key reached the log");
@@ -322,6 +345,22 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     // Failover: non-forced promote on b, with the handle minted on a.
     group_promote(&mut b, &lab, &gid, false).await.expect("promote on b");
     group_promote(&mut b, &lab, &gid, false).await.expect("promote again is OK");
+    // A promote interrupted after its members were promoted (its marker still
+    // in the group's state object on this site) is finished by the retry:
+    // revert included, marker cleared, data unchanged.
+    let state = format!("rbd-addons.group.{}", uuid_of(&gid));
+    let rados_b = |args: &[&str]| {
+        std::process::Command::new("timeout")
+            .args(["30", "rados", "-c", &lab.conf(Site::B), "-p", &lab.pool()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(rados_b(&["setomapval", &state, "promoting", "1"]).status.success());
+    group_promote(&mut b, &lab, &gid, false).await.expect("the retried promote finishes the job");
+    let keys = String::from_utf8_lossy(&rados_b(&["listomapkeys", &state]).stdout).into_owned();
+    assert!(!keys.lines().any(|k| k == "promoting"), "marker left behind: {keys}");
+    assert!(sites.b.log_text().contains("members reverted"), "the retry did not revert");
     for (v, sum) in vols.iter().zip(&sums) {
         assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true));
         assert_eq!(checksum(&lab, Site::B, &v.spec).as_deref(), Some(sum.as_str()), "{} lost data", v.spec);
@@ -341,6 +380,11 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     }
     group_fail_over(&mut b, &mut a, &lab, &gid, &vols, &sums_b, Site::A).await;
 
+    // Old generations are pruned: at most the three newest stay.
+    for v in &vols {
+        let pre = snap_names(&lab, Site::A, &v.spec).iter().filter(|s| s.starts_with("rbd-addons.pre.")).count();
+        assert!((1..=3).contains(&pre), "{} holds {pre} fence posts", v.spec);
+    }
     group_disable(&mut a, &lab, &gid).await.expect("disable");
     group_disable(&mut a, &lab, &gid).await.expect("disable again is OK");
     for v in &vols {

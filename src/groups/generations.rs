@@ -188,7 +188,7 @@ fn prune(group_io: &IoCtx, rbd_group: &str, images: &[Image<'_>], newest: u64) -
 }
 
 /// Removes every generation of the group (on Disable).
-pub fn remove_all(group_io: &IoCtx, rbd_group: &str, members: &[Member]) -> Result<(), Error> {
+pub fn remove_all(group_io: &IoCtx, rbd_group: &str, members: &[&Member]) -> Result<(), Error> {
     match group_io.group_snap_list(rbd_group) {
         Ok(names) => {
             for name in names.iter().filter(|n| n.starts_with(GEN_PREFIX)) {
@@ -198,7 +198,9 @@ pub fn remove_all(group_io: &IoCtx, rbd_group: &str, members: &[Member]) -> Resu
         Err(e) if e.is(libc::ENOENT) => {}
         Err(e) => return Err(Error::ceph("cannot list group snapshots")(e)),
     }
-    for image in open_all(members)? {
+    for m in members {
+        let image = Image::open(&m.vol.io, &m.vol.image)
+            .map_err(Error::ceph(format!("cannot open member {}", m.vol.spec())))?;
         for s in image.snapshots().map_err(Error::ceph("cannot list snapshots"))? {
             if (s.kind == SnapKind::User && s.name.starts_with(PRE_PREFIX)) || s.kind == SnapKind::Group {
                 image.snap_remove_by_id(s.id).ok();

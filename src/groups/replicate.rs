@@ -190,16 +190,32 @@ pub fn take_generation(group: &Group, members: &[Member]) -> Result<Taken, Error
 }
 
 pub fn disable(group: &Group, members: &[Member], params: &DisableParams) -> Result<(), Error> {
-    let mode = members_mode(members)?;
-    let all_primary = primaries(members)?.iter().all(|p| *p);
-    if mode == Some(MirrorImageMode::Journal) && all_primary {
-        generations::remove_all(&group.io, &group.rbd_group, members)?;
-    }
+    // A member whose image is gone has nothing left to disable; answering
+    // NOT_FOUND for it would tell the controller the whole group is done.
+    let mut present = Vec::with_capacity(members.len());
     for m in members {
+        if m.vol.image_exists().map_err(Error::ceph("cannot read the pool's image directory")).map_err(on_member(m))? {
+            present.push(m);
+        }
+    }
+    let mut mode = None;
+    let mut all_primary = true;
+    for m in &present {
+        let image = open_member(m).map_err(on_member(m))?;
+        let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state")).map_err(on_member(m))?;
+        if info.state == MirrorState::Enabled {
+            mode = mode.or(Some(image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))?));
+        }
+        all_primary &= info.state == MirrorState::Enabled && info.primary;
+    }
+    if mode == Some(MirrorImageMode::Journal) && all_primary {
+        generations::remove_all(&group.io, &group.rbd_group, &present)?;
+    }
+    for m in &present {
         replication::disable(&m.vol, params).map_err(on_member(m))?;
     }
     clear_state(&group.io, group.uuid(), &[MODE_KEY, INTERVAL_KEY, PROMOTING_KEY])?;
-    info!(group = %group.id, "group replication disabled");
+    info!(group = %group.id, members = present.len(), "group replication disabled");
     Ok(())
 }
 

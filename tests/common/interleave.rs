@@ -126,4 +126,3 @@ pub fn heal_lone_osd(conf: &str) {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
-
