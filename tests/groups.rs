@@ -491,3 +491,42 @@ async fn a_group_ceph_csi_created_is_served() {
         cleanup(&lab, &v.spec);
     }
 }
+
+#[tokio::test]
+async fn one_server_takes_the_generations_and_old_ones_are_pruned_on_both_sites() {
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    // A second server on site-a, as a second replica of the same deployment.
+    let twin = Server::start(&lab.csi_config(Site::A), &[]).await;
+    let params = HashMap::from([("generationInterval".to_owned(), "1s".to_owned())]);
+    let (gid, vols) = replicated_group(&lab, &sites, params).await;
+    let mut t = twin.replication().await;
+    // Any call makes the twin watch the group too; the RADOS lock decides.
+    group_info(&mut t, &lab, &gid).await.ok();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(12) {
+        for v in &vols {
+            write_data(&lab, Site::A, &v.spec);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let taken = |s: &Server| s.log_text().matches("consistency generation taken").count();
+    let (by_a, by_twin) = (taken(&sites.a), taken(&twin));
+    assert!(by_a >= 4, "the lock holder took {by_a} generations");
+    assert_eq!(by_twin, 0, "the twin took generations while another server held the group's lock");
+    // The three newest stay, here and (through replay) on site-b; a fourth
+    // fence post exists while a generation is being taken, until its prune.
+    for v in &vols {
+        let pre = |s: Site| snap_names(&lab, s, &v.spec).iter().filter(|n| n.starts_with("rbd-addons.pre.")).count();
+        assert!(pre(Site::A) <= 4, "{} holds {} fence posts on site-a", v.spec, pre(Site::A));
+        wait_until("site-b to prune as well", LIMIT, || (1..=4).contains(&pre(Site::B))).await;
+    }
+    let mut a = sites.a.replication().await;
+    group_disable(&mut a, &lab, &gid).await.expect("disable");
+    let mut g = sites.a.groups().await;
+    modify_group(&mut g, &lab, &gid, &[]).await.unwrap();
+    delete_group(&mut g, &lab, &gid).await.unwrap();
+    for v in &vols {
+        cleanup(&lab, &v.spec);
+    }
+}
