@@ -50,6 +50,15 @@ fn image_of(v: &TestVolume) -> String {
     v.spec.rsplit('/').next().unwrap().to_owned()
 }
 
+/// The end of a test: the group emptied and deleted, its volumes removed.
+async fn retire_group(g: &mut GroupClient, lab: &Lab, gid: &str, vols: &[TestVolume]) {
+    modify_group(g, lab, gid, &[]).await.expect("empty the group");
+    delete_group(g, lab, gid).await.expect("delete the group");
+    for v in vols {
+        cleanup(lab, &v.spec);
+    }
+}
+
 fn code(r: Result<impl Sized, tonic::Status>) -> Code {
     match r {
         Ok(_) => Code::Ok,
@@ -395,11 +404,7 @@ async fn group_planned_failover_and_failback_lose_nothing() {
         );
     }
     let mut g = sites.a.groups().await;
-    modify_group(&mut g, &lab, &gid, &[]).await.expect("empty the group");
-    delete_group(&mut g, &lab, &gid).await.expect("delete the group");
-    for v in &vols {
-        cleanup(&lab, &v.spec);
-    }
+    retire_group(&mut g, &lab, &gid, &vols).await;
 }
 
 #[tokio::test]
@@ -430,11 +435,7 @@ async fn snapshot_mode_groups_say_they_are_not_crash_consistent() {
     assert!(sites.a.log_text().contains("NOT crash-consistent"), "the log says it too");
     group_disable(&mut a, &lab, &gid).await.expect("disable");
     let mut g = sites.a.groups().await;
-    modify_group(&mut g, &lab, &gid, &[]).await.unwrap();
-    delete_group(&mut g, &lab, &gid).await.unwrap();
-    for v in &vols {
-        cleanup(&lab, &v.spec);
-    }
+    retire_group(&mut g, &lab, &gid, &vols).await;
 }
 
 #[tokio::test]
@@ -524,9 +525,5 @@ async fn one_server_takes_the_generations_and_old_ones_are_pruned_on_both_sites(
     let mut a = sites.a.replication().await;
     group_disable(&mut a, &lab, &gid).await.expect("disable");
     let mut g = sites.a.groups().await;
-    modify_group(&mut g, &lab, &gid, &[]).await.unwrap();
-    delete_group(&mut g, &lab, &gid).await.unwrap();
-    for v in &vols {
-        cleanup(&lab, &v.spec);
-    }
+    retire_group(&mut g, &lab, &gid, &vols).await;
 }
