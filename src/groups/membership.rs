@@ -331,24 +331,34 @@ pub fn modify(
     let wanted = check_ids(volume_ids)?;
     let group = find(resolver, id, creds)?;
     require_record(&group)?;
+    // How the group replicates here is read from its members, not recorded:
+    // an admin may have changed it behind our back.
+    let current: Vec<Member> = group
+        .member_ids
+        .iter()
+        .filter_map(|v| resolve_member(resolver, v, creds).ok())
+        .filter(|m| m.vol.image_exists().unwrap_or(false))
+        .collect();
+    let replication = super::replicate::replication_of(&current)?;
+    let adding = wanted.iter().any(|v| !group.member_ids.contains(v));
+    if adding && matches!(replication, Some((_, false))) {
+        return Err(Error::FailedPrecondition(format!(
+            "volume group {id} is a secondary on this site; add volumes while it is primary here"
+        )));
+    }
+    drop(current);
     ensure_rbd_group(&group.io, &group.rbd_group)?;
     apply_membership(resolver, creds, claims, &group, &wanted)?;
-    let mirrored = mirroring_of(&group)?;
     let group = find(resolver, id, creds)?;
-    if let Some(params) = mirrored {
+    if let Some((mode, true)) = replication {
         // A volume joining a replicated group is replicated like the others.
+        let params = EnableParams { mode, schedule: None, flatten: crate::replication::FlattenMode::Never };
         for v in &group.member_ids {
             let m = resolve_member(resolver, v, creds)?;
             crate::replication::enable(&m.vol, &params).map_err(on_member(&m))?;
         }
     }
     view(resolver, creds, &group, &HashMap::new())
-}
-
-/// The replication parameters recorded when the group's replication was
-/// enabled, if it is.
-fn mirroring_of(group: &Group) -> Result<Option<EnableParams>, Error> {
-    super::replicate::recorded_params(group)
 }
 
 pub fn delete(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<(), Error> {

@@ -19,7 +19,6 @@ use super::{Group, Member, on_member, open_member, state_object};
 use crate::ceph::{IoCtx, MirrorImageMode, MirrorState};
 use crate::replication::{self, DisableParams, EnableParams, Error, Health, Schedule};
 
-const MODE_KEY: &str = "mode";
 const INTERVAL_KEY: &str = "generation-interval";
 /// Set before the first member is promoted, cleared once every member is
 /// primary and reverted: a promote interrupted in between is finished by the
@@ -54,7 +53,7 @@ pub fn parse_interval(params: &HashMap<String, String>) -> Result<Option<Duratio
 }
 
 fn read_state(io: &IoCtx, uuid: &str) -> Result<HashMap<String, String>, Error> {
-    match io.omap_get(&state_object(uuid), &[MODE_KEY, INTERVAL_KEY, PROMOTING_KEY]) {
+    match io.omap_get(&state_object(uuid), &[INTERVAL_KEY, PROMOTING_KEY]) {
         Ok(v) => Ok(v.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect()),
         Err(e) if e.is(libc::ENOENT) => Ok(HashMap::new()),
         Err(e) => Err(Error::ceph("cannot read the group's state")(e)),
@@ -74,15 +73,18 @@ fn clear_state(io: &IoCtx, uuid: &str, keys: &[&str]) -> Result<(), Error> {
     }
 }
 
-/// The parameters a group's replication was enabled with, if it is.
-pub(super) fn recorded_params(group: &Group) -> Result<Option<EnableParams>, Error> {
-    let state = read_state(&group.io, group.uuid())?;
-    let mode = match state.get(MODE_KEY).map(String::as_str) {
-        Some("journal") => MirrorImageMode::Journal,
-        Some("snapshot") => MirrorImageMode::Snapshot,
-        _ => return Ok(None),
-    };
-    Ok(Some(EnableParams { mode, schedule: None, flatten: replication::FlattenMode::Never }))
+/// How the group's members replicate on this site, read from the first
+/// mirrored one: its mode, and whether it is primary here.
+pub(super) fn replication_of(members: &[Member]) -> Result<Option<(MirrorImageMode, bool)>, Error> {
+    for m in members {
+        let image = open_member(m).map_err(on_member(m))?;
+        let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state")).map_err(on_member(m))?;
+        if info.state == MirrorState::Enabled {
+            let mode = image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))?;
+            return Ok(Some((mode, info.primary)));
+        }
+    }
+    Ok(None)
 }
 
 /// The generation interval recorded for the group, else the default.
@@ -136,7 +138,7 @@ pub fn enable(
         tag(&open_member(m)?, group.uuid(), &m.volume_id).map_err(on_member(m))?;
     }
     let secs = interval.unwrap_or(DEFAULT_GENERATION_INTERVAL).as_secs().to_string();
-    write_state(&group.io, group.uuid(), &[(MODE_KEY, params.mode.as_str()), (INTERVAL_KEY, &secs)])?;
+    write_state(&group.io, group.uuid(), &[(INTERVAL_KEY, &secs)])?;
     match params.mode {
         MirrorImageMode::Journal => {
             if primaries(members)?.iter().all(|p| *p) {
@@ -214,7 +216,7 @@ pub fn disable(group: &Group, members: &[Member], params: &DisableParams) -> Res
     for m in &present {
         replication::disable(&m.vol, params).map_err(on_member(m))?;
     }
-    clear_state(&group.io, group.uuid(), &[MODE_KEY, INTERVAL_KEY, PROMOTING_KEY])?;
+    clear_state(&group.io, group.uuid(), &[INTERVAL_KEY, PROMOTING_KEY])?;
     info!(group = %group.id, members = present.len(), "group replication disabled");
     Ok(())
 }
@@ -280,12 +282,9 @@ pub fn promote(
             done.reverted = revert_to_newest_common(group, members)?;
             ensure_rbd_group_members(group, members)?;
         }
-        let secs = interval.map(|i| i.as_secs().to_string());
-        let mut pairs = vec![(MODE_KEY, mode.map_or("snapshot", MirrorImageMode::as_str))];
-        if let Some(s) = &secs {
-            pairs.push((INTERVAL_KEY, s));
+        if let Some(i) = interval {
+            write_state(&group.io, group.uuid(), &[(INTERVAL_KEY, &i.as_secs().to_string())])?;
         }
-        write_state(&group.io, group.uuid(), &pairs)?;
         clear_state(&group.io, group.uuid(), &[PROMOTING_KEY])?;
         if mode == Some(MirrorImageMode::Journal) {
             take_generation(group, members)?;
