@@ -2,12 +2,15 @@
 //! gRPC or ceph-csi; every call blocks and must run off the async runtime.
 
 mod error;
+mod ledger;
+mod monaddr;
 mod pool;
 mod rados;
 mod rbd;
 mod snap;
 
 pub use error::CephError;
+pub use ledger::ClientLedger;
 pub use pool::{ConnectionKey, ConnectionPool};
 pub use rados::{Cluster, ConnectOptions, IoCtx};
 pub use rbd::{

@@ -64,6 +64,36 @@ impl Cluster {
         CephError::check("rados_conf_set", ret).map(drop)
     }
 
+    /// This client's own addresses as the OSDs see it (what a lock owner's
+    /// address is compared with, and what `osd blocklist add` takes).
+    pub fn client_addrs(&self) -> Result<String, CephError> {
+        let mut out: *mut c_char = ptr::null_mut();
+        // SAFETY: connected handle; librados strdup()s the string into `out`,
+        // which we own and release with free(3) below.
+        let ret = unsafe { sys::rados_getaddrs(self.handle, &mut out) };
+        CephError::check("rados_getaddrs", ret)?;
+        if out.is_null() {
+            return Err(CephError::new("rados_getaddrs", libc::EINVAL));
+        }
+        // SAFETY: `out` is a NUL-terminated string allocated by strdup.
+        let addrs = unsafe { CStr::from_ptr(out) }.to_string_lossy().into_owned();
+        // SAFETY: allocated with malloc by strdup, freed once, never used after.
+        unsafe { libc::free(out.cast()) };
+        Ok(addrs)
+    }
+
+    /// Fences a client address from every OSD for `expire` (the monitors'
+    /// `osd blocklist add`): its watches drop, so the locks it held can be
+    /// broken at once, and nothing it still sends is applied.
+    pub fn blocklist_add(&self, addr: &str, expire: Duration) -> Result<(), CephError> {
+        let a = c_string("rados_blocklist_add", addr)?;
+        let secs = u32::try_from(expire.as_secs()).unwrap_or(u32::MAX).max(1);
+        // SAFETY: connected handle; librados only reads the address string,
+        // which outlives the call (the C API takes it as non-const).
+        let ret = unsafe { sys::rados_blocklist_add(self.handle, a.as_ptr().cast_mut(), secs) };
+        CephError::check("rados_blocklist_add", ret).map(drop)
+    }
+
     /// The name of the pool with this ID; ENOENT when there is none.
     pub fn pool_name(&self, pool_id: i64) -> Result<String, CephError> {
         let mut buf = vec![0u8; 256];
