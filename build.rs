@@ -13,6 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds_bytes = prost::Message::encode_to_vec(&fds);
     std::fs::write(out_dir.join("file_descriptor_set.bin"), fds_bytes)?;
 
-    tonic_prost_build::configure().build_client(true).build_server(true).include_file("protos.rs").compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // prost's codec, with undecodable requests answered INVALID_ARGUMENT.
+        .codec_path("crate::server::codec::RequestCodec")
+        .include_file("protos.rs")
+        .compile_fds(fds)?;
     Ok(())
 }

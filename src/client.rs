@@ -205,11 +205,17 @@ impl Connection {
     pub async fn demote(
         &self,
         subject: &Subject,
+        force: bool,
         parameters: HashMap<String, String>,
         secrets: HashMap<String, String>,
     ) -> Result<Value, ClientError> {
-        let req =
-            DemoteVolumeRequest { parameters, secrets, replication_source: subject.source(), ..Default::default() };
+        let req = DemoteVolumeRequest {
+            force,
+            parameters,
+            secrets,
+            replication_source: subject.source(),
+            ..Default::default()
+        };
         self.replication().demote_volume(self.request(req)).await?;
         Ok(subject.with(json!({"role": "secondary"})))
     }

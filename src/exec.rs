@@ -43,6 +43,7 @@ fn claim(in_flight: &Arc<Mutex<HashSet<String>>>, key: &str) -> Result<KeyGuard,
 }
 
 pub struct Executor {
+    max_concurrent: usize,
     permits: Arc<Semaphore>,
     in_flight: Arc<Mutex<HashSet<String>>>,
     op_timeout: Duration,
@@ -65,6 +66,7 @@ impl Drop for KeyGuard {
 impl Executor {
     pub fn new(max_concurrent: usize, op_timeout: Duration) -> Self {
         Self {
+            max_concurrent: max_concurrent.max(1),
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             op_timeout,
@@ -73,6 +75,12 @@ impl Executor {
 
     pub fn op_timeout(&self) -> Duration {
         self.op_timeout
+    }
+
+    /// Blocking Ceph work running now, including work whose caller gave up:
+    /// a permit lives inside the blocking closure until librbd returns.
+    pub fn running(&self) -> usize {
+        self.max_concurrent - self.permits.available_permits()
     }
 
     /// For calls that learn further keys to guard only once they run.

@@ -33,7 +33,7 @@ enum Command {
     /// Make this site's copy of a volume the primary (PromoteVolume).
     Promote(ForceCommand),
     /// Make this site's copy of a volume a secondary (DemoteVolume).
-    Demote(VolumeCommand),
+    Demote(ForceCommand),
     /// Re-copy a split-brained secondary from the peer (ResyncVolume); prints ready.
     Resync(ForceCommand),
     /// Volume groups: create, modify, delete, get, list, and their consistency generations.
@@ -128,7 +128,8 @@ struct ForceCommand {
     #[command(flatten)]
     volume: VolumeCommand,
     /// Promote even while the peer still holds the primary (unplanned
-    /// failover), or resync discarding this site's changes.
+    /// failover), demote although the peer holds no copy yet (leaves no
+    /// primary anywhere), or resync discarding this site's changes.
     #[arg(long)]
     force: bool,
 }
@@ -202,6 +203,10 @@ struct ServeArgs {
     /// Idle time after which a cached cluster connection is closed.
     #[arg(long, env = "RBD_ADDONS_CONNECTION_IDLE_EXPIRY", default_value = "10m", value_parser = humantime::parse_duration)]
     connection_idle_expiry: Duration,
+    /// After SIGTERM, how long running calls may finish before the process
+    /// exits anyway (keep it below the pod's terminationGracePeriodSeconds).
+    #[arg(long, env = "RBD_ADDONS_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
     #[arg(long, env = "RBD_ADDONS_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
     /// A tracing filter: a level (info, debug, trace) or per-target directives.
@@ -275,9 +280,9 @@ async fn client_call(command: Command) -> Result<serde_json::Value, ClientError>
             let (conn, params, secrets) = f.volume.connect().await?;
             conn.promote(&f.volume.subject(), f.force, params, secrets).await
         }
-        Command::Demote(v) => {
-            let (conn, params, secrets) = v.connect().await?;
-            conn.demote(&v.subject(), params, secrets).await
+        Command::Demote(f) => {
+            let (conn, params, secrets) = f.volume.connect().await?;
+            conn.demote(&f.volume.subject(), f.force, params, secrets).await
         }
         Command::Resync(f) => {
             let (conn, params, secrets) = f.volume.connect().await?;
@@ -334,8 +339,8 @@ fn run_client(command: Command) -> ExitCode {
     let json = match &command {
         Command::Serve(_) => false,
         Command::Identity(a) | Command::Capabilities(a) | Command::Probe(a) => a.json,
-        Command::Enable(v) | Command::Disable(v) | Command::Info(v) | Command::Demote(v) => v.client.json,
-        Command::Promote(f) | Command::Resync(f) => f.volume.client.json,
+        Command::Enable(v) | Command::Disable(v) | Command::Info(v) => v.client.json,
+        Command::Promote(f) | Command::Demote(f) | Command::Resync(f) => f.volume.client.json,
         Command::Group(g) => match g {
             GroupCommand::Create(a) => a.client.json,
             GroupCommand::Modify(a) => a.group.client.json,
@@ -400,10 +405,23 @@ fn main() -> ExitCode {
                 ceph_timeout: args.ceph_timeout,
                 max_concurrent_ops: args.max_concurrent_ops,
                 connection_idle_expiry: args.connection_idle_expiry,
+                shutdown_grace: args.shutdown_grace,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            match runtime.block_on(server::serve(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
+            let outcome = runtime.block_on(server::serve(cfg));
+            // Dropping a runtime waits for its blocking threads without limit,
+            // and a call stuck on a frozen cluster holds one until its Ceph
+            // timeout (or for ever): the grace period must be the last wait.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            match outcome {
+                Ok(stopped) if stopped.ceph_ops_running > 0 => {
+                    // Those threads are still inside librados; exit handlers and
+                    // librados' static destructors must not run under them.
+                    // SAFETY: _exit ends the process at once; stderr, our only
+                    // output, is unbuffered, so nothing written is lost.
+                    unsafe { libc::_exit(0) }
+                }
+                Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
                     ExitCode::FAILURE

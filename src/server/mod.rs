@@ -1,5 +1,6 @@
 //! Thin tonic services over the domain layer, and the Unix socket they serve on.
 
+pub(crate) mod codec;
 mod identity;
 mod replication;
 mod status;
@@ -18,7 +19,7 @@ use tracing::{info, warn};
 pub use identity::capabilities;
 pub use status::{code_of, to_group_status, to_status};
 
-use crate::ceph::ConnectionPool;
+use crate::ceph::{ClientLedger, ConnectionPool};
 use crate::cephcsi::Resolver;
 use crate::exec::Executor;
 use crate::groups::scheduler::Scheduler;
@@ -29,9 +30,6 @@ use crate::proto::volumegroup::controller_server::ControllerServer as VolumeGrou
 /// Services listed by reflection: exactly the ones answered on the socket.
 pub const SERVED_SERVICES: &[&str] =
     &["identity.Identity", "replication.Controller", "volumegroup.Controller", "grpc.health.v1.Health"];
-
-/// How long in-flight calls may run on after SIGTERM before we exit anyway.
-const DRAIN_GRACE: Duration = Duration::from_secs(20);
 
 pub struct ServeConfig {
     pub socket_path: PathBuf,
@@ -44,6 +42,15 @@ pub struct ServeConfig {
     pub ceph_timeout: Duration,
     pub max_concurrent_ops: usize,
     pub connection_idle_expiry: Duration,
+    /// How long in-flight calls may run on after SIGTERM before we exit anyway.
+    pub shutdown_grace: Duration,
+}
+
+/// How a server ended. Ceph work that outlived the grace period is still
+/// blocked inside librados, and the process must leave without waiting for it.
+#[derive(Debug)]
+pub struct Stopped {
+    pub ceph_ops_running: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +59,10 @@ pub enum ServeError {
     BadEndpoint(String),
     #[error("refusing to start: {0} exists and is not a socket")]
     NotASocket(String),
+    #[error("refusing to start: another server is listening on {0}; stop it first (its socket is left untouched)")]
+    SocketInUse(String),
+    #[error("refusing to start: cannot tell whether the socket {path} is in use ({source}); remove it if it is stale")]
+    SocketUnknown { path: String, source: std::io::Error },
     #[error("cannot listen on {path}: {source}")]
     Listen { path: String, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
@@ -75,10 +86,16 @@ pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf, ServeError> {
 fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     let listen_err = |source| ServeError::Listen { path: path.display().to_string(), source };
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            info!(path = %path.display(), "removing stale socket");
-            std::fs::remove_file(path).map_err(listen_err)?;
-        }
+        Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            // Only a refused connection proves nobody listens: a live server
+            // (even a frozen one, whose backlog still accepts) must keep its path.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                info!(path = %path.display(), "removing stale socket");
+                std::fs::remove_file(path).map_err(listen_err)?;
+            }
+            Ok(_) => return Err(ServeError::SocketInUse(path.display().to_string())),
+            Err(source) => return Err(ServeError::SocketUnknown { path: path.display().to_string(), source }),
+        },
         Ok(_) => return Err(ServeError::NotASocket(path.display().to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(listen_err(e)),
@@ -114,9 +131,13 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
     let listener = bind(&cfg.socket_path, cfg.socket_mode)?;
-    let connections = Arc::new(ConnectionPool::new(cfg.connection_idle_expiry, cfg.ceph_timeout));
+    // Past bind, no other server runs on this socket: what the last one
+    // recorded belongs to a process that is gone.
+    let ledger = Arc::new(ClientLedger::take_over(ClientLedger::path_for(&cfg.socket_path)));
+    let connections =
+        Arc::new(ConnectionPool::new(cfg.connection_idle_expiry, cfg.ceph_timeout).with_ledger(ledger.clone()));
     let resolver = Arc::new(Resolver::new(cfg.ceph_csi_config.clone(), Some(cfg.cluster_mapping.clone()), connections));
     let exec = Arc::new(Executor::new(cfg.max_concurrent_ops, cfg.op_timeout));
 
@@ -168,7 +189,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             resolver.clone(),
             scheduler,
         )))
-        .add_service(VolumeGroupServer::new(volumegroup::VolumeGroupService::new(exec, resolver)))
+        .add_service(VolumeGroupServer::new(volumegroup::VolumeGroupService::new(exec.clone(), resolver)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             stop_rx.await.ok();
         });
@@ -180,10 +201,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             stop_tx.send(()).ok();
             // Let in-flight calls finish, within bounds: a call stuck in librbd
             // must not keep the pod from terminating.
-            match tokio::time::timeout(DRAIN_GRACE, &mut server).await {
+            match tokio::time::timeout(cfg.shutdown_grace, &mut server).await {
                 Ok(r) => r.map_err(ServeError::from),
                 Err(_) => {
-                    warn!(grace_s = DRAIN_GRACE.as_secs(), "calls still running after the grace period; exiting");
+                    warn!(
+                        grace_ms = cfg.shutdown_grace.as_millis() as u64,
+                        "calls still running after the grace period; exiting"
+                    );
                     Ok(())
                 }
             }
@@ -193,8 +217,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     if let Err(e) = std::fs::remove_file(&cfg.socket_path) {
         warn!(error = %e, "could not remove the socket");
     }
-    info!("stopped");
-    result
+    let ceph_ops_running = exec.running();
+    ledger.close(ceph_ops_running == 0);
+    info!(ceph_ops_running, "stopped");
+    result.map(|()| Stopped { ceph_ops_running })
 }
 
 #[cfg(test)]
