@@ -9,7 +9,7 @@
 //! every member back to the newest generation all of them received.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -221,11 +221,23 @@ pub fn disable(group: &Group, members: &[Member], params: &DisableParams) -> Res
     Ok(())
 }
 
-pub fn demote(group: &Group, members: &[Member]) -> Result<(), Error> {
+/// Demote every member; without `force`, only once the peer holds a copy of
+/// every primary member, checked for all before any is touched, so a refusal
+/// changes nothing.
+pub fn demote(group: &Group, members: &[Member], force: bool) -> Result<(), Error> {
     require_members(group, members)?;
     let roles = primaries(members)?;
     if roles.iter().all(|p| !*p) {
         return Ok(());
+    }
+    if !force {
+        let deadline = Instant::now() + replication::PEER_REPORT_WAIT;
+        for (m, primary) in members.iter().zip(&roles) {
+            if *primary {
+                let image = open_member(m).map_err(on_member(m))?;
+                replication::require_peer_copy(&image, &m.vol, deadline).map_err(on_member(m))?;
+            }
+        }
     }
     // The last cut before the peer takes over: with writers stopped it holds
     // everything, so a planned failover loses nothing. Only while every member
@@ -235,9 +247,10 @@ pub fn demote(group: &Group, members: &[Member]) -> Result<(), Error> {
         take_generation(group, members)?;
     }
     for m in members {
-        replication::demote(&m.vol).map_err(on_member(m))?;
+        // Every member's peer copy was checked above.
+        replication::demote(&m.vol, true).map_err(on_member(m))?;
     }
-    info!(group = %group.id, "group demoted");
+    info!(group = %group.id, force, "group demoted");
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::Error;
 use super::params::Schedule;
-use super::status::ReplayDescription;
+use super::status::{PeerCopy, ReplayDescription, describe, peer_copy};
 use super::volume::{apply_schedule, mirror_info, open, remove_schedule};
 use crate::ceph::{Image, MirrorInfo, MirrorState, SiteState};
 use crate::cephcsi::ResolvedVolume;
@@ -23,6 +23,11 @@ const PROMOTE_SETTLE: Duration = Duration::from_secs(10);
 /// 0.9 s). Giving up at once would make the controller force-promote and lose
 /// the writes that snapshot carries.
 const PEER_DEMOTE_SETTLE: Duration = Duration::from_secs(5);
+
+/// How long a non-forced demote waits for the peer's first report on its
+/// copy: rbd-mirror flushes statuses every 30 s, so a copy made a moment ago
+/// may not be reported yet.
+pub const PEER_REPORT_WAIT: Duration = Duration::from_secs(35);
 
 /// Image metadata recording the creation time of the image when it was
 /// demoted, in ceph-csi's format, so that a resync is issued at most once per
@@ -62,21 +67,47 @@ pub fn promote(vol: &ResolvedVolume, force: bool, schedule: Option<&Schedule>) -
 /// librbd lets a non-forced promote through whenever this copy's newest
 /// snapshot is its own demotion, even when the peer has become primary since
 /// (a split-brain): that would silently make two primaries. rbd-mirror reports
-/// that case as an error at once; every other state is left to librbd, which
-/// refuses (EBUSY) while the peer is primary. Refusing more would be wrong: just
-/// after the peer's demote this site passes through stopping_replay and syncing,
-/// and a just-demoted site's own status stays "stopped" for up to 30 s, and a
-/// FAILED_PRECONDITION makes the controller force-promote.
+/// exactly that case as `split-brain`; every other state is left to librbd,
+/// which refuses (EBUSY) while the peer is primary. Refusing more would lie:
+/// a local error can also mean the peer holds no copy at all (it never
+/// bootstrapped), and a FAILED_PRECONDITION makes the controller force-promote.
 fn refuse_unsafe_promote(image: &Image<'_>, vol: &ResolvedVolume) -> Result<(), Error> {
     let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
     match status.local() {
-        Some(local) if local.up && local.state == SiteState::Error => Err(Error::FailedPrecondition(format!(
-            "this site's copy of {} reports {}: the peer is primary; promoting without force would leave two \
-             primaries. Resync this site (resync --force), or promote with force to keep this site's data",
-            vol.spec(),
-            local.description.split(',').next().unwrap_or_default()
-        ))),
+        Some(local) if local.up && local.state == SiteState::Error && local.description.contains("split-brain") => {
+            Err(Error::FailedPrecondition(format!(
+                "{}: {}; the peer became primary after this copy's demotion, so promoting without force would \
+                 leave two primaries. Resync this site (resync --force), or promote with force to keep this site's data",
+                vol.spec(),
+                describe(&status)
+            )))
+        }
         _ => Ok(()),
+    }
+}
+
+/// A non-forced demote must not strand a volume: the peer creates its copy
+/// only from a primary, so demoting before it has one leaves no primary
+/// anywhere and nothing the peer could ever take over. Waits (bounded by
+/// `deadline`) for the peer's first report, as a fresh copy's report can lag
+/// up to 30 s; then refuses, quoting what rbd-mirror reports.
+pub fn require_peer_copy(image: &Image<'_>, vol: &ResolvedVolume, deadline: Instant) -> Result<(), Error> {
+    loop {
+        let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
+        if peer_copy(&status) == PeerCopy::Reported {
+            return Ok(());
+        }
+        if Instant::now() + Duration::from_secs(1) > deadline {
+            return Err(Error::FailedPrecondition(format!(
+                "{} has no copy on the peer site as far as this site can tell ({}); the peer can create its copy \
+                 only from a primary, so demoting now would leave the volume without a primary on either site. \
+                 Retry once the peer's rbd-mirror reports the image (up to 30 s after enabling), check that \
+                 daemon, or demote with force to accept that",
+                vol.spec(),
+                describe(&status)
+            )));
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -92,9 +123,13 @@ fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Resu
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
             Err(e) if e.is(libc::EBUSY) && !force => {
+                let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
                 return Err(Error::FailedPrecondition(format!(
-                    "the peer site still holds the primary of {}; demote it there first, or promote with force",
-                    vol.spec()
+                    "{}: librbd refuses a non-forced promote because this copy's newest mirror snapshot is not its \
+                     own demotion: the peer is or was primary after it ({}). Demote the peer first, or promote \
+                     with force",
+                    vol.spec(),
+                    describe(&status)
                 )));
             }
             // Right after the peer's demote, the local rbd-mirror has not yet
@@ -114,12 +149,17 @@ fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Resu
     }
 }
 
-pub fn demote(vol: &ResolvedVolume) -> Result<(), Error> {
+/// Demote; without `force`, only once the peer holds a copy (see
+/// `require_peer_copy`).
+pub fn demote(vol: &ResolvedVolume, force: bool) -> Result<(), Error> {
     let image = open(&vol.io, vol)?;
     let current = mirror_info(&image)?;
     require_enabled(&current, vol)?;
     if !current.primary {
         return Ok(());
+    }
+    if !force {
+        require_peer_copy(&image, vol, Instant::now() + PEER_REPORT_WAIT)?;
     }
     if image.metadata_get(CREATION_TIME_KEY).map_err(Error::ceph("cannot read image metadata"))?.is_none() {
         let created = creation_time(&image)?;

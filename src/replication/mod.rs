@@ -6,7 +6,7 @@ mod params;
 mod status;
 mod volume;
 
-pub use failover::{CREATION_TIME_KEY, demote, promote, resync};
+pub use failover::{CREATION_TIME_KEY, PEER_REPORT_WAIT, demote, promote, require_peer_copy, resync};
 pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
 pub use params::{MIRRORING_MODE, SCHEDULING_INTERVAL};
 pub use status::{Health, ReplayDescription, health};

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::ceph::{SiteState, SiteStatus};
+use crate::ceph::{GlobalStatus, SiteState, SiteStatus};
 
 /// The JSON part of a replaying site's description, e.g.
 /// `replaying, {"local_snapshot_timestamp":1684675261,...}`. Snapshot mode and
@@ -66,9 +66,112 @@ pub fn health(local: Option<&SiteStatus>) -> (Health, String) {
     (health, message)
 }
 
+/// What rbd-mirror has told this site about the peer's copy of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCopy {
+    /// The peer's rbd-mirror has reported on its own copy: it exists.
+    Reported,
+    /// No report yet (a new image is `status not found` for up to 30 s), or
+    /// the peer failed to create its copy: as far as this site can tell, the
+    /// peer holds nothing, and can create its copy only from a primary.
+    NoneKnown,
+}
+
+/// Whether the peer holds a copy, from the peer sites' entries of this site's
+/// global status (written here by the peer's rbd-mirror).
+pub fn peer_copy(status: &GlobalStatus) -> PeerCopy {
+    let has_copy = |r: &SiteStatus| match r.state {
+        SiteState::Syncing | SiteState::Replaying | SiteState::StoppingReplay | SiteState::Stopped => true,
+        // "starting_replay" is every bootstrap, also one that will fail.
+        SiteState::StartingReplay => false,
+        // Bootstrap failures ("error bootstrapping replay", "remote image is
+        // not primary") leave nothing; any other error is about a copy.
+        SiteState::Error => !r.description.contains("bootstrap") && !r.description.contains("is not primary"),
+        SiteState::Unknown => !r.description.is_empty() && r.description != "status not found",
+    };
+    if status.remotes().any(has_copy) { PeerCopy::Reported } else { PeerCopy::NoneKnown }
+}
+
+/// One site's report as `up+error (split-brain)`; the JSON tail is left out.
+fn report(s: &SiteStatus) -> String {
+    let text = s.description.split(", {").next().unwrap_or_default().trim();
+    format!("{}+{} ({})", if s.up { "up" } else { "down" }, s.state.as_str(), if text.is_empty() { "-" } else { text })
+}
+
+/// What rbd-mirror reports for both sites, for refusal messages: the operator
+/// then sees Ceph's own words, not our reading of them.
+pub fn describe(status: &GlobalStatus) -> String {
+    let local = status.local().map_or_else(|| "no status yet".to_owned(), report);
+    let remotes: Vec<String> = status.remotes().map(report).collect();
+    let peer = if remotes.is_empty() {
+        "nothing from the peer".to_owned()
+    } else {
+        format!("the peer {}", remotes.join(", "))
+    };
+    format!("rbd-mirror reports this site {local} and {peer}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ceph::{MirrorInfo, MirrorState};
+
+    /// A peer site's report: state, up, description.
+    type Report<'a> = (SiteState, bool, &'a str);
+
+    fn global(local: Option<SiteStatus>, remotes: &[Report<'_>]) -> GlobalStatus {
+        let info = MirrorInfo { global_id: String::new(), state: MirrorState::Enabled, primary: true };
+        let mut sites: Vec<SiteStatus> = local.into_iter().collect();
+        for (state, up, d) in remotes {
+            sites.push(SiteStatus {
+                mirror_uuid: "peer".into(),
+                state: *state,
+                description: (*d).into(),
+                last_update: 0,
+                up: *up,
+            });
+        }
+        GlobalStatus { info, sites }
+    }
+
+    #[test]
+    fn the_peer_holds_a_copy_only_once_it_reported_on_one() {
+        use SiteState::*;
+        let cases: &[(&[Report<'_>], PeerCopy)] = &[
+            (&[], PeerCopy::NoneKnown),
+            (&[(Unknown, false, "status not found")], PeerCopy::NoneKnown),
+            (&[(StartingReplay, true, "starting replay")], PeerCopy::NoneKnown),
+            (&[(Error, true, "error bootstrapping replay")], PeerCopy::NoneKnown),
+            (&[(Error, true, "remote image is not primary")], PeerCopy::NoneKnown),
+            (&[(Replaying, true, r#"replaying, {"a":1}"#)], PeerCopy::Reported),
+            (&[(Replaying, false, "replaying")], PeerCopy::Reported),
+            (&[(Syncing, true, "syncing")], PeerCopy::Reported),
+            (&[(Stopped, true, "local image is primary")], PeerCopy::Reported),
+            (&[(Unknown, true, "remote image demoted")], PeerCopy::Reported),
+            (&[(Error, true, "split-brain")], PeerCopy::Reported),
+            (&[(Unknown, false, "status not found"), (Replaying, true, "replaying")], PeerCopy::Reported),
+        ];
+        for (remotes, want) in cases {
+            assert_eq!(peer_copy(&global(None, remotes)), *want, "{remotes:?}");
+        }
+    }
+
+    #[test]
+    fn descriptions_quote_both_sites_without_json() {
+        let local = SiteStatus {
+            mirror_uuid: String::new(),
+            state: SiteState::Error,
+            description: "error bootstrapping replay".into(),
+            last_update: 0,
+            up: true,
+        };
+        assert_eq!(
+            describe(&global(Some(local), &[])),
+            "rbd-mirror reports this site up+error (error bootstrapping replay) and nothing from the peer"
+        );
+        let d = describe(&global(None, &[(SiteState::Replaying, true, r#"replaying, {"x":1}"#)]));
+        assert_eq!(d, "rbd-mirror reports this site no status yet and the peer up+replaying (replaying)");
+    }
 
     fn site(state: SiteState, up: bool, description: &str) -> SiteStatus {
         SiteStatus { mirror_uuid: String::new(), state, description: description.into(), last_update: 0, up }

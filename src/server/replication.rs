@@ -318,8 +318,17 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        self.run("DemoteVolume", target, &req.secrets, replication::demote, Box::new(|g, m, _| groups::demote(g, m)))
-            .await?;
+        // force: demote even when the peer holds no copy yet (strands the
+        // volume without a primary; the controller never sets it).
+        let force = req.force;
+        self.run(
+            "DemoteVolume",
+            target,
+            &req.secrets,
+            move |vol| replication::demote(vol, force),
+            Box::new(move |g, m, _| groups::demote(g, m, force)),
+        )
+        .await?;
         Ok(Response::new(DemoteVolumeResponse {}))
     }
 
