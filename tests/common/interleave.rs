@@ -117,11 +117,15 @@ pub fn heal_lone_osd(conf: &str) {
         )
     };
     let started = Instant::now();
-    let mut marked_down = false;
+    let mut last_marked: Option<Instant> = None;
     while !clean() && started.elapsed() < Duration::from_secs(60) {
-        if !marked_down && started.elapsed() > Duration::from_secs(3) {
+        // Once is usually enough, but a PG can turn laggy again while the OSD
+        // re-peers: mark it down again every 15 s until every PG serves.
+        let due =
+            last_marked.map_or(started.elapsed() > Duration::from_secs(3), |t| t.elapsed() > Duration::from_secs(15));
+        if due {
             ceph(&["osd", "down", "0"]);
-            marked_down = true;
+            last_marked = Some(Instant::now());
         }
         std::thread::sleep(Duration::from_millis(500));
     }

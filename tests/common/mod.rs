@@ -195,14 +195,24 @@ pub struct Server {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// Whether dropping the server removes `dir`.
+    owns_dir: bool,
 }
 
 impl Server {
     pub async fn start(config: &Path, extra: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("rbd-addons-test-{}", new_uuid()));
         std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Self::start_in(dir, config, extra).await;
+        server.owns_dir = true;
+        server
+    }
+
+    /// A server on `dir/csi-addons.sock`, e.g. the successor of one killed
+    /// there; its log is a new file in `dir`, which the caller removes.
+    pub async fn start_in(dir: PathBuf, config: &Path, extra: &[&str]) -> Self {
         let socket = dir.join("csi-addons.sock");
-        let log = dir.join("server.log");
+        let log = dir.join(format!("server-{}.log", new_uuid()));
         let child = Command::new(BIN)
             .arg("serve")
             .arg("--endpoint")
@@ -214,8 +224,11 @@ impl Server {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start rbd-addons");
-        let server = Self { child: Some(child), dir, socket, log };
-        wait_until("the server's socket", Duration::from_secs(10), || server.socket.exists()).await;
+        let server = Self { child: Some(child), dir, socket, log, owns_dir: false };
+        wait_until("the server's socket", Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&server.socket).is_ok()
+        })
+        .await;
         server
     }
 
@@ -233,6 +246,12 @@ impl Server {
 
     pub async fn identity(&self) -> IdentityClient<Channel> {
         IdentityClient::new(self.channel().await)
+    }
+
+    /// The process itself, for tests that signal and time it; Drop then
+    /// leaves it alone.
+    pub fn take_child(&mut self) -> Child {
+        self.child.take().expect("the server was already stopped")
     }
 
     pub fn pid(&self) -> i32 {
@@ -260,6 +279,12 @@ impl Server {
         }
     }
 
+    /// The CLI's own typed client on this server's socket.
+    pub async fn cli_client(&self) -> rbd_addons::client::Connection {
+        let endpoint = format!("unix://{}", self.socket.display());
+        rbd_addons::client::Connection::open(&endpoint, Duration::from_secs(180)).await.expect("connect")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -279,7 +304,9 @@ impl Drop for Server {
             child.kill().ok();
             child.wait().ok();
         }
-        std::fs::remove_dir_all(&self.dir).ok();
+        if self.owns_dir {
+            std::fs::remove_dir_all(&self.dir).ok();
+        }
     }
 }
 

@@ -233,6 +233,17 @@ def main():
         code, detail = call(channel, "/replication.Controller/EnableVolumeReplication",
                             enable_req(volume_id, {"userID": lab["user"]}))
         check("missing userKey is INVALID_ARGUMENT", code == grpc.StatusCode.INVALID_ARGUMENT, (code, detail))
+
+        # Bytes that are no protobuf message: a field tag with wire type 7, a
+        # truncated varint, a length running past the end. The fault is the
+        # sender's, so INVALID_ARGUMENT (prost's codec alone says INTERNAL).
+        for name, garbage in [("wire type 7", b"\x0f"), ("truncated varint", b"\x08\xff"),
+                              ("length past the end", b"\x0a\x7fab")]:
+            for path in ["/replication.Controller/PromoteVolume", "/volumegroup.Controller/CreateVolumeGroup",
+                         "/identity.Identity/GetCapabilities"]:
+                code, detail = call(channel, path, garbage)
+                check(f"undecodable request ({name}) to {path} is INVALID_ARGUMENT",
+                      code == grpc.StatusCode.INVALID_ARGUMENT, (code, detail))
         check("error text holds no key", lab["key"] not in str(detail))
     finally:
         if image:
