@@ -48,8 +48,11 @@ impl ClientLedger {
     /// address it recorded, and whatever it still had pending, is to be fenced.
     /// A missing or unreadable file means nothing to fence.
     pub fn take_over(path: PathBuf) -> Self {
-        let old: LedgerFile =
-            std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+        let old: LedgerFile = if trusted(&path) {
+            std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
+        } else {
+            LedgerFile::default()
+        };
         let mut pending = old.pending;
         for e in old.own {
             if !pending.contains(&e) {
@@ -113,13 +116,37 @@ impl ClientLedger {
     /// Written whole to a temporary file, then renamed: a crash mid-write
     /// leaves the previous version, never a torn one.
     fn save(&self, state: &LedgerFile) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = self.path.with_extension("clients.tmp");
         let bytes = serde_json::to_vec(state).unwrap_or_default();
-        if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &self.path)) {
+        let written = std::fs::remove_file(&tmp)
+            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            .and_then(|()| std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp))
+            .and_then(|mut f| f.write_all(&bytes))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
             tracing::warn!(ledger = %self.path.display(), error = %e,
                 "cannot write the client ledger; after a crash the next server waits out this one's locks");
         }
     }
+}
+
+/// Whether a ledger file may be acted on: what it names gets fenced, so one
+/// planted by another user (the socket directory is shared with the sidecar)
+/// must not make us blocklist an application's client. Ours is owned by our
+/// user and writable by no one else.
+fn trusted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return false };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let ok = meta.file_type().is_file() && meta.uid() == euid && meta.mode() & 0o022 == 0;
+    if !ok {
+        tracing::warn!(ledger = %path.display(),
+            "ignoring a client ledger that is not a regular file of ours, writable only by us: nothing is fenced from it");
+    }
+    ok
 }
 
 /// The single addresses inside librados' address text, for `osd blocklist
@@ -177,6 +204,20 @@ mod tests {
         third.fenced(&entry("n", "1.2.3.4:0/2"));
         third.close(true);
         assert!(!path.exists(), "nothing left to fence, yet the ledger remains");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_ledger_others_could_have_written_is_not_acted_on() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rbd-addons-ledger-perm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = ClientLedger::path_for(&dir.join("csi-addons.sock"));
+        std::fs::write(&path, r#"{"own":[{"mon_host":"m","addrs":"1.2.3.4:0/9"}]}"#).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(ClientLedger::take_over(path.clone()).pending_for("m").is_empty());
+        // Rewritten by us, it is private.
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -16,17 +16,27 @@ use std::time::Duration;
 /// monitor speaks. Entries that already name one, carry no port, or whose
 /// monitor does not answer within `timeout` are left as they are. Blocking.
 pub fn typed(mon_host: &str, timeout: Duration) -> String {
-    entries(mon_host)
-        .into_iter()
-        .map(|entry| match bare_host_port(&entry) {
-            Some(addr) => match banner_protocol(addr, timeout) {
-                Some(proto) => format!("{proto}:{entry}"),
-                None => entry,
-            },
-            None => entry,
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    let entries = entries(mon_host);
+    // In parallel: an unreachable monitor costs one timeout, not one each.
+    std::thread::scope(|scope| {
+        let probes: Vec<_> = entries
+            .iter()
+            .map(|entry| {
+                scope.spawn(move || match bare_host_port(entry) {
+                    Some(addr) => {
+                        banner_protocol(addr, timeout).map_or_else(|| entry.clone(), |p| format!("{p}:{entry}"))
+                    }
+                    None => entry.clone(),
+                })
+            })
+            .collect();
+        probes
+            .into_iter()
+            .zip(&entries)
+            .map(|(p, entry)| p.join().unwrap_or_else(|_| entry.clone()))
+            .collect::<Vec<_>>()
+    })
+    .join(",")
 }
 
 /// The entries of a `mon_host` list: separated by commas, semicolons or
