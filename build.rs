@@ -3,7 +3,13 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["identity/identity.proto", "replication/replication.proto", "volumegroup/volumegroup.proto"];
+const PROTOS: &[&str] = &[
+    "identity/identity.proto",
+    "replication/replication.proto",
+    "volumegroup/volumegroup.proto",
+    "fence/fence.proto",
+    "reclaimspace/reclaimspace.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -292,7 +292,7 @@ cmd_up() {
   chmod 700 "$LAB"
   : >"$LAB/pids"
   ceph-authtool "$LAB/client.$CSI_USER.keyring" --create-keyring --gen-key -n "client.$CSI_USER" \
-    --cap mon 'profile rbd' --cap osd "profile rbd pool=$POOL" --cap mgr 'allow rw' >/dev/null
+    --cap mon 'profile rbd, allow command "osd blocklist"' --cap osd "profile rbd pool=$POOL" --cap mgr 'allow rw' >/dev/null
   for s in "${SITES[@]}"; do create_site "$s" "$(uuidgen)"; done
 
   for s in "${SITES[@]}"; do

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::proto::fence::fence_controller_client::FenceControllerClient;
+use crate::proto::fence::{Cidr, FenceClusterNetworkRequest, ListClusterFenceRequest, UnfenceClusterNetworkRequest};
 use crate::proto::identity::identity_client::IdentityClient;
 use crate::proto::identity::{GetCapabilitiesRequest, GetIdentityRequest, ProbeRequest, capability};
 use crate::proto::replication::controller_client::ControllerClient;
@@ -314,6 +316,68 @@ impl Connection {
         let ids: Vec<Value> = groups.iter().map(|g| g["group_id"].clone()).collect();
         Ok(json!({"groups": ids, "details": groups, "next_token": Some(r.next_token).filter(|t| !t.is_empty())}))
     }
+
+    /// The peer-site handle(s) of a volume or group (GetReplicationDestinationInfo).
+    pub async fn destination(&self, subject: &Subject, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
+        use crate::proto::replication::replication_destination::Type;
+        let req = GetReplicationDestinationInfoRequest { secrets, replication_source: subject.source() };
+        let r = self.replication().get_replication_destination_info(self.request(req)).await?.into_inner();
+        Ok(match r.replication_destination.and_then(|d| d.r#type) {
+            Some(Type::Volume(v)) => json!({"destination_volume_id": v.volume_id}),
+            Some(Type::Volumegroup(g)) => {
+                json!({"destination_group_id": g.volume_group_id, "destination_volume_ids": g.volume_ids})
+            }
+            None => json!({}),
+        })
+    }
+
+    /// Fences (`fence: true`) or unfences CIDR blocks on a cluster.
+    pub async fn fence(
+        &self,
+        fence: bool,
+        cidrs: &[String],
+        parameters: HashMap<String, String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let cidrs: Vec<Cidr> = cidrs.iter().map(|c| Cidr { cidr: c.clone() }).collect();
+        let mut client = FenceControllerClient::new(self.channel.clone());
+        if fence {
+            let req = FenceClusterNetworkRequest { parameters, secrets, cidrs: cidrs.clone() };
+            client.fence_cluster_network(self.request(req)).await?;
+        } else {
+            let req = UnfenceClusterNetworkRequest { parameters, secrets, cidrs: cidrs.clone() };
+            client.unfence_cluster_network(self.request(req)).await?;
+        }
+        let shown: Vec<&str> = cidrs.iter().map(|c| c.cidr.as_str()).collect();
+        Ok(json!({"cidrs": shown, "fenced": fence}))
+    }
+
+    /// Sparsifies a volume (ControllerReclaimSpace): allocated bytes before and after.
+    pub async fn reclaim_space(&self, volume_id: &str, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
+        use crate::proto::reclaimspace::ControllerReclaimSpaceRequest;
+        use crate::proto::reclaimspace::reclaim_space_controller_client::ReclaimSpaceControllerClient;
+        let req = ControllerReclaimSpaceRequest { volume_id: volume_id.to_owned(), secrets, ..Default::default() };
+        let r = ReclaimSpaceControllerClient::new(self.channel.clone())
+            .controller_reclaim_space(self.request(req))
+            .await?
+            .into_inner();
+        let bytes = |u: Option<crate::proto::reclaimspace::StorageConsumption>| u.map(|u| u.usage_bytes);
+        Ok(
+            json!({"volume_id": volume_id, "pre_usage_bytes": bytes(r.pre_usage), "post_usage_bytes": bytes(r.post_usage)}),
+        )
+    }
+
+    /// The CIDR blocks fenced on a cluster now.
+    pub async fn fence_list(
+        &self,
+        parameters: HashMap<String, String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req = ListClusterFenceRequest { parameters, secrets };
+        let r = FenceControllerClient::new(self.channel.clone()).list_cluster_fence(self.request(req)).await?;
+        let cidrs: Vec<String> = r.into_inner().cidrs.into_iter().map(|c| c.cidr).collect();
+        Ok(json!({ "cidrs": cidrs }))
+    }
 }
 
 /// `rbd-addons group generations`: reads the members' snapshots on this site
@@ -373,8 +437,16 @@ fn capability_name(t: &capability::Type) -> String {
             let name = capability::volume_group::Type::try_from(v.r#type).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
             format!("VolumeGroup/{name}")
         }
-        capability::Type::ReclaimSpace(_) => "ReclaimSpace".to_owned(),
-        capability::Type::NetworkFence(_) => "NetworkFence".to_owned(),
+        capability::Type::ReclaimSpace(r) => {
+            let name =
+                capability::reclaim_space::Type::try_from(r.r#type).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
+            format!("ReclaimSpace/{name}")
+        }
+        capability::Type::NetworkFence(f) => {
+            let name =
+                capability::network_fence::Type::try_from(f.r#type).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
+            format!("NetworkFence/{name}")
+        }
         capability::Type::EncryptionKeyRotation(_) => "EncryptionKeyRotation".to_owned(),
     }
 }

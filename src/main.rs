@@ -36,9 +36,58 @@ enum Command {
     Demote(ForceCommand),
     /// Re-copy a split-brained secondary from the peer (ResyncVolume); prints ready.
     Resync(ForceCommand),
+    /// Show the handle(s) that address this volume or group on the peer site
+    /// (GetReplicationDestinationInfo).
+    Destination(VolumeCommand),
     /// Volume groups: create, modify, delete, get, list, and their consistency generations.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Give a volume's zeroed space back to the cluster (ControllerReclaimSpace).
+    ReclaimSpace(ReclaimArgs),
+    /// Network fencing: cut CIDR blocks off a cluster (OSD blocklist ranges).
+    #[command(subcommand)]
+    Fence(FenceCommand),
+}
+
+#[derive(Args)]
+struct ReclaimArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The ceph-csi volume handle (PV spec.csi.volumeHandle).
+    #[arg(long)]
+    volume_id: String,
+    #[arg(long, env = "RBD_ADDONS_SECRETS_FILE")]
+    secrets_file: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum FenceCommand {
+    /// Fence CIDR blocks (FenceClusterNetwork); fencing again renews.
+    Add(FenceArgs),
+    /// Unfence CIDR blocks (UnfenceClusterNetwork); unfenced ones are fine.
+    Remove(FenceArgs),
+    /// List the fenced CIDR blocks (ListClusterFence).
+    List(FenceListArgs),
+}
+
+#[derive(Args)]
+struct FenceArgs {
+    #[command(flatten)]
+    list: FenceListArgs,
+    /// A CIDR block such as 192.0.2.0/24 (repeatable).
+    #[arg(long = "cidr", required = true)]
+    cidrs: Vec<String>,
+}
+
+#[derive(Args)]
+struct FenceListArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// A parameter as in a NetworkFenceClass (repeatable); clusterID is required.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    #[arg(long, env = "RBD_ADDONS_SECRETS_FILE")]
+    secrets_file: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -288,7 +337,28 @@ async fn client_call(command: Command) -> Result<serde_json::Value, ClientError>
             let (conn, params, secrets) = f.volume.connect().await?;
             conn.resync(&f.volume.subject(), f.force, params, secrets).await
         }
+        Command::Destination(v) => {
+            let (conn, _, secrets) = v.connect().await?;
+            conn.destination(&v.subject(), secrets).await
+        }
         Command::Group(g) => group_call(g).await,
+        Command::ReclaimSpace(a) => {
+            let secrets = client::read_secrets(&a.secrets_file)?;
+            Connection::open(&a.client.endpoint, a.client.timeout).await?.reclaim_space(&a.volume_id, secrets).await
+        }
+        Command::Fence(f) => {
+            let (fence, args, cidrs) = match f {
+                FenceCommand::Add(a) => (Some(true), a.list, a.cidrs),
+                FenceCommand::Remove(a) => (Some(false), a.list, a.cidrs),
+                FenceCommand::List(a) => (None, a, Vec::new()),
+            };
+            let (params, secrets) = (client::parse_params(&args.params)?, client::read_secrets(&args.secrets_file)?);
+            let conn = Connection::open(&args.client.endpoint, args.client.timeout).await?;
+            match fence {
+                Some(fence) => conn.fence(fence, &cidrs, params, secrets).await,
+                None => conn.fence_list(params, secrets).await,
+            }
+        }
     }
 }
 
@@ -339,7 +409,10 @@ fn run_client(command: Command) -> ExitCode {
     let json = match &command {
         Command::Serve(_) => false,
         Command::Identity(a) | Command::Capabilities(a) | Command::Probe(a) => a.json,
-        Command::Enable(v) | Command::Disable(v) | Command::Info(v) => v.client.json,
+        Command::Enable(v) | Command::Disable(v) | Command::Info(v) | Command::Destination(v) => v.client.json,
+        Command::Fence(FenceCommand::Add(a) | FenceCommand::Remove(a)) => a.list.client.json,
+        Command::Fence(FenceCommand::List(a)) => a.client.json,
+        Command::ReclaimSpace(a) => a.client.json,
         Command::Promote(f) | Command::Demote(f) | Command::Resync(f) => f.volume.client.json,
         Command::Group(g) => match g {
             GroupCommand::Create(a) => a.client.json,
@@ -382,7 +455,10 @@ fn main() -> ExitCode {
         | Command::Promote(_)
         | Command::Demote(_)
         | Command::Resync(_)
-        | Command::Group(_)) => run_client(client_command),
+        | Command::Destination(_)
+        | Command::Group(_)
+        | Command::Fence(_)
+        | Command::ReclaimSpace(_)) => run_client(client_command),
         Command::Serve(args) => {
             if let Err(e) = init_logging(args.log_format, &args.log_level) {
                 eprintln!("rbd-addons: {e}");

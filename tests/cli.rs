@@ -36,12 +36,15 @@ async fn identity_capabilities_and_probe_in_both_output_forms() {
         serde_json::json!([
             "Service/CONTROLLER_SERVICE",
             "VolumeReplication/VOLUME_REPLICATION",
+            "VolumeReplication/GET_REPLICATION_DESTINATION_INFO",
             "VolumeGroup/VOLUME_GROUP",
             "VolumeGroup/LIMIT_VOLUME_TO_ONE_VOLUME_GROUP",
             "VolumeGroup/DO_NOT_ALLOW_VG_TO_DELETE_VOLUMES",
             "VolumeGroup/MODIFY_VOLUME_GROUP",
             "VolumeGroup/GET_VOLUME_GROUP",
-            "VolumeGroup/LIST_VOLUME_GROUPS"
+            "VolumeGroup/LIST_VOLUME_GROUPS",
+            "ReclaimSpace/OFFLINE",
+            "NetworkFence/NETWORK_FENCE"
         ])
     );
     let o = cli(&server, &["probe", "--json"]);

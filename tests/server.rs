@@ -15,8 +15,14 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const SERVED: [&str; 4] =
-    ["grpc.health.v1.Health", "identity.Identity", "replication.Controller", "volumegroup.Controller"];
+const SERVED: [&str; 6] = [
+    "fence.FenceController",
+    "grpc.health.v1.Health",
+    "identity.Identity",
+    "reclaimspace.ReclaimSpaceController",
+    "replication.Controller",
+    "volumegroup.Controller",
+];
 
 #[tokio::test]
 async fn identity_capabilities_and_probe() {
@@ -34,12 +40,32 @@ async fn identity_capabilities_and_probe() {
             CapType::Service(s) => format!("service/{}", s.r#type),
             CapType::VolumeReplication(v) => format!("replication/{}", v.r#type),
             CapType::VolumeGroup(g) => format!("group/{}", g.r#type),
+            CapType::NetworkFence(f) => format!("fence/{}", f.r#type),
+            CapType::ReclaimSpace(r) => format!("reclaim/{}", r.r#type),
             other => format!("unexpected {other:?}"),
         })
         .collect();
-    // CONTROLLER_SERVICE = 1, VOLUME_REPLICATION = 1, and the six VolumeGroup
-    // capabilities (VOLUME_GROUP = 1 .. LIST_VOLUME_GROUPS = 6): only what works.
-    assert_eq!(shown, ["service/1", "replication/1", "group/1", "group/2", "group/3", "group/4", "group/5", "group/6"]);
+    // CONTROLLER_SERVICE = 1, VOLUME_REPLICATION = 1,
+    // GET_REPLICATION_DESTINATION_INFO = 2, the six VolumeGroup capabilities
+    // (VOLUME_GROUP = 1 .. LIST_VOLUME_GROUPS = 6), ReclaimSpace OFFLINE = 1 (not
+    // ONLINE, the node's) and NETWORK_FENCE = 1 (not GET_CLIENTS_TO_FENCE):
+    // only what works.
+    assert_eq!(
+        shown,
+        [
+            "service/1",
+            "replication/1",
+            "replication/2",
+            "group/1",
+            "group/2",
+            "group/3",
+            "group/4",
+            "group/5",
+            "group/6",
+            "reclaim/1",
+            "fence/1"
+        ]
+    );
 
     let probe = id.probe(ProbeRequest {}).await.unwrap().into_inner();
     assert_eq!(probe.ready, Some(true));
@@ -112,12 +138,19 @@ async fn reflection_lists_exactly_the_served_services_and_health_is_serving() {
     assert_eq!(list_services_v1alpha(&server).await, SERVED);
 
     let mut health = HealthClient::new(server.channel().await);
-    for service in ["", "identity.Identity", "replication.Controller", "volumegroup.Controller"] {
+    for service in [
+        "",
+        "identity.Identity",
+        "replication.Controller",
+        "volumegroup.Controller",
+        "fence.FenceController",
+        "reclaimspace.ReclaimSpaceController",
+    ] {
         let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
     }
     // Not served, so not known to health either.
-    let err = health.check(HealthCheckRequest { service: "fence.FenceController".into() }).await.unwrap_err();
+    let err = health.check(HealthCheckRequest { service: "reclaimspace.ReclaimSpaceNode".into() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 

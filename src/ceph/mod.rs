@@ -8,9 +8,10 @@ mod pool;
 mod rados;
 mod rbd;
 mod snap;
+mod space;
 
 pub use error::CephError;
-pub use ledger::ClientLedger;
+pub use ledger::{ClientLedger, single_addrs};
 pub use pool::{ConnectionKey, ConnectionPool};
 pub use rados::{Cluster, ConnectOptions, IoCtx};
 pub use rbd::{

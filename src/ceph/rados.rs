@@ -130,6 +130,12 @@ impl Cluster {
         self.command("rados_mgr_command", sys::rados_mgr_command, json)
     }
 
+    /// Sends one JSON command to the monitors and returns its output; the
+    /// error carries the monitors' status text.
+    pub fn mon_command(&self, json: &str) -> Result<String, (CephError, String)> {
+        self.command("rados_mon_command", sys::rados_mon_command, json)
+    }
+
     fn command(&self, op: &'static str, send: CommandFn, json: &str) -> Result<String, (CephError, String)> {
         let cmd = c_string(op, json).map_err(|e| (e, String::new()))?;
         let mut cmds = [cmd.as_ptr()];

@@ -43,6 +43,8 @@ pub enum Error {
 pub struct ResolvedVolume {
     pub io: IoCtx,
     pub image: String,
+    /// The clusterID (of this site's config.json) the pool was found under.
+    pub cluster_id: String,
 }
 
 impl ResolvedVolume {
@@ -120,7 +122,7 @@ impl Resolver {
     /// its cluster-mapping translations (a group handle minted on the peer).
     /// Blocking. Candidates that do not exist here are skipped; when none
     /// opens, the first candidate's error is returned.
-    pub fn group_pools(&self, id: &CsiId, creds: &Credentials) -> Result<Vec<IoCtx>, Error> {
+    pub fn group_pools(&self, id: &CsiId, creds: &Credentials) -> Result<Vec<(String, IoCtx)>, Error> {
         let mut candidates = vec![(id.cluster_id.clone(), id.pool_id)];
         if let Some(mapping) = &self.mapping_path {
             for c in mapping::candidates(mapping, &id.cluster_id, id.pool_id)? {
@@ -133,7 +135,7 @@ impl Resolver {
         let mut pools = Vec::new();
         for (cluster_id, pool_id) in candidates {
             match self.open_pool(&cluster_id, pool_id, creds) {
-                Ok(io) => pools.push(io),
+                Ok(io) => pools.push((cluster_id, io)),
                 Err(e) if e.may_be_peer_handle() => {
                     first_err.get_or_insert(e);
                 }
@@ -169,6 +171,32 @@ impl Resolver {
             }
         }
         Ok(out)
+    }
+
+    /// The ID that names on the peer site what `id` names here, where it was
+    /// found in pool `pool_id` of `cluster_id`. A handle minted on the peer
+    /// (found here through the cluster mapping) already names the peer's
+    /// object. One minted here is translated by the cluster mapping; without
+    /// an entry for it, both sites are taken to share the clusterID and pool
+    /// ID (as when Rook names both clusters alike and the pools were created
+    /// in the same order), and the handle is returned unchanged.
+    pub fn peer_id(&self, id: &CsiId, cluster_id: &str, pool_id: i64) -> Result<CsiId, Error> {
+        if (id.cluster_id.as_str(), id.pool_id) != (cluster_id, pool_id) {
+            return Ok(id.clone());
+        }
+        let Some(mapping) = &self.mapping_path else { return Ok(id.clone()) };
+        let candidates = mapping::candidates(mapping, &id.cluster_id, id.pool_id)?;
+        Ok(match candidates.into_iter().next() {
+            Some((cluster_id, pool_id)) => CsiId { cluster_id, pool_id, uuid: id.uuid.clone() },
+            None => id.clone(),
+        })
+    }
+
+    /// A connection to the cluster `cluster_id` of config.json, for
+    /// cluster-wide calls (fencing) that name no pool.
+    pub fn cluster(&self, cluster_id: &str, creds: &Credentials) -> Result<Arc<crate::ceph::Cluster>, Error> {
+        let info = config::lookup(&self.config_path, cluster_id)?;
+        self.connect(cluster_id, &info, creds)
     }
 
     /// The pool named `pool` of the cluster `cluster_id`, for creating groups.
@@ -227,6 +255,6 @@ impl Resolver {
             Err(source) => return Err(Error::Journal { object, source }),
         };
         let image = image.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("csi-vol-{uuid}"));
-        Ok(ResolvedVolume { io, image })
+        Ok(ResolvedVolume { io, image, cluster_id: cluster_id.to_owned() })
     }
 }

@@ -14,7 +14,8 @@ pub mod scheduler;
 
 pub use membership::{CreateParams, GroupView, ListPage, MemberView, create, delete, get, list, modify};
 pub use replicate::{
-    GENERATION_INTERVAL, GroupInfo, demote, disable, enable, info, parse_interval, promote, resync, take_generation,
+    GENERATION_INTERVAL, GroupInfo, demote, disable, enable, info, parse_interval, promote, require_destinations,
+    resync, take_generation,
 };
 
 use crate::ceph::{CephError, Image, IoCtx};
@@ -46,6 +47,8 @@ pub struct Group {
     pub id: CsiId,
     /// The pool holding the group (and its journal, on the site that made it).
     pub io: IoCtx,
+    /// The clusterID (of this site's config.json) the pool was found under.
+    pub cluster_id: String,
     pub rbd_group: String,
     /// ceph-csi's journal record: on the site that created the group only.
     pub record: Option<journal::GroupRecord>,
@@ -69,7 +72,7 @@ pub fn find(resolver: &Resolver, id: &CsiId, creds: &Credentials) -> Result<Grou
     // A candidate pool that these credentials may not read is another
     // pool that happens to carry the same ID on this site: not ours.
     let foreign = |e: &CephError| matches!(e.errno, libc::EPERM | libc::EACCES);
-    for io in &pools {
+    for (cluster_id, io) in &pools {
         let record = match journal::read(io, &id.uuid) {
             Err(e) if foreign(&e) => continue,
             r => r.map_err(Error::ceph("cannot read the group's journal"))?,
@@ -78,6 +81,7 @@ pub fn find(resolver: &Resolver, id: &CsiId, creds: &Credentials) -> Result<Grou
             let io = reopen(io)?;
             return Ok(Group {
                 id: id.clone(),
+                cluster_id: cluster_id.clone(),
                 rbd_group: record.rbd_group.clone(),
                 member_ids: record.members.clone(),
                 record: Some(record),
@@ -85,7 +89,7 @@ pub fn find(resolver: &Resolver, id: &CsiId, creds: &Credentials) -> Result<Grou
             });
         }
     }
-    for io in &pools {
+    for (cluster_id, io) in &pools {
         let members = match scan_members(io, &id.uuid) {
             Err(Error::Ceph { source, .. }) if foreign(&source) => continue,
             r => r?,
@@ -94,6 +98,7 @@ pub fn find(resolver: &Resolver, id: &CsiId, creds: &Credentials) -> Result<Grou
             let io = reopen(io)?;
             return Ok(Group {
                 id: id.clone(),
+                cluster_id: cluster_id.clone(),
                 rbd_group: format!("{}{}", journal::DEFAULT_GROUP_PREFIX, id.uuid),
                 record: None,
                 member_ids: members,

@@ -323,6 +323,16 @@ fn revert_to_newest_common(group: &Group, members: &[Member]) -> Result<Option<R
     }
 }
 
+/// Every member must have a destination on the peer before any is given:
+/// a partial map would let the caller rewrite some handles and not others.
+pub fn require_destinations(group: &Group, members: &[Member]) -> Result<(), Error> {
+    require_members(group, members)?;
+    for m in members {
+        replication::require_destination(&m.vol).map_err(on_member(m))?;
+    }
+    Ok(())
+}
+
 /// Resync of every member; ready only when every member is.
 pub fn resync(members: &[Member], force: bool) -> Result<bool, Error> {
     let mut ready = true;

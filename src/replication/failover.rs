@@ -10,7 +10,7 @@ use super::Error;
 use super::params::Schedule;
 use super::status::{PeerCopy, ReplayDescription, describe, peer_copy};
 use super::volume::{apply_schedule, mirror_info, open, remove_schedule};
-use crate::ceph::{Image, MirrorInfo, MirrorState, SiteState};
+use crate::ceph::{Cluster, Image, MirrorInfo, MirrorState, SiteState};
 use crate::cephcsi::ResolvedVolume;
 
 /// How long a promote retries while the local rbd-mirror still holds the
@@ -242,17 +242,17 @@ pub fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
 /// Fails when no rbd-mirror daemon of this cluster is in the mgr's service map:
 /// without one nothing will ever sync, and "not ready" would be a lie.
 fn require_mirror_daemon(vol: &ResolvedVolume) -> Result<(), Error> {
-    let out = vol
-        .io
-        .cluster()
-        .mgr_command(r#"{"prefix": "service dump", "format": "json"}"#)
-        .map_err(|(source, status)| Error::Mgr { what: "cannot read the service map".into(), source, status })?;
-    let map: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    let daemons = map["services"]["rbd-mirror"]["daemons"]
-        .as_object()
-        .map_or(0, |d| d.keys().filter(|k| *k != "summary").count());
-    if daemons == 0 {
+    if mirror_daemon_count(vol.io.cluster())? == 0 {
         return Err(Error::Unavailable("no rbd-mirror daemon is running on this site; start it, then retry".into()));
     }
     Ok(())
+}
+
+/// How many rbd-mirror daemons the mgr's service map lists for this cluster.
+fn mirror_daemon_count(cluster: &Cluster) -> Result<usize, Error> {
+    let out = cluster
+        .mgr_command(r#"{"prefix": "service dump", "format": "json"}"#)
+        .map_err(|(source, status)| Error::Mgr { what: "cannot read the service map".into(), source, status })?;
+    let map: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    Ok(map["services"]["rbd-mirror"]["daemons"].as_object().map_or(0, |d| d.keys().filter(|k| *k != "summary").count()))
 }

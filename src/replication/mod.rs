@@ -10,7 +10,7 @@ pub use failover::{CREATION_TIME_KEY, PEER_REPORT_WAIT, demote, promote, require
 pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
 pub use params::{MIRRORING_MODE, SCHEDULING_INTERVAL};
 pub use status::{Health, ReplayDescription, health};
-pub use volume::{ReplicationInfo, disable, enable, info};
+pub use volume::{ReplicationInfo, disable, enable, info, require_destination};
 
 use crate::ceph::CephError;
 use crate::cephcsi;
@@ -53,6 +53,9 @@ pub enum Error {
     Ceph { what: String, source: CephError },
     #[error("{what}: {status} ({source})")]
     Mgr { what: String, source: CephError, status: String },
+    /// A monitor command failed; `status` is the monitors' own text.
+    #[error("{what}: {status} ({source})")]
+    Mon { what: String, source: CephError, status: String },
     #[error(transparent)]
     Exec(#[from] ExecError),
 }

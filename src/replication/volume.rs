@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use super::Error;
 use super::params::{DisableParams, EnableParams, FlattenMode, Schedule};
-use super::status::{Health, ReplayDescription, health};
+use super::status::{Health, PeerCopy, ReplayDescription, describe, health, peer_copy};
 use crate::ceph::{Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState, PoolMirrorMode, SiteState};
 use crate::cephcsi::ResolvedVolume;
 
@@ -239,6 +239,29 @@ pub fn disable(vol: &ResolvedVolume, params: &DisableParams) -> Result<(), Error
         return Err(Error::InProgress(format!("mirroring of {} is still being disabled; retry", vol.spec())));
     }
     info!(image = %vol.spec(), force = params.force, "mirroring disabled");
+    Ok(())
+}
+
+/// Whether a destination handle for this volume would name something on the
+/// peer: it must be mirrored and the peer's rbd-mirror must have reported its
+/// copy (see `PeerCopy`); until then UNAVAILABLE, as the spec asks for
+/// destination info that is not available yet.
+pub fn require_destination(vol: &ResolvedVolume) -> Result<(), Error> {
+    let image = open_with(&vol.io, vol, Image::open_read_only)?;
+    let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
+    if status.info.state != MirrorState::Enabled {
+        return Err(Error::FailedPrecondition(format!(
+            "replication is not enabled on {}, so it has no destination",
+            vol.spec()
+        )));
+    }
+    if peer_copy(&status) == PeerCopy::NoneKnown {
+        return Err(Error::Unavailable(format!(
+            "the peer site holds no copy of {} yet as far as this site can tell ({}); retry",
+            vol.spec(),
+            describe(&status)
+        )));
+    }
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 use tonic::{Request, Response, Status};
 
-use crate::proto::identity::capability::{self, Service, VolumeGroup, VolumeReplication};
+use crate::proto::identity::capability::{self, NetworkFence, ReclaimSpace, Service, VolumeGroup, VolumeReplication};
 use crate::proto::identity::identity_server::Identity;
 use crate::proto::identity::{
     Capability, GetCapabilitiesRequest, GetCapabilitiesResponse, GetIdentityRequest, GetIdentityResponse, ProbeRequest,
@@ -32,6 +32,11 @@ pub fn capabilities() -> Vec<Capability> {
                 r#type: capability::volume_replication::Type::VolumeReplication as i32,
             })),
         },
+        Capability {
+            r#type: Some(capability::Type::VolumeReplication(VolumeReplication {
+                r#type: capability::volume_replication::Type::GetReplicationDestinationInfo as i32,
+            })),
+        },
     ];
     use capability::volume_group::Type as G;
     // RBD allows one group per image; a group with members cannot be deleted.
@@ -45,6 +50,18 @@ pub fn capabilities() -> Vec<Capability> {
     ] {
         caps.push(Capability { r#type: Some(capability::Type::VolumeGroup(VolumeGroup { r#type: t as i32 })) });
     }
+    // OFFLINE only: ONLINE (fstrim on the node) belongs to the node plugin.
+    caps.push(Capability {
+        r#type: Some(capability::Type::ReclaimSpace(ReclaimSpace {
+            r#type: capability::reclaim_space::Type::Offline as i32,
+        })),
+    });
+    // GET_CLIENTS_TO_FENCE is CephFS's (MDS sessions); RBD has nothing to list.
+    caps.push(Capability {
+        r#type: Some(capability::Type::NetworkFence(NetworkFence {
+            r#type: capability::network_fence::Type::NetworkFence as i32,
+        })),
+    });
     caps
 }
 

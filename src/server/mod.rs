@@ -1,7 +1,9 @@
 //! Thin tonic services over the domain layer, and the Unix socket they serve on.
 
 pub(crate) mod codec;
+mod fence;
 mod identity;
+mod reclaimspace;
 mod replication;
 mod status;
 mod volumegroup;
@@ -23,13 +25,21 @@ use crate::ceph::{ClientLedger, ConnectionPool};
 use crate::cephcsi::Resolver;
 use crate::exec::Executor;
 use crate::groups::scheduler::Scheduler;
+use crate::proto::fence::fence_controller_server::FenceControllerServer;
 use crate::proto::identity::identity_server::IdentityServer;
+use crate::proto::reclaimspace::reclaim_space_controller_server::ReclaimSpaceControllerServer;
 use crate::proto::replication::controller_server::ControllerServer;
 use crate::proto::volumegroup::controller_server::ControllerServer as VolumeGroupServer;
 
 /// Services listed by reflection: exactly the ones answered on the socket.
-pub const SERVED_SERVICES: &[&str] =
-    &["identity.Identity", "replication.Controller", "volumegroup.Controller", "grpc.health.v1.Health"];
+pub const SERVED_SERVICES: &[&str] = &[
+    "identity.Identity",
+    "replication.Controller",
+    "volumegroup.Controller",
+    "fence.FenceController",
+    "reclaimspace.ReclaimSpaceController",
+    "grpc.health.v1.Health",
+];
 
 pub struct ServeConfig {
     pub socket_path: PathBuf,
@@ -145,6 +155,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
     health_reporter.set_serving::<IdentityServer<identity::IdentityService>>().await;
     health_reporter.set_serving::<ControllerServer<replication::ReplicationService>>().await;
     health_reporter.set_serving::<VolumeGroupServer<volumegroup::VolumeGroupService>>().await;
+    health_reporter.set_serving::<FenceControllerServer<fence::FenceService>>().await;
+    health_reporter.set_serving::<ReclaimSpaceControllerServer<reclaimspace::ReclaimSpaceService>>().await;
     let scheduler = Scheduler::new();
     let generations = scheduler.clone().spawn(exec.clone(), resolver.clone());
 
@@ -189,7 +201,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
             resolver.clone(),
             scheduler,
         )))
-        .add_service(VolumeGroupServer::new(volumegroup::VolumeGroupService::new(exec.clone(), resolver)))
+        .add_service(VolumeGroupServer::new(volumegroup::VolumeGroupService::new(exec.clone(), resolver.clone())))
+        .add_service(FenceControllerServer::new(fence::FenceService::new(exec.clone(), resolver.clone())))
+        .add_service(ReclaimSpaceControllerServer::new(reclaimspace::ReclaimSpaceService::new(exec.clone(), resolver)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             stop_rx.await.ok();
         });

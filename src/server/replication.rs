@@ -12,6 +12,9 @@ use crate::exec::Executor;
 use crate::groups::{self, Group, Member, scheduler::Scheduler};
 use crate::proto::replication::controller_server::Controller;
 use crate::proto::replication::get_volume_replication_info_response::Status as InfoStatus;
+use crate::proto::replication::replication_destination::{
+    Type as DestinationType, VolumeDestination, VolumeGroupDestination,
+};
 use crate::proto::replication::replication_source::Type as SourceType;
 use crate::proto::replication::*;
 use crate::replication::{self, DisableParams, EnableParams, Error, Health, ParamError};
@@ -285,6 +288,49 @@ impl Controller for ReplicationService {
             )
             .await?;
         Ok(Response::new(info))
+    }
+
+    async fn get_replication_destination_info(
+        &self,
+        request: Request<GetReplicationDestinationInfoRequest>,
+    ) -> Result<Response<GetReplicationDestinationInfoResponse>, Status> {
+        let req = request.into_inner();
+        let target = target("", req.replication_source.as_ref());
+        let source_id = match &target {
+            Ok(Target::Volume(id) | Target::Group(id)) => id.clone(),
+            Err(_) => String::new(),
+        };
+        let (for_volume, for_group) = (self.resolver.clone(), self.resolver.clone());
+        let destination = self
+            .run(
+                "GetReplicationDestinationInfo",
+                target,
+                &req.secrets,
+                move |vol| {
+                    replication::require_destination(vol)?;
+                    let id = CsiId::decode(&source_id).map_err(|e| Error::Resolve(e.into()))?;
+                    let peer = for_volume.peer_id(&id, &vol.cluster_id, vol.io.pool_id())?;
+                    Ok(DestinationType::Volume(VolumeDestination { volume_id: peer.encode() }))
+                },
+                Box::new(move |g, members, _| {
+                    groups::require_destinations(g, members)?;
+                    let mut volume_ids = HashMap::with_capacity(members.len());
+                    for m in members {
+                        let id = CsiId::decode(&m.volume_id).map_err(|e| Error::Resolve(e.into()))?;
+                        let peer = for_group.peer_id(&id, &m.vol.cluster_id, m.vol.io.pool_id())?;
+                        volume_ids.insert(m.volume_id.clone(), peer.encode());
+                    }
+                    let group = for_group.peer_id(&g.id, &g.cluster_id, g.io.pool_id())?;
+                    Ok(DestinationType::Volumegroup(VolumeGroupDestination {
+                        volume_group_id: group.encode(),
+                        volume_ids,
+                    }))
+                }),
+            )
+            .await?;
+        Ok(Response::new(GetReplicationDestinationInfoResponse {
+            replication_destination: Some(ReplicationDestination { r#type: Some(destination) }),
+        }))
     }
 
     async fn promote_volume(

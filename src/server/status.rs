@@ -30,6 +30,11 @@ pub fn code_of(err: &Error) -> Code {
             // rbd_support answers EAGAIN while it (re)loads, e.g. after a failover.
             _ => errno_code(source),
         },
+        Error::Mon { source, .. } => match source.errno {
+            libc::EINVAL => Code::InvalidArgument,
+            // errno_code's PERMISSION_DENIED: the message names the mon cap.
+            _ => errno_code(source),
+        },
         Error::Exec(e) => match e {
             ExecError::Busy(_) => Code::Aborted,
             ExecError::Overloaded(_) => Code::Unavailable,

@@ -113,6 +113,11 @@ def promote_like_req(volume_id, secrets, force=False):
     return field_bool(2, force) + field_map(4, secrets) + field_bytes(6, source_volume(volume_id))
 
 
+def destination_req(volume_id, secrets):
+    # GetReplicationDestinationInfoRequest: secrets=1, replication_source=2
+    return field_map(1, secrets) + field_bytes(2, source_volume(volume_id))
+
+
 def info_req(volume_id, secrets):
     # GetVolumeReplicationInfoRequest: secrets=2, replication_id=3, replication_source=4
     return field_map(2, secrets) + field_bytes(4, source_volume(volume_id))
@@ -138,7 +143,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="wire-compat-")
     sock = os.path.join(tmp, "csi-addons.sock")
     server = subprocess.Popen(
-        [binary, "serve", "--endpoint", f"unix://{sock}", "--ceph-csi-config", site["csi_config"]],
+        [binary, "serve", "--endpoint", f"unix://{sock}", "--ceph-csi-config", site["csi_config"],
+         "--cluster-mapping", site["cluster_mapping"]],
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "server.log"), "w"))
     image = None
     try:
@@ -155,15 +161,23 @@ def main():
         resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = sorted(s.name for s in resp.list_services_response.service)
         check("reflection lists exactly the served services", names ==
-              ["grpc.health.v1.Health", "identity.Identity", "replication.Controller", "volumegroup.Controller"], names)
+              ["fence.FenceController", "grpc.health.v1.Health", "identity.Identity",
+               "reclaimspace.ReclaimSpaceController", "replication.Controller", "volumegroup.Controller"], names)
 
         # Identity.
         code, body = call(channel, "/identity.Identity/GetIdentity", b"")
         check("GetIdentity", code == grpc.StatusCode.OK and decode(body)[1][0] == b"rbd.csi.ceph.com", (code, body))
         code, body = call(channel, "/identity.Identity/GetCapabilities", b"")
         caps = sorted(next(iter(decode(c))) for c in decode(body).get(1, [])) if code == grpc.StatusCode.OK else []
-        # Capability oneof: service = 1, volume_replication = 4, volume_group = 5 (six of them).
-        check("GetCapabilities advertises service, volume_replication, volume_group", caps == [1, 4] + [5] * 6, caps)
+        # Capability oneof: service = 1, reclaim_space = 2 (OFFLINE), network_fence = 3
+        # (NETWORK_FENCE), volume_replication = 4 (VOLUME_REPLICATION = 1 and
+        # GET_REPLICATION_DESTINATION_INFO = 2), volume_group = 5 (six).
+        check("GetCapabilities advertises service, reclaim_space, network_fence, volume_replication, volume_group",
+              caps == [1, 2, 3, 4, 4] + [5] * 6, caps)
+        replication_types = sorted(decode(v).get(1, [0])[0] for c in decode(body).get(1, [])
+                                   for k, vs in decode(c).items() if k == 4 for v in vs)
+        check("VolumeReplication capabilities are VOLUME_REPLICATION and GET_REPLICATION_DESTINATION_INFO",
+              replication_types == [1, 2], replication_types)
         code, body = call(channel, "/identity.Identity/Probe", b"")
         ready = decode(decode(body)[1][0]).get(1, [0])[0] if code == grpc.StatusCode.OK else None
         check("Probe ready", ready == 1, (code, body))
@@ -183,6 +197,21 @@ def main():
         code, _ = call(channel, "/replication.Controller/EnableVolumeReplication",
                        enable_req(volume_id, secrets, legacy=True))
         check("EnableVolumeReplication through legacy field 1", code == grpc.StatusCode.OK, code)
+
+        # GetReplicationDestinationInfo: UNAVAILABLE until the peer reports its copy
+        # (about 2 s), then the handle with site-b's pool ID from the cluster mapping.
+        # Response: replication_destination = 1 { volume = 1 { volume_id = 1 } }.
+        deadline = time.time() + 60
+        while True:
+            code, body = call(channel, "/replication.Controller/GetReplicationDestinationInfo",
+                              destination_req(volume_id, secrets))
+            if code != grpc.StatusCode.UNAVAILABLE or time.time() > deadline:
+                break
+            time.sleep(1)
+        peer_id = (decode(decode(decode(body)[1][0])[1][0])[1][0].decode()
+                   if code == grpc.StatusCode.OK else None)
+        want = f"0001-{len(cid):04x}-{cid}-{lab['sites']['b']['pool_id']:016x}-{vol_uuid}"
+        check("GetReplicationDestinationInfo gives the handle of the copy on site-b", peer_id == want, (code, body))
 
         code, body = call(channel, "/replication.Controller/GetVolumeReplicationInfo", info_req(volume_id, secrets))
         check("GetVolumeReplicationInfo answers OK or NOT_FOUND (no sync reported yet)",
@@ -229,6 +258,30 @@ def main():
         check("DeleteVolumeGroup of the empty group", code == grpc.StatusCode.OK, code)
         code, _ = call(channel, "/volumegroup.Controller/ControllerGetVolumeGroup", field_str(1, group_id) + field_map(2, secrets))
         check("ControllerGetVolumeGroup of a deleted group is NOT_FOUND", code == grpc.StatusCode.NOT_FOUND, code)
+
+        # NetworkFence: Fence/Unfence request parameters = 1, secrets = 2, cidrs = 3
+        # (CIDR { cidr = 1 }); ListClusterFence request parameters = 1, secrets = 2,
+        # response cidrs = 1. A documentation range only (RFC 5737).
+        fence_body = field_map(1, {"clusterID": cid}) + field_map(2, secrets) + field_bytes(3, field_str(1, "198.51.100.0/28"))
+
+        def blocklisted():
+            out = subprocess.run(["ceph", "-c", site["conf"], "osd", "blocklist", "ls"], capture_output=True,
+                                 text=True, timeout=60)
+            return "198.51.100.0:0/28" in out.stdout + out.stderr
+
+        code, detail = call(channel, "/fence.FenceController/FenceClusterNetwork", fence_body)
+        check("FenceClusterNetwork blocklists the range in Ceph", code == grpc.StatusCode.OK and blocklisted(),
+              (code, detail))
+        code, body = call(channel, "/fence.FenceController/ListClusterFence",
+                          field_map(1, {"clusterID": cid}) + field_map(2, secrets))
+        listed = [decode(c).get(1, [b""])[0].decode() for c in decode(body).get(1, [])] if code == grpc.StatusCode.OK else []
+        check("ListClusterFence lists the fenced range", "198.51.100.0/28" in listed, (code, listed))
+        code, detail = call(channel, "/fence.FenceController/UnfenceClusterNetwork", fence_body)
+        check("UnfenceClusterNetwork removes the range from Ceph", code == grpc.StatusCode.OK and not blocklisted(),
+              (code, detail))
+        code, _ = call(channel, "/fence.FenceController/GetFenceClients",
+                       field_map(1, {"clusterID": cid}) + field_map(2, secrets))
+        check("GetFenceClients is UNIMPLEMENTED for RBD", code == grpc.StatusCode.UNIMPLEMENTED, code)
 
         code, detail = call(channel, "/replication.Controller/EnableVolumeReplication",
                             enable_req(volume_id, {"userID": lab["user"]}))

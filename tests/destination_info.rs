@@ -1,0 +1,149 @@
+//! GetReplicationDestinationInfo: the handles that address on site-b what a
+//! handle addresses on site-a (the lab's pool IDs differ: 2 and 3), proven by
+//! using them on site-b's server to fail over, and checked in Ceph's view.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rbd_addons::proto::replication::replication_destination::Type as DestinationType;
+use rbd_addons::proto::replication::{GetReplicationDestinationInfoRequest, ReplicationSource};
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+async fn destination(
+    c: &mut Client,
+    lab: &Lab,
+    source: Option<ReplicationSource>,
+) -> Result<DestinationType, tonic::Status> {
+    let req = GetReplicationDestinationInfoRequest { secrets: lab.secrets(), replication_source: source };
+    let resp = c.get_replication_destination_info(req).await?.into_inner();
+    Ok(resp.replication_destination.and_then(|d| d.r#type).expect("a destination"))
+}
+
+/// Polls while the answer is UNAVAILABLE (the peer has not reported its copy).
+async fn destination_once_available(c: &mut Client, lab: &Lab, source: Option<ReplicationSource>) -> DestinationType {
+    let started = Instant::now();
+    loop {
+        match destination(c, lab, source.clone()).await {
+            Err(e) if e.code() == Code::Unavailable && started.elapsed() < LIMIT => {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            other => return other.expect("destination info"),
+        }
+    }
+}
+
+fn peer_handle_of(lab: &Lab, site_a_id: &str) -> String {
+    let uuid = &site_a_id[site_a_id.len() - 36..];
+    volume_id(&lab.cluster_id(), lab.pool_id(Site::B), uuid)
+}
+
+async fn promote_when_ready(c: &mut Client, lab: &Lab, source: Option<ReplicationSource>) {
+    let started = Instant::now();
+    loop {
+        let req = rbd_addons::proto::replication::PromoteVolumeRequest {
+            secrets: lab.secrets(),
+            replication_source: source.clone(),
+            ..Default::default()
+        };
+        match c.promote_volume(req).await {
+            Ok(_) => return,
+            Err(e) if e.code() == Code::Unavailable && started.elapsed() < LIMIT => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Err(e) => panic!("promote through the destination handle: {e:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_volume_destination_handle_fails_over_on_a_peer_without_any_cluster_mapping() {
+    let lab = Lab::load();
+    let mapping_a = lab.facts["sites"]["a"]["cluster_mapping"].as_str().unwrap().to_owned();
+    let server_a = Server::start(&lab.csi_config(Site::A), &["--cluster-mapping", &mapping_a]).await;
+    // Site-b knows nothing of site-a's pool IDs: only the destination handle
+    // can name the volume there.
+    let server_b = Server::start(&lab.csi_config(Site::B), &["--cluster-mapping", "/nonexistent/mapping.json"]).await;
+    let (mut a, mut b) = (server_a.replication().await, server_b.replication().await);
+    let vol = lab.create_volume(VolumeOpts::default());
+
+    // Not replicated yet: FAILED_PRECONDITION; a volume that does not exist: NOT_FOUND.
+    let err = destination(&mut a, &lab, source(&vol.id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let missing = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
+    assert_eq!(destination(&mut a, &lab, source(&missing)).await.unwrap_err().code(), Code::NotFound);
+    let err = destination(&mut a, &lab, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    write_data(&lab, Site::A, &vol.spec);
+    enable(&mut a, &lab, &vol.id).await.expect("enable");
+    let DestinationType::Volume(dest) = destination_once_available(&mut a, &lab, source(&vol.id)).await else {
+        panic!("a group destination for a volume")
+    };
+    assert_eq!(dest.volume_id, peer_handle_of(&lab, &vol.id), "site-b's pool ID from the cluster mapping");
+    assert_ne!(dest.volume_id, vol.id);
+
+    // Planned failover, site-b addressed only through the destination handle.
+    let sum = checksum(&lab, Site::A, &vol.spec).unwrap();
+    wait_same_data(&lab, &vol.spec, &sum, Site::B, LIMIT).await;
+    demote(&mut a, &lab, &vol.id).await.expect("demote on a");
+    promote_when_ready(&mut b, &lab, source(&dest.volume_id)).await;
+    assert_eq!(is_primary(&lab, Site::B, &vol.spec), Some(true), "site-b's copy did not become primary");
+    assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(false));
+    assert_eq!(checksum(&lab, Site::B, &vol.spec).as_deref(), Some(sum.as_str()), "data lost on the way");
+    // From site-b the destination is site-a's handle again.
+    let DestinationType::Volume(back) = destination_once_available(&mut b, &lab, source(&dest.volume_id)).await else {
+        panic!("a group destination for a volume")
+    };
+    assert_eq!(back.volume_id, dest.volume_id, "without a mapping on site-b, the same handle is assumed");
+
+    disable(&mut b, &lab, &dest.volume_id).await.expect("disable on b");
+    remove_everywhere(&lab, &vol.spec);
+}
+
+#[tokio::test]
+async fn a_group_destination_maps_every_member_and_fails_over_on_the_peer() {
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let mut g = sites.a.groups().await;
+    let vols: Vec<TestVolume> = (0..2).map(|_| lab.create_volume(VolumeOpts::default())).collect();
+    let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
+    let group = create_group(&mut g, &lab, &format!("dest-{}", new_uuid()), &ids).await.expect("group");
+    let gid = group.volume_group_id.clone();
+
+    let err = destination(&mut a, &lab, group_source(&gid)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "not replicated yet: {err:?}");
+    for v in &vols {
+        write_data(&lab, Site::A, &v.spec);
+    }
+    group_enable(&mut a, &lab, &gid, HashMap::new()).await.expect("group enable");
+    let DestinationType::Volumegroup(dest) = destination_once_available(&mut a, &lab, group_source(&gid)).await else {
+        panic!("a volume destination for a group")
+    };
+    assert_eq!(dest.volume_group_id, peer_handle_of(&lab, &gid));
+    let want: HashMap<String, String> = vols.iter().map(|v| (v.id.clone(), peer_handle_of(&lab, &v.id))).collect();
+    assert_eq!(dest.volume_ids, want, "the map must hold every member, each with site-b's handle");
+
+    let sums: Vec<String> = vols.iter().map(|v| checksum(&lab, Site::A, &v.spec).unwrap()).collect();
+    for (v, sum) in vols.iter().zip(&sums) {
+        wait_same_data(&lab, &v.spec, sum, Site::B, LIMIT).await;
+    }
+    group_demote(&mut a, &lab, &gid).await.expect("group demote on a");
+    promote_when_ready(&mut b, &lab, group_source(&dest.volume_group_id)).await;
+    for (v, sum) in vols.iter().zip(&sums) {
+        assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true), "{} is not primary on b", v.spec);
+        assert_eq!(checksum(&lab, Site::B, &v.spec).as_deref(), Some(sum.as_str()), "{} lost data", v.spec);
+    }
+
+    group_disable(&mut b, &lab, &dest.volume_group_id).await.expect("group disable on b");
+    modify_group(&mut g, &lab, &gid, &[]).await.ok();
+    delete_group(&mut g, &lab, &gid).await.ok();
+    for v in &vols {
+        remove_everywhere(&lab, &v.spec);
+    }
+}
