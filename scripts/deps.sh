@@ -18,7 +18,8 @@ deps_apt() {
   command -v cargo >/dev/null || { echo "[deps] cargo (Rust stable >= 1.88) is required" >&2; exit 1; }
 }
 
-# A virtualenv with the Python gRPC client used by the wire-compatibility check.
+# A virtualenv with the Python gRPC client used by the wire-compatibility check,
+# and PyYAML for the check of the manifests in deploy/.
 deps_python() {
   local venv=$1
   if [ ! -x "$venv/bin/python" ]; then
@@ -28,6 +29,6 @@ deps_python() {
       python3 -m venv "$venv"
     }
   fi
-  "$venv/bin/python" -c 'import grpc, grpc_reflection' 2>/dev/null ||
-    "$venv/bin/pip" install -q --disable-pip-version-check grpcio==1.85.1 grpcio-reflection==1.85.1
+  "$venv/bin/python" -c 'import grpc, grpc_reflection, yaml' 2>/dev/null ||
+    "$venv/bin/pip" install -q --disable-pip-version-check grpcio==1.85.1 grpcio-reflection==1.85.1 pyyaml==6.0.3
 }

@@ -24,4 +24,7 @@ echo "== wire compatibility (hand-encoded csi-addons requests, grpcio)"
 "${RBD_ADDONS_VENV:-$PWD/target/venv}/bin/python" tests/python/wire_compat.py \
   target/debug/rbd-addons "${CEPHLAB_DIR:-/tmp/cephlab}/lab.json"
 
+echo "== deploy/ manifests against the binary's own --help"
+"${RBD_ADDONS_VENV:-$PWD/target/venv}/bin/python" tests/python/deploy_check.py target/debug/rbd-addons deploy
+
 echo "== all tests passed in $((SECONDS - start)) s"
