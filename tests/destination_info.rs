@@ -106,11 +106,13 @@ async fn a_volume_destination_handle_fails_over_on_a_peer_without_any_cluster_ma
 }
 
 #[tokio::test]
-async fn a_group_destination_maps_every_member_and_fails_over_on_the_peer() {
+async fn a_group_destination_maps_every_member_and_fails_over_on_a_peer_without_any_cluster_mapping() {
     let lab = Lab::load();
-    let sites = SitePair::start(&lab, &[]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
-    let mut g = sites.a.groups().await;
+    let mapping_a = lab.facts["sites"]["a"]["cluster_mapping"].as_str().unwrap().to_owned();
+    let server_a = Server::start(&lab.csi_config(Site::A), &["--cluster-mapping", &mapping_a]).await;
+    let server_b = Server::start(&lab.csi_config(Site::B), &["--cluster-mapping", "/nonexistent/mapping.json"]).await;
+    let (mut a, mut b) = (server_a.replication().await, server_b.replication().await);
+    let mut g = server_a.groups().await;
     let vols: Vec<TestVolume> = (0..2).map(|_| lab.create_volume(VolumeOpts::default())).collect();
     let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
     let group = create_group(&mut g, &lab, &format!("dest-{}", new_uuid()), &ids).await.expect("group");

@@ -238,6 +238,18 @@ impl Resolver {
         })
     }
 
+    /// The volume with this UUID in a given pool of this site, whatever its
+    /// handle says (a group's members, found on the peer by their metadata).
+    pub fn resolve_in(
+        &self,
+        cluster_id: &str,
+        pool_id: i64,
+        uuid: &str,
+        creds: &Credentials,
+    ) -> Result<ResolvedVolume, Error> {
+        self.resolve_at(cluster_id, pool_id, uuid, creds)
+    }
+
     fn resolve_at(
         &self,
         cluster_id: &str,

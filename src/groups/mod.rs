@@ -190,16 +190,41 @@ pub fn resolve_members(
     let mut members = Vec::with_capacity(group.member_ids.len());
     for volume_id in &group.member_ids {
         guards.push(claims.claim(volume_id)?);
-        members.push(resolve_member(resolver, volume_id, creds)?);
+        members.push(resolve_group_member(resolver, group, volume_id, creds)?);
     }
     Ok((members, guards))
 }
 
 fn resolve_member(resolver: &Resolver, volume_id: &str, creds: &Credentials) -> Result<Member, Error> {
-    let id = CsiId::decode(volume_id)
-        .map_err(|e| Error::InvalidArgument(format!("member {volume_id:?}: invalid volume ID: it {e}")))?;
+    let id = decode_member_id(volume_id)?;
     let vol = resolver.resolve(&id, creds)?;
     Ok(Member { volume_id: volume_id.to_owned(), vol })
+}
+
+fn decode_member_id(volume_id: &str) -> Result<CsiId, Error> {
+    CsiId::decode(volume_id)
+        .map_err(|e| Error::InvalidArgument(format!("member {volume_id:?}: invalid volume ID: it {e}")))
+}
+
+fn resolve_group_member(
+    resolver: &Resolver,
+    group: &Group,
+    volume_id: &str,
+    creds: &Credentials,
+) -> Result<Member, Error> {
+    let id = decode_member_id(volume_id)?;
+    let direct = resolver.resolve(&id, creds);
+    let found = |v: &cephcsi::ResolvedVolume| v.image_exists().unwrap_or(true);
+    if group.record.is_none() && !direct.as_ref().is_ok_and(found) {
+        // Found by its members' metadata (the peer site): they are in the
+        // group's own pool, whatever pool their handles name, so a group
+        // handle works here without a cluster mapping.
+        let here = resolver.resolve_in(&group.cluster_id, group.io.pool_id(), &id.uuid, creds)?;
+        if found(&here) {
+            return Ok(Member { volume_id: volume_id.to_owned(), vol: here });
+        }
+    }
+    Ok(Member { volume_id: volume_id.to_owned(), vol: direct? })
 }
 
 /// Names the member an error is about, so a partly failed group call says
