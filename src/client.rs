@@ -391,9 +391,9 @@ pub fn generations(
     use crate::ceph::ConnectionPool;
     use crate::cephcsi::{Credentials, Resolver};
     use crate::groups;
-    let fail = |e: crate::replication::Error| ClientError::Rpc(crate::server::to_group_status(Some(group_id), &e));
+    let fail = |e: crate::Error| ClientError::Rpc(crate::server::to_group_status(Some(group_id), &e));
     let id = groups::decode_group_id(group_id).map_err(fail)?;
-    let creds = Credentials::from_secrets(secrets).map_err(|e| fail(crate::replication::Error::Resolve(e.into())))?;
+    let creds = Credentials::from_secrets(secrets).map_err(|e| fail(crate::Error::Resolve(e.into())))?;
     let pool = std::sync::Arc::new(ConnectionPool::new(Duration::from_secs(60), Duration::from_secs(30)));
     let resolver = Resolver::new(config.to_owned(), Some(mapping.to_owned()), pool);
     let group = groups::find(&resolver, &id, &creds).map_err(fail)?;

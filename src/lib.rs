@@ -1,6 +1,7 @@
 pub mod ceph;
 pub mod cephcsi;
 pub mod client;
+mod error;
 pub mod exec;
 pub mod fence;
 pub mod groups;
@@ -8,3 +9,5 @@ pub mod proto;
 pub mod reclaim;
 pub mod replication;
 pub mod server;
+
+pub use error::Error;

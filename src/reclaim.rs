@@ -8,9 +8,9 @@
 
 use tracing::info;
 
+use crate::Error;
 use crate::ceph::{Image, MirrorImageMode, MirrorState};
 use crate::cephcsi::ResolvedVolume;
-use crate::replication::Error;
 
 /// What one call did: allocated bytes (as `rbd du` counts them) before and
 /// after, and why nothing was done, if so.

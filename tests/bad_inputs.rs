@@ -75,6 +75,8 @@ async fn table_of_bad_inputs() {
     let with_secrets =
         |name, secrets: HashMap<String, String>, want| Case { secrets, ..base(name, Rpc::Enable, &plain.id, want) };
     let oversize_value = "1".repeat(300) + "m";
+    let huge_id = "a".repeat(100_000);
+    let huge_value = "1".repeat(20_000) + "m";
     let many: Vec<(String, String)> = (0..100).map(|i| (format!("k{i}"), "v".to_owned())).collect();
 
     let cases = vec![
@@ -182,6 +184,16 @@ async fn table_of_bad_inputs() {
             ..base("force not a boolean", Rpc::Disable, &plain.id, Code::InvalidArgument)
         },
         base("info on a volume that is not mirrored", Rpc::Info, &plain.id, Code::FailedPrecondition),
+        // Oversize input is the caller's fault, answered without echoing it
+        // (a 100 kB ID once came back as RESOURCE_EXHAUSTED from HTTP/2).
+        base("a 100 kB volume ID", Rpc::Enable, &huge_id, Code::InvalidArgument),
+        Case { legacy_id: huge_id.clone(), ..base("a 100 kB legacy volume ID", Rpc::Info, "", Code::InvalidArgument) },
+        with_params(
+            "a 20 kB parameter value",
+            &plain.id,
+            &[("schedulingInterval", &huge_value)],
+            Code::InvalidArgument,
+        ),
         base("clone of a parent that is not mirrored", Rpc::Enable, &clone_id, Code::FailedPrecondition),
     ];
     assert!(cases.len() >= 25);
@@ -229,6 +241,9 @@ async fn table_of_bad_inputs() {
                 if s.message().trim().is_empty() {
                     failures.push(format!("{}: empty message", case.name));
                 }
+                if s.message().len() > 1024 {
+                    failures.push(format!("{}: a {}-byte message", case.name, s.message().len()));
+                }
                 if s.message().contains(&real_key) || s.message().contains(&wrong_key) {
                     failures.push(format!("{}: message leaks a key", case.name));
                 }
@@ -246,4 +261,33 @@ async fn table_of_bad_inputs() {
     cleanup(&lab, &clone_spec);
     cleanup(&lab, &parent.spec);
     cleanup(&lab, &plain.spec);
+}
+
+#[tokio::test]
+async fn oversize_ids_are_invalid_arguments_on_every_service() {
+    use rbd_addons::client::ClientError;
+    let lab = Lab::load();
+    let server = Server::start(&lab.csi_config(Site::A), &[]).await;
+    let c = server.cli_client().await;
+    let huge = "a".repeat(100_000);
+    let code = |r: Result<serde_json::Value, ClientError>| match r {
+        Err(ClientError::Rpc(s)) => {
+            assert!(s.message().len() < 1024, "a {}-byte message", s.message().len());
+            s.code()
+        }
+        other => panic!("{other:?}"),
+    };
+    let group = rbd_addons::client::Subject::Group(huge.clone());
+    assert_eq!(code(c.info(&group, lab.secrets()).await), Code::InvalidArgument, "group replication");
+    assert_eq!(code(c.group_get(&huge, lab.secrets()).await), Code::InvalidArgument, "ControllerGetVolumeGroup");
+    assert_eq!(code(c.group_delete(&huge, lab.secrets()).await), Code::InvalidArgument, "DeleteVolumeGroup");
+    assert_eq!(code(c.reclaim_space(&huge, lab.secrets()).await), Code::InvalidArgument, "ControllerReclaimSpace");
+    let cluster = HashMap::from([("clusterID".to_owned(), huge.clone())]);
+    let r = c.fence(true, &["192.0.2.0/24".to_owned()], cluster, lab.secrets()).await;
+    assert_eq!(code(r), Code::InvalidArgument, "FenceClusterNetwork");
+    let mut secrets = lab.secrets();
+    secrets.insert("userID".into(), huge.clone());
+    let id = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
+    let r = c.info(&rbd_addons::client::Subject::Volume(id), secrets).await;
+    assert_eq!(code(r), Code::InvalidArgument, "a 100 kB secret value");
 }

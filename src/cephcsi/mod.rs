@@ -98,7 +98,7 @@ impl Resolver {
     /// the handle does not resolve to an existing image here and a cluster
     /// mapping is configured, the handle's peer-site translations are tried.
     pub fn resolve(&self, id: &CsiId, creds: &Credentials) -> Result<ResolvedVolume, Error> {
-        let direct = self.resolve_at(&id.cluster_id, id.pool_id, &id.uuid, creds);
+        let direct = self.resolve_in(&id.cluster_id, id.pool_id, &id.uuid, creds);
         let Some(mapping) = &self.mapping_path else { return direct };
         if direct.as_ref().is_err_and(|e| !e.may_be_peer_handle()) {
             return direct;
@@ -108,7 +108,7 @@ impl Resolver {
             return direct;
         }
         for (cluster_id, pool_id) in candidates {
-            if let Ok(vol) = self.resolve_at(&cluster_id, pool_id, &id.uuid, creds)
+            if let Ok(vol) = self.resolve_in(&cluster_id, pool_id, &id.uuid, creds)
                 && vol.image_exists().unwrap_or(false)
             {
                 tracing::debug!(volume = %id, cluster_id, pool_id, "resolved through the cluster mapping");
@@ -238,19 +238,10 @@ impl Resolver {
         })
     }
 
-    /// The volume with this UUID in a given pool of this site, whatever its
-    /// handle says (a group's members, found on the peer by their metadata).
+    /// The volume with this UUID in a given pool of this site, whatever pool
+    /// its handle names (a group's members, found on the peer by their
+    /// metadata; a handle's own or mapped pool).
     pub fn resolve_in(
-        &self,
-        cluster_id: &str,
-        pool_id: i64,
-        uuid: &str,
-        creds: &Credentials,
-    ) -> Result<ResolvedVolume, Error> {
-        self.resolve_at(cluster_id, pool_id, uuid, creds)
-    }
-
-    fn resolve_at(
         &self,
         cluster_id: &str,
         pool_id: i64,

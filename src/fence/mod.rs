@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tracing::info;
 
+use crate::Error;
 use crate::ceph::{CephError, Cluster};
-use crate::replication::Error;
 
 /// How long a fence lasts. Ceph has no permanent blocklist entry and its
 /// default is ONE HOUR, after which a fenced site could write again unseen;
@@ -94,16 +94,16 @@ impl std::fmt::Display for Cidr {
 pub fn parse_cidrs<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Vec<Cidr>, Error> {
     let mut out = Vec::new();
     for t in texts {
-        let cidr = Cidr::parse(t).map_err(Error::InvalidArgument)?;
+        let cidr = Cidr::parse(t).map_err(Error::Malformed)?;
         if !out.contains(&cidr) {
             out.push(cidr);
         }
     }
     if out.is_empty() {
-        return Err(Error::InvalidArgument("no CIDR given: cidrs must name at least one block".into()));
+        return Err(Error::Malformed("no CIDR given: cidrs must name at least one block".into()));
     }
     if out.len() > MAX_CIDRS {
-        return Err(Error::InvalidArgument(format!("{} CIDRs in one call; at most {MAX_CIDRS}", out.len())));
+        return Err(Error::Malformed(format!("{} CIDRs in one call; at most {MAX_CIDRS}", out.len())));
     }
     Ok(out)
 }
@@ -181,12 +181,12 @@ fn refuse_self_fencing(cluster: &Cluster, cidrs: &[Cidr]) -> Result<(), Error> {
     let own: Vec<IpAddr> = crate::ceph::single_addrs(&own).iter().filter_map(|a| ip_of(a)).collect();
     for cidr in cidrs {
         if let Some(ip) = monitors.iter().find(|ip| cidr.contains(**ip)) {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::WrongState(format!(
                 "{cidr} covers the monitor at {ip}: fencing it would cut the cluster off from itself; nothing was fenced"
             )));
         }
         if let Some(ip) = own.iter().find(|ip| cidr.contains(**ip)) {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::WrongState(format!(
                 "{cidr} covers this server's own address {ip}: it would fence itself off the cluster; nothing was fenced"
             )));
         }
@@ -260,11 +260,11 @@ mod tests {
 
     #[test]
     fn requests_need_a_valid_non_empty_list() {
-        assert!(matches!(parse_cidrs([]), Err(Error::InvalidArgument(_))));
-        assert!(matches!(parse_cidrs(["192.0.2.0/24", "nope"]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(parse_cidrs([]), Err(Error::Malformed(_))));
+        assert!(matches!(parse_cidrs(["192.0.2.0/24", "nope"]), Err(Error::Malformed(_))));
         assert_eq!(parse_cidrs(["192.0.2.0/24", "192.0.2.0/24"]).unwrap().len(), 1);
         let many: Vec<String> = (0..=MAX_CIDRS).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
-        assert!(matches!(parse_cidrs(many.iter().map(String::as_str)), Err(Error::InvalidArgument(_))));
+        assert!(matches!(parse_cidrs(many.iter().map(String::as_str)), Err(Error::Malformed(_))));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::Member;
+use crate::Error;
 use crate::ceph::{CephError, Image, IoCtx, SnapInfo, SnapKind};
-use crate::replication::Error;
 
 pub const PRE_PREFIX: &str = "rbd-addons.pre.";
 pub const GEN_PREFIX: &str = "rbd-addons.gen.";
@@ -296,7 +296,7 @@ pub(super) fn writable_head(m: &Member) -> Result<Image<'_>, Error> {
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
             Err(e) if e.is(libc::EROFS) => {
-                return Err(Error::Unavailable(format!(
+                return Err(Error::NotReady(format!(
                     "member {} is still read-only after its promote: this site's rbd-mirror still holds it \
                      (after a site loss it lets go once its operations on the lost site time out); retry",
                     m.vol.spec()

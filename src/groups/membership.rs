@@ -11,10 +11,11 @@ use tracing::info;
 use super::{
     GROUP_KEY, Group, MAX_MEMBERS, Member, VOLUME_ID_KEY, find, on_member, open_member, resolve_member, state_object,
 };
+use crate::Error;
 use crate::ceph::{Image, IoCtx};
 use crate::cephcsi::{Credentials, CsiId, Resolver, group as journal};
 use crate::exec::Claims;
-use crate::replication::{EnableParams, Error};
+use crate::replication::EnableParams;
 
 /// CreateVolumeGroup's parameters, as ceph-csi reads them from the class.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +31,7 @@ impl CreateParams {
     pub fn parse(params: &HashMap<String, String>) -> Result<Self, Error> {
         let required = |k: &str| {
             params.get(k).filter(|v| !v.is_empty()).cloned().ok_or_else(|| {
-                Error::InvalidArgument(format!(
+                Error::Malformed(format!(
                     "parameter {k:?} is required (set it in the VolumeGroupReplicationClass, as for ceph-csi)"
                 ))
             })
@@ -40,7 +41,7 @@ impl CreateParams {
         if name_prefix.len() > 64
             || !name_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Malformed(format!(
                 "parameter \"volumeGroupNamePrefix\" {name_prefix:?} must be at most 64 letters, digits, '-', '_' or '.'"
             )));
         }
@@ -66,7 +67,7 @@ pub struct GroupView {
 
 fn check_count(n: usize) -> Result<(), Error> {
     if n > MAX_MEMBERS {
-        return Err(Error::ResourceExhausted(format!("{n} volumes requested; a group holds at most {MAX_MEMBERS}")));
+        return Err(Error::TooMany(format!("{n} volumes requested; a group holds at most {MAX_MEMBERS}")));
     }
     Ok(())
 }
@@ -75,7 +76,7 @@ fn check_ids(volume_ids: &[String]) -> Result<Vec<String>, Error> {
     let unique: BTreeSet<String> = volume_ids.iter().cloned().collect();
     check_count(unique.len())?;
     for v in &unique {
-        CsiId::decode(v).map_err(|e| Error::InvalidArgument(format!("member {v:?}: invalid volume ID: it {e}")))?;
+        CsiId::decode(v).map_err(|e| Error::Malformed(format!("member {v:?}: invalid volume ID: it {e}")))?;
     }
     Ok(unique.into_iter().collect())
 }
@@ -83,7 +84,7 @@ fn check_ids(volume_ids: &[String]) -> Result<Vec<String>, Error> {
 fn new_uuid() -> Result<String, Error> {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| s.trim().to_owned())
-        .map_err(|e| Error::Unavailable(format!("cannot generate a UUID: {e}")))
+        .map_err(|e| Error::NotReady(format!("cannot generate a UUID: {e}")))
 }
 
 pub fn create(
@@ -113,9 +114,9 @@ pub fn create(
     };
     let id = CsiId { cluster_id: params.cluster_id.clone(), pool_id: io.pool_id(), uuid };
     let group = find(resolver, &id, creds)?;
-    let record = group.record.as_ref().ok_or_else(|| Error::NotFound(format!("volume group {id} lost its journal")))?;
+    let record = group.record.as_ref().ok_or_else(|| Error::Missing(format!("volume group {id} lost its journal")))?;
     if !record.members.is_empty() && !wanted.is_empty() && record.members != wanted {
-        return Err(Error::AlreadyExists(format!(
+        return Err(Error::NameTaken(format!(
             "volume group {name:?} exists with other members; use ModifyVolumeGroupMembership to change them"
         )));
     }
@@ -181,9 +182,9 @@ fn apply_membership(
 }
 
 fn check_same_cluster(group: &Group, m: &Member) -> Result<(), Error> {
-    let id = CsiId::decode(&m.volume_id).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let id = CsiId::decode(&m.volume_id).map_err(|e| Error::Malformed(e.to_string()))?;
     if id.cluster_id != group.id.cluster_id {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Malformed(format!(
             "volume {} is in cluster {:?}, the group in {:?}; a group holds volumes of one cluster",
             m.volume_id, id.cluster_id, group.id.cluster_id
         )));
@@ -196,7 +197,7 @@ fn check_same_cluster(group: &Group, m: &Member) -> Result<(), Error> {
 fn missing_is_invalid(volume_id: &str) -> impl FnOnce(Error) -> Error + '_ {
     move |e| match e {
         Error::ImageNotFound { image } => {
-            Error::InvalidArgument(format!("volume {volume_id} does not exist (image {image})"))
+            Error::Malformed(format!("volume {volume_id} does not exist (image {image})"))
         }
         e => e,
     }
@@ -254,7 +255,7 @@ fn check_free(m: &Member, group: Option<&Group>) -> Result<(), Error> {
     match image.group().map_err(Error::ceph("cannot read the image's group"))? {
         None => Ok(()),
         Some((pool, name)) if group.is_some_and(|g| pool == g.io.pool_id() && name == g.rbd_group) => Ok(()),
-        Some((_, name)) => Err(Error::FailedPrecondition(format!(
+        Some((_, name)) => Err(Error::WrongState(format!(
             "volume {} is already in RBD group {name}; an image can be in one group only",
             m.volume_id
         ))),
@@ -268,7 +269,7 @@ fn join(group: &Group, m: &Member) -> Result<(), Error> {
     match image.group().map_err(Error::ceph("cannot read the image's group"))? {
         Some((pool, name)) if pool == group.io.pool_id() && name == group.rbd_group => {}
         Some((_, name)) => {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::WrongState(format!(
                 "volume {} is already in RBD group {name}; an image can be in one group only",
                 m.volume_id
             )));
@@ -317,7 +318,7 @@ fn leave(group: &Group, m: &Member) -> Result<(), Error> {
 /// mirrored member metadata.
 fn require_record(group: &Group) -> Result<&journal::GroupRecord, Error> {
     group.record.as_ref().ok_or_else(|| {
-        Error::NotFound(format!("volume group {} was created on the peer site; change its membership there", group.id))
+        Error::Missing(format!("volume group {} was created on the peer site; change its membership there", group.id))
     })
 }
 
@@ -342,7 +343,7 @@ pub fn modify(
     let replication = super::replicate::replication_of(&current)?;
     let adding = wanted.iter().any(|v| !group.member_ids.contains(v));
     if adding && matches!(replication, Some((_, false))) {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::WrongState(format!(
             "volume group {id} is a secondary on this site; add volumes while it is primary here"
         )));
     }
@@ -364,7 +365,7 @@ pub fn modify(
 pub fn delete(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<(), Error> {
     let group = match find(resolver, id, creds) {
         Ok(g) => g,
-        Err(Error::NotFound(_)) => return Ok(()),
+        Err(Error::Missing(_)) => return Ok(()),
         Err(e) => return Err(e),
     };
     let Some(record) = &group.record else {
@@ -372,7 +373,7 @@ pub fn delete(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<()
         return Ok(());
     };
     if !record.members.is_empty() {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::WrongState(format!(
             "volume group {id} still has {} members; remove them (ModifyVolumeGroupMembership with no volumes) first",
             record.members.len()
         )));
@@ -384,7 +385,7 @@ pub fn delete(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<()
         // The group's snapshots sit on images that are secondaries here; right
         // after the primary's disable rbd-mirror deletes them within a second.
         Err(e) if e.is(libc::EROFS) => {
-            return Err(Error::Unavailable(format!(
+            return Err(Error::NotReady(format!(
                 "RBD group {} still has snapshots on secondary images that rbd-mirror has not removed yet; retry",
                 group.rbd_group
             )));
@@ -472,7 +473,7 @@ pub fn list(
     let end = (start + max_entries).min(ids.len());
     let mut groups = Vec::with_capacity(end - start);
     for id in &ids[start..end] {
-        let id = CsiId::decode(id).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let id = CsiId::decode(id).map_err(|e| Error::Malformed(e.to_string()))?;
         groups.push(get(resolver, creds, &id)?);
     }
     let next_token = if end < ids.len() { ids[end - 1].clone() } else { String::new() };
@@ -509,8 +510,8 @@ mod tests {
     fn member_lists_are_deduplicated_and_bounded() {
         let id = "0001-0009-rook-ceph-0000000000000002-71f1dc66-e334-4b9b-9f7c-536f4c3f03fa".to_owned();
         assert_eq!(check_ids(&[id.clone(), id.clone()]).unwrap(), vec![id]);
-        assert!(matches!(check_ids(&["x".into()]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(check_ids(&["x".into()]), Err(Error::Malformed(_))));
         assert!(check_count(MAX_MEMBERS).is_ok());
-        assert!(matches!(check_count(MAX_MEMBERS + 1), Err(Error::ResourceExhausted(_))));
+        assert!(matches!(check_count(MAX_MEMBERS + 1), Err(Error::TooMany(_))));
     }
 }

@@ -18,10 +18,10 @@ pub use replicate::{
     resync, take_generation,
 };
 
+use crate::Error;
 use crate::ceph::{CephError, Image, IoCtx};
 use crate::cephcsi::{self, Credentials, CsiId, ResolvedVolume, Resolver, group as journal};
 use crate::exec::{Claims, KeyGuard};
-use crate::replication::Error;
 
 /// Image metadata on every member: the group's UUID, and the member's own
 /// volume ID (the handle the controller uses on both sites).
@@ -62,7 +62,7 @@ impl Group {
 }
 
 pub fn decode_group_id(id: &str) -> Result<CsiId, Error> {
-    CsiId::decode(id).map_err(|e| Error::InvalidArgument(format!("invalid volume group ID: it {e}")))
+    CsiId::decode(id).map_err(|e| Error::Malformed(format!("invalid volume group ID: it {e}")))
 }
 
 /// Finds a group on this site: by its journal where it was created, else by
@@ -106,12 +106,12 @@ pub fn find(resolver: &Resolver, id: &CsiId, creds: &Credentials) -> Result<Grou
             });
         }
     }
-    Err(Error::NotFound(format!("volume group {id} does not exist on this site")))
+    Err(Error::Missing(format!("volume group {id} does not exist on this site")))
 }
 
 fn not_found_as_group(id: &CsiId) -> impl FnOnce(cephcsi::Error) -> Error + '_ {
     move |e| match e {
-        cephcsi::Error::PoolNotFound { .. } => Error::NotFound(format!("volume group {id}: {e}")),
+        cephcsi::Error::PoolNotFound { .. } => Error::Missing(format!("volume group {id}: {e}")),
         e => Error::Resolve(e),
     }
 }
@@ -202,8 +202,7 @@ fn resolve_member(resolver: &Resolver, volume_id: &str, creds: &Credentials) -> 
 }
 
 fn decode_member_id(volume_id: &str) -> Result<CsiId, Error> {
-    CsiId::decode(volume_id)
-        .map_err(|e| Error::InvalidArgument(format!("member {volume_id:?}: invalid volume ID: it {e}")))
+    CsiId::decode(volume_id).map_err(|e| Error::Malformed(format!("member {volume_id:?}: invalid volume ID: it {e}")))
 }
 
 fn resolve_group_member(

@@ -16,8 +16,9 @@ use tracing::{info, warn};
 use super::generations::{self, Reverted, Taken};
 use super::membership::{ensure_rbd_group, tag};
 use super::{Group, Member, on_member, open_member, state_object};
+use crate::Error;
 use crate::ceph::{IoCtx, MirrorImageMode, MirrorState};
-use crate::replication::{self, DisableParams, EnableParams, Error, Health, Schedule};
+use crate::replication::{self, DisableParams, EnableParams, Health, Schedule};
 
 const INTERVAL_KEY: &str = "generation-interval";
 /// Set before the first member is promoted, cleared once every member is
@@ -34,7 +35,7 @@ pub const DEFAULT_GENERATION_INTERVAL: Duration = Duration::from_secs(60);
 pub fn parse_interval(params: &HashMap<String, String>) -> Result<Option<Duration>, Error> {
     let Some(v) = params.get(GENERATION_INTERVAL) else { return Ok(None) };
     let bad = || {
-        Error::InvalidArgument(format!(
+        Error::Malformed(format!(
             "parameter {GENERATION_INTERVAL} is {v:?}; use a whole number of seconds, minutes or hours such as \"30s\" or \"5m\""
         ))
     };
@@ -95,7 +96,7 @@ pub fn interval_of(group: &Group) -> Result<Duration, Error> {
 
 fn require_members(group: &Group, members: &[Member]) -> Result<(), Error> {
     if members.is_empty() {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::WrongState(format!(
             "volume group {} has no members; add volumes before replicating it",
             group.id
         )));
@@ -166,7 +167,7 @@ fn ensure_rbd_group_members(group: &Group, members: &[Member]) -> Result<(), Err
         match in_group {
             Some((pool, name)) if pool == group.io.pool_id() && name == group.rbd_group => {}
             Some((_, name)) => {
-                return Err(on_member(m)(Error::FailedPrecondition(format!(
+                return Err(on_member(m)(Error::WrongState(format!(
                     "{} is in RBD group {name}, not in {}",
                     m.vol.spec(),
                     group.rbd_group
@@ -420,7 +421,7 @@ mod tests {
         assert_eq!(interval("5m").unwrap(), Some(Duration::from_secs(300)));
         assert_eq!(interval("2h").unwrap(), Some(Duration::from_secs(7200)));
         for bad in ["", "0s", "5", "m", "-1m", "1.5m", "5d", "9999999999999999999h", "200h"] {
-            assert!(matches!(interval(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+            assert!(matches!(interval(bad), Err(Error::Malformed(_))), "{bad:?}");
         }
     }
 

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, warn};
 
 use super::{Group, find, generations, members_unguarded, state_object};
+use crate::Error;
 use crate::ceph::{MirrorImageMode, MirrorState};
 use crate::cephcsi::{Credentials, CsiId, Resolver};
 use crate::exec::Executor;
-use crate::replication::Error;
 
 const LOCK_NAME: &str = "rbd-addons.generations";
 /// How often the watch list is looked at.
@@ -133,7 +133,7 @@ impl Scheduler {
 fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> Result<Outcome, Error> {
     let group = match find(resolver, id, creds) {
         Ok(g) => g,
-        Err(Error::NotFound(_)) => return Ok(Outcome::Forget),
+        Err(Error::Missing(_)) => return Ok(Outcome::Forget),
         Err(e) => return Err(e),
     };
     let interval = super::replicate::interval_of(&group)?;

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::Error;
 use super::params::Schedule;
 use super::status::{PeerCopy, ReplayDescription, describe, peer_copy};
 use super::volume::{apply_schedule, mirror_info, open, remove_schedule};
+use crate::Error;
 use crate::ceph::{Cluster, Image, MirrorInfo, MirrorState, SiteState};
 use crate::cephcsi::ResolvedVolume;
 
@@ -44,7 +44,7 @@ fn require_enabled(info: &MirrorInfo, vol: &ResolvedVolume) -> Result<(), Error>
     if info.state == MirrorState::Enabled {
         Ok(())
     } else {
-        Err(Error::FailedPrecondition(format!("replication is not enabled on {}; enable it first", vol.spec())))
+        Err(Error::WrongState(format!("replication is not enabled on {}; enable it first", vol.spec())))
     }
 }
 
@@ -75,7 +75,7 @@ fn refuse_unsafe_promote(image: &Image<'_>, vol: &ResolvedVolume) -> Result<(), 
     let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
     match status.local() {
         Some(local) if local.up && local.state == SiteState::Error && local.description.contains("split-brain") => {
-            Err(Error::FailedPrecondition(format!(
+            Err(Error::WrongState(format!(
                 "{}: {}; the peer became primary after this copy's demotion, so promoting without force would \
                  leave two primaries. Resync this site (resync --force), or promote with force to keep this site's data",
                 vol.spec(),
@@ -98,7 +98,7 @@ pub fn require_peer_copy(image: &Image<'_>, vol: &ResolvedVolume, deadline: Inst
             return Ok(());
         }
         if Instant::now() + Duration::from_secs(1) > deadline {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::WrongState(format!(
                 "{} has no copy on the peer site as far as this site can tell ({}); the peer can create its copy \
                  only from a primary, so demoting now would leave the volume without a primary on either site. \
                  Retry once the peer's rbd-mirror reports the image (up to 30 s after enabling), check that \
@@ -124,7 +124,7 @@ fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Resu
             }
             Err(e) if e.is(libc::EBUSY) && !force => {
                 let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::WrongState(format!(
                     "{}: librbd refuses a non-forced promote because this copy's newest mirror snapshot is not its \
                      own demotion: the peer is or was primary after it ({}). Demote the peer first, or promote \
                      with force",
@@ -139,7 +139,7 @@ fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Resu
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
             Err(e) if e.is(libc::EROFS) => {
-                return Err(Error::Unavailable(format!(
+                return Err(Error::NotReady(format!(
                     "{} cannot be promoted yet: this site's rbd-mirror still holds it ({e}); retry",
                     vol.spec()
                 )));
@@ -190,7 +190,7 @@ pub fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
     let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
     require_enabled(&status.info, vol)?;
     if status.info.primary {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Malformed(format!(
             "{} is primary on this site; a resync only applies to a demoted secondary",
             vol.spec()
         )));
@@ -200,7 +200,7 @@ pub fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
     // A new or re-created image has no status until rbd-mirror's next report;
     // any other "down" means the daemon stopped reporting.
     if !local.up && local.description != "status not found" {
-        return Err(Error::Unavailable(format!(
+        return Err(Error::NotReady(format!(
             "rbd-mirror on this site is not reporting on {} (status down+{}); check the rbd-mirror daemon",
             vol.spec(),
             local.state.as_str()
@@ -210,7 +210,7 @@ pub fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
     let syncing = local.state == SiteState::Syncing || desc.replay_state.as_deref() == Some("syncing");
     if local.up && local.state == SiteState::Error && !syncing {
         if !force {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::WrongState(format!(
                 "{} is in {}; resync with force=true discards this site's changes and copies the peer",
                 vol.spec(),
                 local.description
@@ -218,7 +218,7 @@ pub fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
         }
         let saved = image.metadata_get(CREATION_TIME_KEY).map_err(Error::ceph("cannot read image metadata"))?;
         let Some(saved) = saved else {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::WrongState(format!(
                 "{} has no demotion marker ({CREATION_TIME_KEY}); demote it through rbd-addons first so that a resync cannot repeat",
                 vol.spec()
             )));
@@ -243,7 +243,7 @@ pub fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
 /// without one nothing will ever sync, and "not ready" would be a lie.
 fn require_mirror_daemon(vol: &ResolvedVolume) -> Result<(), Error> {
     if mirror_daemon_count(vol.io.cluster())? == 0 {
-        return Err(Error::Unavailable("no rbd-mirror daemon is running on this site; start it, then retry".into()));
+        return Err(Error::NotReady("no rbd-mirror daemon is running on this site; start it, then retry".into()));
     }
     Ok(())
 }

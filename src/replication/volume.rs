@@ -5,9 +5,9 @@
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::Error;
 use super::params::{DisableParams, EnableParams, FlattenMode, Schedule};
 use super::status::{Health, PeerCopy, ReplayDescription, describe, health, peer_copy};
+use crate::Error;
 use crate::ceph::{Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState, PoolMirrorMode, SiteState};
 use crate::cephcsi::ResolvedVolume;
 
@@ -70,14 +70,14 @@ pub fn enable(vol: &ResolvedVolume, params: &EnableParams) -> Result<(), Error> 
     match io.mirror_mode().map_err(Error::ceph("cannot read the pool's mirroring mode"))? {
         PoolMirrorMode::Image => {}
         PoolMirrorMode::Disabled => {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::WrongState(format!(
                 "mirroring is not enabled on pool {}; run `rbd mirror pool enable {} image` on both sites",
                 pool_spec(io),
                 pool_spec(io)
             )));
         }
         PoolMirrorMode::Pool => {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::WrongState(format!(
                 "pool {} mirrors in pool mode, where images cannot be enabled one by one; switch it to image mode",
                 pool_spec(io)
             )));
@@ -88,7 +88,7 @@ pub fn enable(vol: &ResolvedVolume, params: &EnableParams) -> Result<(), Error> 
 
     image.mirror_enable(params.mode).map_err(|e| {
         if e.is(libc::EINVAL) {
-            Error::FailedPrecondition(format!(
+            Error::WrongState(format!(
                 "librbd refused to enable {} mirroring of {} ({e}); journal mode needs the exclusive-lock feature",
                 params.mode.as_str(),
                 vol.spec()
@@ -106,7 +106,7 @@ pub fn enable(vol: &ResolvedVolume, params: &EnableParams) -> Result<(), Error> 
             if let Err(undo) = image.mirror_disable(false) {
                 warn!(image = %vol.spec(), error = %undo, "could not undo the enable after a refused schedule");
             }
-            return Err(Error::InvalidArgument(err.to_string()));
+            return Err(Error::Malformed(err.to_string()));
         }
         return Err(err);
     }
@@ -144,7 +144,7 @@ fn check_parent(vol: &ResolvedVolume, image: &Image<'_>, flatten: FlattenMode) -
         Image::open(&parent_io, &parent.image).map_err(Error::ceph(format!("cannot open parent {}", parent.spec())))?;
     let parent_info = mirror_info(&parent_image)?;
     if parent_info.state != MirrorState::Enabled {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::WrongState(format!(
             "{} is a clone of {}, which is not mirrored; mirror the parent or set flattenMode=force",
             vol.spec(),
             parent.spec()
@@ -218,7 +218,7 @@ pub fn disable(vol: &ResolvedVolume, params: &DisableParams) -> Result<(), Error
         }
         let shown = local
             .map_or("unknown".to_owned(), |l| format!("{}+{}", if l.up { "up" } else { "down" }, l.state.as_str()));
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::WrongState(format!(
             "{} is a secondary that is not replaying (status {shown}); disable replication on the primary site first",
             vol.spec()
         )));
@@ -250,13 +250,13 @@ pub fn require_destination(vol: &ResolvedVolume) -> Result<(), Error> {
     let image = open_with(&vol.io, vol, Image::open_read_only)?;
     let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
     if status.info.state != MirrorState::Enabled {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::WrongState(format!(
             "replication is not enabled on {}, so it has no destination",
             vol.spec()
         )));
     }
     if peer_copy(&status) == PeerCopy::NoneKnown {
-        return Err(Error::Unavailable(format!(
+        return Err(Error::NotReady(format!(
             "the peer site holds no copy of {} yet as far as this site can tell ({}); retry",
             vol.spec(),
             describe(&status)
@@ -269,13 +269,10 @@ pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
     let image = open_with(&vol.io, vol, Image::open_read_only)?;
     let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
     if status.info.state != MirrorState::Enabled {
-        return Err(Error::FailedPrecondition(format!("replication is not enabled on {}", vol.spec())));
+        return Err(Error::WrongState(format!("replication is not enabled on {}", vol.spec())));
     }
     if !status.info.primary {
-        return Err(Error::FailedPrecondition(format!(
-            "{} is not primary on this site; ask the primary site",
-            vol.spec()
-        )));
+        return Err(Error::WrongState(format!("{} is not primary on this site; ask the primary site", vol.spec())));
     }
     let (health, status_message) = health(status.local());
     let Some(remote) = status.remotes().next() else {

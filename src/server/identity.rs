@@ -1,5 +1,6 @@
 use tonic::{Request, Response, Status};
 
+use super::envelope::Envelope;
 use crate::proto::identity::capability::{self, NetworkFence, ReclaimSpace, Service, VolumeGroup, VolumeReplication};
 use crate::proto::identity::identity_server::Identity;
 use crate::proto::identity::{
@@ -68,22 +69,23 @@ pub fn capabilities() -> Vec<Capability> {
 #[tonic::async_trait]
 impl Identity for IdentityService {
     async fn get_identity(&self, _: Request<GetIdentityRequest>) -> Result<Response<GetIdentityResponse>, Status> {
-        Ok(Response::new(GetIdentityResponse {
+        let identity = GetIdentityResponse {
             name: self.driver_name.clone(),
             vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
             manifest: Default::default(),
-        }))
+        };
+        Envelope::answer("GetIdentity", Ok(Response::new(identity)))
     }
 
     async fn get_capabilities(
         &self,
         _: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
-        Ok(Response::new(GetCapabilitiesResponse { capabilities: capabilities() }))
+        Envelope::answer("GetCapabilities", Ok(Response::new(GetCapabilitiesResponse { capabilities: capabilities() })))
     }
 
+    // Ready without any cluster: a Ceph outage must not restart the pod.
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
-        tracing::debug!("probe");
-        Ok(Response::new(ProbeResponse { ready: Some(true) }))
+        Envelope::answer("Probe", Ok(Response::new(ProbeResponse { ready: Some(true) })))
     }
 }

@@ -1,6 +1,7 @@
 //! Thin tonic services over the domain layer, and the Unix socket they serve on.
 
 pub(crate) mod codec;
+mod envelope;
 mod fence;
 mod identity;
 mod reclaimspace;

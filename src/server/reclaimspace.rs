@@ -3,27 +3,24 @@
 //! mounted filesystem) stays with the node plugin and is not served here.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
 
-use super::status::to_status;
-use crate::cephcsi::{Credentials, CsiId, Resolver};
+use super::envelope::{About, Envelope, refuse_oversize_map};
+use crate::Error;
+use crate::cephcsi::{CsiId, Resolver};
 use crate::exec::Executor;
 use crate::proto::reclaimspace::reclaim_space_controller_server::ReclaimSpaceController;
 use crate::proto::reclaimspace::*;
 use crate::reclaim;
-use crate::replication::Error;
 
 pub struct ReclaimSpaceService {
-    exec: Arc<Executor>,
-    resolver: Arc<Resolver>,
+    envelope: Envelope,
 }
 
 impl ReclaimSpaceService {
     pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
-        Self { exec, resolver }
+        Self { envelope: Envelope::new(exec, resolver) }
     }
 }
 
@@ -37,30 +34,27 @@ impl ReclaimSpaceController for ReclaimSpaceService {
         &self,
         request: Request<ControllerReclaimSpaceRequest>,
     ) -> Result<Response<ControllerReclaimSpaceResponse>, Status> {
-        const METHOD: &str = "ControllerReclaimSpace";
         let req = request.into_inner();
-        let started = Instant::now();
-        let volume_id = req.volume_id.clone();
-        let result = async {
-            let id = CsiId::decode(&volume_id).map_err(|e| Error::Resolve(e.into()))?;
-            let creds = Credentials::from_secrets(&req.secrets).map_err(|e| Error::Resolve(e.into()))?;
-            let resolver = self.resolver.clone();
-            // The volume's guard: no replication call runs on it meanwhile.
-            self.exec
-                .run(&volume_id, move || {
-                    let vol = resolver.resolve(&id, &creds)?;
+        let volume_id = req.volume_id;
+        let check = || {
+            refuse_oversize_map("parameter", &req.parameters)?;
+            CsiId::decode(&volume_id).map_err(|e| Error::Resolve(e.into()))
+        };
+        // The volume's own guard: no replication call runs on it meanwhile.
+        let done = self
+            .envelope
+            .run(
+                "ControllerReclaimSpace",
+                About::Volume(volume_id.clone()),
+                |_| volume_id.clone(),
+                &req.secrets,
+                check,
+                |id, resolver, creds, _| {
+                    let vol = resolver.resolve(&id, creds)?;
                     reclaim::reclaim(&vol)
-                })
-                .await
-        }
-        .await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        let done = result.map_err(|err| {
-            let status = to_status(Some(&volume_id), &err);
-            warn!(method = METHOD, target = volume_id, code = ?status.code(), elapsed_ms, error = %status.message(), "call failed");
-            status
-        })?;
-        info!(method = METHOD, target = volume_id, elapsed_ms, skipped = done.skipped.as_deref(), "call succeeded");
+                },
+            )
+            .await?;
         Ok(Response::new(ControllerReclaimSpaceResponse {
             pre_usage: usage(done.pre_usage),
             post_usage: usage(done.post_usage),

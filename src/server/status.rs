@@ -6,24 +6,24 @@
 
 use tonic::{Code, Status};
 
+use crate::Error;
 use crate::ceph::CephError;
 use crate::cephcsi::{self, ConfigError};
 use crate::exec::ExecError;
-use crate::replication::Error;
 
 pub fn code_of(err: &Error) -> Code {
     match err {
-        Error::InvalidArgument(_) | Error::Param(_) => Code::InvalidArgument,
+        Error::Malformed(_) | Error::Param(_) => Code::InvalidArgument,
         Error::Resolve(e) => resolve_code(e),
-        Error::Unimplemented(_) => Code::Unimplemented,
-        Error::NotFound(_) => Code::NotFound,
-        Error::AlreadyExists(_) => Code::AlreadyExists,
-        Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::NotSupported(_) => Code::Unimplemented,
+        Error::Missing(_) => Code::NotFound,
+        Error::NameTaken(_) => Code::AlreadyExists,
+        Error::TooMany(_) => Code::ResourceExhausted,
         Error::Member { source, .. } => code_of(source),
         Error::ImageNotFound { .. } | Error::NoInfoYet(_) => Code::NotFound,
-        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::WrongState(_) => Code::FailedPrecondition,
         Error::InProgress(_) => Code::Aborted,
-        Error::Unavailable(_) => Code::Unavailable,
+        Error::NotReady(_) => Code::Unavailable,
         Error::Ceph { source, .. } => errno_code(source),
         Error::Mgr { source, .. } => match source.errno {
             libc::EINVAL => Code::InvalidArgument,
@@ -95,7 +95,7 @@ pub fn to_group_status(subject: Option<&str>, err: &Error) -> Status {
     status_about("volume group", subject, err)
 }
 
-fn status_about(kind: &str, subject: Option<&str>, err: &Error) -> Status {
+pub(crate) fn status_about(kind: &str, subject: Option<&str>, err: &Error) -> Status {
     let message = match subject {
         Some(id) if !id.is_empty() => format!("{kind} {id}: {err}"),
         _ => err.to_string(),
@@ -112,7 +112,7 @@ mod tests {
     fn codes_the_controller_depends_on() {
         assert_eq!(code_of(&Error::ImageNotFound { image: "p/i".into() }), Code::NotFound);
         assert_eq!(code_of(&Error::NoInfoYet("x".into())), Code::NotFound);
-        assert_eq!(code_of(&Error::FailedPrecondition("x".into())), Code::FailedPrecondition);
+        assert_eq!(code_of(&Error::WrongState("x".into())), Code::FailedPrecondition);
         assert_eq!(code_of(&Error::Exec(ExecError::Busy("v".into()))), Code::Aborted);
         let eagain = Error::Mgr {
             what: "w".into(),
@@ -143,10 +143,10 @@ mod tests {
 
     #[test]
     fn a_member_failure_keeps_the_members_code() {
-        let e = Error::Member { volume_id: "v".into(), source: Box::new(Error::FailedPrecondition("x".into())) };
+        let e = Error::Member { volume_id: "v".into(), source: Box::new(Error::WrongState("x".into())) };
         assert_eq!(code_of(&e), Code::FailedPrecondition);
         assert_eq!(e.to_string(), "member v: x");
-        assert_eq!(code_of(&Error::ResourceExhausted("x".into())), Code::ResourceExhausted);
+        assert_eq!(code_of(&Error::TooMany("x".into())), Code::ResourceExhausted);
     }
 
     #[test]

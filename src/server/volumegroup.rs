@@ -1,19 +1,16 @@
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
 
-use super::status::to_group_status;
-use crate::cephcsi::{Credentials, Resolver};
-use crate::exec::{Claims, Executor};
+use super::envelope::{About, Envelope, MAX_ID_LEN, refuse_oversize_id, refuse_oversize_map};
+use crate::Error;
+use crate::cephcsi::Resolver;
+use crate::exec::Executor;
 use crate::groups::{self, CreateParams, GroupView};
 use crate::proto::csi::v1::Volume;
 use crate::proto::volumegroup::controller_server::Controller;
 use crate::proto::volumegroup::*;
-use crate::replication::Error;
 
 /// Longest request name we accept (Kubernetes object names are at most 253).
 const MAX_NAME_LEN: usize = 253;
@@ -23,47 +20,13 @@ const MAX_PAGE: usize = 1000;
 const LIST_KEY: &str = "list-volume-groups/";
 
 pub struct VolumeGroupService {
-    exec: Arc<Executor>,
-    resolver: Arc<Resolver>,
+    envelope: Envelope,
 }
 
 impl VolumeGroupService {
     pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
-        Self { exec, resolver }
+        Self { envelope: Envelope::new(exec, resolver) }
     }
-
-    /// Validates the secrets, then runs `work` off the runtime under the guard
-    /// of `key` (the group ID, or the request name for Create).
-    async fn run<T: Send + 'static>(
-        &self,
-        method: &'static str,
-        key: String,
-        secrets: &HashMap<String, String>,
-        work: impl FnOnce(&Resolver, &Credentials, &Claims) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Status> {
-        let started = Instant::now();
-        let result = async {
-            let creds = Credentials::from_secrets(secrets).map_err(|e| Error::Resolve(e.into()))?;
-            let resolver = self.resolver.clone();
-            let claims = self.exec.claims();
-            self.exec.run(&key, move || work(&resolver, &creds, &claims)).await
-        }
-        .await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        result
-            .map_err(|err| {
-                // A list is about no one group.
-                let subject = Some(key.as_str()).filter(|k| !k.starts_with(LIST_KEY));
-                let status = to_group_status(subject, &err);
-                warn!(method, group = key, code = ?status.code(), elapsed_ms, error = %status.message(), "call failed");
-                status
-            })
-            .inspect(|_| info!(method, group = key, elapsed_ms, "call succeeded"))
-    }
-}
-
-fn refuse(key: &str, err: Error) -> Status {
-    to_group_status(Some(key), &err)
 }
 
 fn to_proto(v: GroupView) -> VolumeGroup {
@@ -78,11 +41,11 @@ fn to_proto(v: GroupView) -> VolumeGroup {
     }
 }
 
-fn check_group_id(id: &str) -> Result<crate::cephcsi::CsiId, Status> {
+fn check_group_id(id: &str) -> Result<crate::cephcsi::CsiId, Error> {
     if id.is_empty() {
-        return Err(refuse(id, Error::InvalidArgument("volume_group_id is empty".into())));
+        return Err(Error::Malformed("volume_group_id is empty".into()));
     }
-    groups::decode_group_id(id).map_err(|e| refuse(id, e))
+    groups::decode_group_id(id)
 }
 
 #[tonic::async_trait]
@@ -92,20 +55,31 @@ impl Controller for VolumeGroupService {
         request: Request<CreateVolumeGroupRequest>,
     ) -> Result<Response<CreateVolumeGroupResponse>, Status> {
         let req = request.into_inner();
-        let name = req.name;
-        if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-            return Err(refuse(
-                &name,
-                Error::InvalidArgument(format!("name must be 1 to {MAX_NAME_LEN} printable characters")),
-            ));
-        }
-        let params = CreateParams::parse(&req.parameters).map_err(|e| refuse(&name, e))?;
-        let volume_ids = req.volume_ids;
-        let key = format!("group-name/{name}");
+        let (name, raw, volume_ids) = (req.name, req.parameters, req.volume_ids);
+        let about = About::Group(name.clone());
+        let check = move || {
+            if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+                return Err(Error::Malformed(format!("name must be 1 to {MAX_NAME_LEN} printable characters")));
+            }
+            refuse_oversize_map("parameter", &raw)?;
+            if let Some(v) = volume_ids.iter().find(|v| v.len() > MAX_ID_LEN) {
+                refuse_oversize_id("a volume ID", v)?;
+            }
+            Ok((name, CreateParams::parse(&raw)?, volume_ids))
+        };
+        let key = |(name, _, _): &(String, CreateParams, Vec<String>)| format!("group-name/{name}");
         let view = self
-            .run("CreateVolumeGroup", key, &req.secrets, move |resolver, creds, claims| {
-                groups::create(resolver, creds, claims, &name, &params, &volume_ids)
-            })
+            .envelope
+            .run(
+                "CreateVolumeGroup",
+                about,
+                key,
+                &req.secrets,
+                check,
+                |(name, params, ids), resolver, creds, claims| {
+                    groups::create(resolver, creds, claims, &name, &params, &ids)
+                },
+            )
             .await?;
         Ok(Response::new(CreateVolumeGroupResponse { volume_group: Some(to_proto(view)) }))
     }
@@ -115,12 +89,23 @@ impl Controller for VolumeGroupService {
         request: Request<ModifyVolumeGroupMembershipRequest>,
     ) -> Result<Response<ModifyVolumeGroupMembershipResponse>, Status> {
         let req = request.into_inner();
-        let id = check_group_id(&req.volume_group_id)?;
-        let volume_ids = req.volume_ids;
+        let (group_id, volume_ids) = (req.volume_group_id, req.volume_ids);
+        let check = || {
+            if let Some(v) = volume_ids.iter().find(|v| v.len() > MAX_ID_LEN) {
+                refuse_oversize_id("a volume ID", v)?;
+            }
+            Ok((check_group_id(&group_id)?, volume_ids))
+        };
         let view = self
-            .run("ModifyVolumeGroupMembership", req.volume_group_id, &req.secrets, move |resolver, creds, claims| {
-                groups::modify(resolver, creds, claims, &id, &volume_ids)
-            })
+            .envelope
+            .run(
+                "ModifyVolumeGroupMembership",
+                About::Group(group_id.clone()),
+                |_| group_id.clone(),
+                &req.secrets,
+                check,
+                |(id, ids), resolver, creds, claims| groups::modify(resolver, creds, claims, &id, &ids),
+            )
             .await?;
         Ok(Response::new(ModifyVolumeGroupMembershipResponse { volume_group: Some(to_proto(view)) }))
     }
@@ -130,11 +115,17 @@ impl Controller for VolumeGroupService {
         request: Request<DeleteVolumeGroupRequest>,
     ) -> Result<Response<DeleteVolumeGroupResponse>, Status> {
         let req = request.into_inner();
-        let id = check_group_id(&req.volume_group_id)?;
-        self.run("DeleteVolumeGroup", req.volume_group_id, &req.secrets, move |resolver, creds, _| {
-            groups::delete(resolver, creds, &id)
-        })
-        .await?;
+        let group_id = req.volume_group_id;
+        self.envelope
+            .run(
+                "DeleteVolumeGroup",
+                About::Group(group_id.clone()),
+                |_| group_id.clone(),
+                &req.secrets,
+                || check_group_id(&group_id),
+                |id, resolver, creds, _| groups::delete(resolver, creds, &id),
+            )
+            .await?;
         Ok(Response::new(DeleteVolumeGroupResponse {}))
     }
 
@@ -143,19 +134,22 @@ impl Controller for VolumeGroupService {
         request: Request<ListVolumeGroupsRequest>,
     ) -> Result<Response<ListVolumeGroupsResponse>, Status> {
         let req = request.into_inner();
-        let max = match req.max_entries {
-            n if n < 0 => {
-                return Err(refuse("", Error::InvalidArgument(format!("max_entries is {n}; it cannot be negative"))));
-            }
-            0 => MAX_PAGE,
-            n => (n as usize).min(MAX_PAGE),
+        let (max_entries, token) = (req.max_entries, req.starting_token);
+        let check = move || {
+            let max = match max_entries {
+                n if n < 0 => return Err(Error::Malformed(format!("max_entries is {n}; it cannot be negative"))),
+                0 => MAX_PAGE,
+                n => (n as usize).min(MAX_PAGE),
+            };
+            refuse_oversize_id("starting_token", &token)?;
+            Ok((max, token))
         };
-        let token = req.starting_token;
         // Lists change nothing: each call gets its own guard key.
         static LISTS: AtomicU64 = AtomicU64::new(0);
-        let key = format!("{LIST_KEY}{}", LISTS.fetch_add(1, Ordering::Relaxed));
+        let key = |_: &(usize, String)| format!("{LIST_KEY}{}", LISTS.fetch_add(1, Ordering::Relaxed));
         let page = self
-            .run("ListVolumeGroups", key, &req.secrets, move |resolver, creds, _| {
+            .envelope
+            .run("ListVolumeGroups", About::Nothing, key, &req.secrets, check, |(max, token), resolver, creds, _| {
                 groups::list(resolver, creds, max, &token)
             })
             .await?;
@@ -174,11 +168,17 @@ impl Controller for VolumeGroupService {
         request: Request<ControllerGetVolumeGroupRequest>,
     ) -> Result<Response<ControllerGetVolumeGroupResponse>, Status> {
         let req = request.into_inner();
-        let id = check_group_id(&req.volume_group_id)?;
+        let group_id = req.volume_group_id;
         let view = self
-            .run("ControllerGetVolumeGroup", req.volume_group_id, &req.secrets, move |resolver, creds, _| {
-                groups::get(resolver, creds, &id)
-            })
+            .envelope
+            .run(
+                "ControllerGetVolumeGroup",
+                About::Group(group_id.clone()),
+                |_| group_id.clone(),
+                &req.secrets,
+                || check_group_id(&group_id),
+                |id, resolver, creds, _| groups::get(resolver, creds, &id),
+            )
             .await?;
         Ok(Response::new(ControllerGetVolumeGroupResponse { volume_group: Some(to_proto(view)) }))
     }
