@@ -231,6 +231,16 @@ def main():
         code, detail = call(channel, "/replication.Controller/ResyncVolume", promote_like_req(volume_id, secrets, force=True))
         check("ResyncVolume on a primary is INVALID_ARGUMENT", code == grpc.StatusCode.INVALID_ARGUMENT, (code, detail))
 
+        # ControllerReclaimSpace: request volume_id = 1, parameters = 2, secrets = 3;
+        # response pre_usage = 1, post_usage = 2 (StorageConsumption { usage_bytes = 1 }).
+        code, body = call(channel, "/reclaimspace.ReclaimSpaceController/ControllerReclaimSpace",
+                          field_str(1, volume_id) + field_map(3, secrets))
+        usage = decode(body) if code == grpc.StatusCode.OK else {}
+        pre, post = (decode(usage.get(n, [b""])[0]).get(1, [0])[0] for n in (1, 2))
+        du = json.loads(rbd(site["conf"], "du", image, "--format", "json").stdout)["images"][0]["used_size"]
+        check("ControllerReclaimSpace answers usage as rbd du counts it",
+              code == grpc.StatusCode.OK and 1 in usage and 2 in usage and post == du and pre >= post, (code, usage, du))
+
         code, _ = call(channel, "/replication.Controller/DisableVolumeReplication", disable_req(volume_id, secrets))
         info = json.loads(rbd(site["conf"], "info", image, "--format", "json").stdout)
         check("DisableVolumeReplication disables mirroring in Ceph",
