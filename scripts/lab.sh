@@ -7,14 +7,42 @@
 #   scripts/lab.sh down   stop what this script started and delete the lab
 #   scripts/lab.sh env    print the lab's facts (also in $CEPHLAB_DIR/lab.json)
 #
-# Knobs: CEPHLAB_DIR (/tmp/cephlab), CEPHLAB_PORT_BASE (13300),
-# CEPHLAB_OSD_BYTES (4 GiB), CEPHLAB_TIMEOUT (120 s, bound of every wait).
+# --release pacific|reef|tentacle (or CEPHLAB_RELEASE): pacific is the host's
+# Debian 12 packages; reef (Debian 13) and tentacle (Debian sid) run from a
+# minimal Debian root under $CEPHLAB_ROOTS (built once with debootstrap, then
+# reused), with their own lab dir and ports, so labs of different releases
+# never collide. The daemons run chrooted in it on the same loopback; lab.json
+# then names the root, and the tests run the server and the CLI inside it.
+#
+# Knobs: CEPHLAB_DIR (/tmp/cephlab[-<release>]), CEPHLAB_PORT_BASE (13300,
+# 14300 reef, 15300 tentacle), CEPHLAB_OSD_BYTES (4 GiB), CEPHLAB_TIMEOUT
+# (120 s, bound of every wait), CEPHLAB_ROOTS (/var/tmp/rbd-addons-roots).
 set -euo pipefail
 
-LAB=${CEPHLAB_DIR:-/tmp/cephlab}
-PORT_BASE=${CEPHLAB_PORT_BASE:-13300}
+RELEASE=${CEPHLAB_RELEASE:-pacific}
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --release) RELEASE=${2:?--release needs pacific, reef or tentacle}; shift 2 ;;
+    --release=*) RELEASE=${1#*=}; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+set -- "${args[@]+"${args[@]}"}"
+case "$RELEASE" in
+  pacific) SUITE=; default_ports=13300; default_dir=/tmp/cephlab ;;
+  reef) SUITE=trixie; default_ports=14300; default_dir=/tmp/cephlab-reef ;;
+  tentacle) SUITE=sid; default_ports=15300; default_dir=/tmp/cephlab-tentacle ;;
+  *) echo "unknown release ${RELEASE@Q}: use pacific, reef or tentacle" >&2; exit 2 ;;
+esac
+
+LAB=${CEPHLAB_DIR:-$default_dir}
+PORT_BASE=${CEPHLAB_PORT_BASE:-$default_ports}
 OSD_BYTES=${CEPHLAB_OSD_BYTES:-4294967296}
 TIMEOUT=${CEPHLAB_TIMEOUT:-120}
+ROOTS=${CEPHLAB_ROOTS:-/var/tmp/rbd-addons-roots}
+ROOT=$ROOTS/$RELEASE
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 POOL=replicapool
 NAMESPACE=tenant-a
 CSI_USER=csi-rbd
@@ -122,6 +150,10 @@ mgr_disabled_modules = alerts cephadm dashboard diskprediction_local influx insi
 
 [osd]
 osd_data = $d/osd
+# Pacific's default; Debian's Reef and Tentacle builds default to a RELATIVE
+# path, and every object-class call (rbd namespaces, mirroring) then fails
+# with EOPNOTSUPP.
+osd_class_dir = /usr/lib/x86_64-linux-gnu/rados-classes
 osd_objectstore = memstore
 memstore_device_bytes = $OSD_BYTES
 osd_fast_shutdown = false
@@ -233,10 +265,10 @@ write_facts() {
       '[{clusterIDMapping: {($id): $id}, RBDPoolIDMapping: [{($a): $b}]}]' >"$d/cluster-mapping.json"
   done
   jq -n --arg dir "$LAB" --arg pool "$POOL" --arg ns "$NAMESPACE" --arg user "$CSI_USER" \
-    --arg key "$key" --arg cid "$CLUSTER_ID" \
+    --arg key "$key" --arg cid "$CLUSTER_ID" --arg release "$RELEASE" \
     --arg amon "$(mon_host a)" --arg bmon "$(mon_host b)" \
     --argjson apool "$(pool_id a)" --argjson bpool "$(pool_id b)" \
-    '{dir: $dir, pool: $pool, namespace: $ns, user: $user, key: $key, cluster_id: $cid,
+    '{dir: $dir, release: $release, pool: $pool, namespace: $ns, user: $user, key: $key, cluster_id: $cid,
       sites: {
         a: {name: "site-a", conf: ($dir + "/a/ceph.conf"), mon_host: $amon, pool_id: $apool,
             csi_config: ($dir + "/a/csi-config.json"), cluster_mapping: ($dir + "/a/cluster-mapping.json")},
@@ -314,9 +346,115 @@ cmd_env() {
   echo "# facts (incl. the CSI user's key): $LAB/lab.json"
 }
 
+# A Debian root with this release's Ceph, built once: debootstrap from the
+# host's own Debian mirror, daemons' postinst kept from starting services.
+ensure_root() {
+  [ -e "$ROOT/.ready" ] && return 0
+  export DEBIAN_FRONTEND=noninteractive
+  command -v debootstrap >/dev/null || { apt-get update -q >/dev/null; apt-get install -y -q debootstrap >/dev/null; }
+  local mirror
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  [ -n "$mirror" ] || die "no Debian mirror found in the host's apt sources"
+  log "building a Debian $SUITE root for Ceph $RELEASE in $ROOT (once)"
+  rm -rf "$ROOT.new"
+  mkdir -p "$ROOTS"
+  debootstrap --variant=minbase "$SUITE" "$ROOT.new" "$mirror" >"$ROOTS/$RELEASE-debootstrap.log" 2>&1 ||
+    die "debootstrap $SUITE failed; see $ROOTS/$RELEASE-debootstrap.log"
+  printf '#!/bin/sh\nexit 101\n' >"$ROOT.new/usr/sbin/policy-rc.d"
+  printf '#!/bin/sh\nexit 0\n' >"$ROOT.new/usr/local/bin/systemctl"
+  chmod +x "$ROOT.new/usr/sbin/policy-rc.d" "$ROOT.new/usr/local/bin/systemctl"
+  # sid's Release file is older than its Valid-Until.
+  echo 'Acquire::Check-Valid-Until "false";' >"$ROOT.new/etc/apt/apt.conf.d/99rbd-addons-lab"
+  cp /etc/resolv.conf "$ROOT.new/etc/resolv.conf" 2>/dev/null || true
+  mount --bind /proc "$ROOT.new/proc"
+  mount --bind /dev "$ROOT.new/dev"
+  local rc=0
+  chroot "$ROOT.new" sh -c 'apt-get update -q && apt-get install -y -q --no-install-recommends \
+      ceph-mon ceph-mgr ceph-osd rbd-mirror ceph-common ceph-mgr-modules-core jq uuid-runtime \
+      python3-cffi-backend; dpkg --configure -a' >"$ROOTS/$RELEASE-packages.log" 2>&1 || rc=$?
+  umount "$ROOT.new/dev" "$ROOT.new/proc"
+  [ "$rc" -eq 0 ] || die "installing Ceph $RELEASE failed; see $ROOTS/$RELEASE-packages.log"
+  older_bcrypt "$ROOT.new"
+  rm -rf "$ROOT"
+  mv "$ROOT.new" "$ROOT"
+  touch "$ROOT/.ready"
+}
+
+# Debian 13's python3-bcrypt is a Rust (PyO3) extension, which refuses the
+# mgr's Python subinterpreters, and Ceph's mgr_util imports it at load: every
+# mgr module fails ("PyO3 modules do not yet support subinterpreters"),
+# rbd_support included, so there are no snapshot schedules. Ceph's own images
+# ship an older bcrypt; so does the lab: 3.2.2, a C extension (abi3 wheel from
+# PyPI), ahead of Debian's on the root's Python path.
+older_bcrypt() {
+  local root=$1 minor pip wheels site
+  minor=$(chroot "$root" python3 -c 'import sys; print(sys.version_info.minor)')
+  pip=$REPO/target/venv/bin/pip
+  if [ ! -x "$pip" ]; then
+    python3 -m venv "$ROOTS/venv" >/dev/null 2>&1 || {
+      apt-get install -y -q --no-install-recommends python3-venv >/dev/null; python3 -m venv "$ROOTS/venv"; }
+    pip=$ROOTS/venv/bin/pip
+  fi
+  wheels=$(mktemp -d)
+  "$pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+    --implementation cp --abi abi3 --python-version "3.$minor" -d "$wheels" bcrypt==3.2.2 ||
+    die "cannot download bcrypt 3.2.2 for the $RELEASE root"
+  site=/usr/local/lib/python3.$minor/dist-packages
+  mkdir -p "$root$site"
+  "$(dirname "$pip")/python" -m zipfile -e "$wheels"/bcrypt-*.whl "$root$site"
+  rm -rf "$wheels"
+}
+
+# The paths the lab, the repository (server binary, scripts) and the tests
+# share with the root are bind-mounted at the same place inside it.
+ROOT_MOUNTS=(/proc /dev /tmp)
+mount_root() {
+  local d
+  for d in "${ROOT_MOUNTS[@]}" "$REPO"; do
+    mkdir -p "$ROOT$d"
+    mountpoint -q "$ROOT$d" || mount --bind "$d" "$ROOT$d"
+  done
+}
+umount_root() {
+  local d
+  for d in "$REPO" /tmp /dev /proc; do
+    if mountpoint -q "$ROOT$d" 2>/dev/null; then umount -l "$ROOT$d"; fi
+  done
+}
+
+# Outside the root, a reef or tentacle lab is this same script run inside it.
+in_root() {
+  chroot "$ROOT" env CEPHLAB_IN_ROOT=1 CEPHLAB_RELEASE="$RELEASE" CEPHLAB_DIR="$LAB" \
+    CEPHLAB_PORT_BASE="$PORT_BASE" CEPHLAB_OSD_BYTES="$OSD_BYTES" CEPHLAB_TIMEOUT="$TIMEOUT" \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin bash "$REPO/scripts/lab.sh" "$@"
+}
+
+if [ -n "$SUITE" ] && [ -z "${CEPHLAB_IN_ROOT:-}" ]; then
+  case "${1:-}" in
+    up)
+      ensure_root
+      mount_root
+      in_root up >/dev/null
+      jq --arg root "$ROOT" '. + {root: $root}' "$LAB/lab.json" >"$LAB/lab.json.new"
+      mv "$LAB/lab.json.new" "$LAB/lab.json"
+      chmod 600 "$LAB/lab.json"
+      cmd_env
+      ;;
+    down)
+      shift
+      if [ -x "$ROOT/usr/bin/ceph" ] && mountpoint -q "$ROOT/tmp" 2>/dev/null; then in_root down "$@"; fi
+      umount_root
+      ;;
+    env) cmd_env ;;
+    *) echo "usage: $0 up|down [--keep]|env [--release pacific|reef|tentacle]" >&2; exit 2 ;;
+  esac
+  exit 0
+fi
+
 case "${1:-}" in
   up) cmd_up ;;
   down) shift; cmd_down "$@" ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down [--keep]|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down [--keep]|env [--release pacific|reef|tentacle]" >&2; exit 2 ;;
 esac

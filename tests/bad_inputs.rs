@@ -97,7 +97,7 @@ async fn table_of_bad_inputs() {
         base(
             "pool ID not hex",
             Rpc::Disable,
-            &plain.id.replacen("-0000000000000002-", "-00000000000000zz-", 1),
+            &plain.id.replacen(&format!("-{pool:016x}-"), "-00000000000000zz-", 1),
             Code::InvalidArgument,
         ),
         base("UUID malformed", Rpc::Info, &(plain.id[..plain.id.len() - 1].to_owned() + "x"), Code::InvalidArgument),

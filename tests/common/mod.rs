@@ -41,13 +41,41 @@ pub struct Lab {
     pub facts: Value,
 }
 
+fn lab_json_path() -> PathBuf {
+    let dir = std::env::var("CEPHLAB_DIR").unwrap_or_else(|_| "/tmp/cephlab".into());
+    Path::new(&dir).join("lab.json")
+}
+
+/// The Debian root a reef or tentacle lab runs in (`scripts/lab.sh --release`):
+/// the server and the Ceph CLI run inside it, so they use that release's
+/// libraries. None for the host's own (Pacific) lab.
+pub fn lab_root() -> Option<String> {
+    let text = std::fs::read_to_string(lab_json_path()).ok()?;
+    serde_json::from_str::<Value>(&text).ok()?["root"].as_str().map(str::to_owned)
+}
+
+/// `timeout SECS [chroot ROOT] PROG`: a program of the lab's release, bounded.
+pub fn lab_tool(secs: u32, prog: &str) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.arg(secs.to_string());
+    if let Some(root) = lab_root() {
+        cmd.arg("chroot").arg(root);
+    }
+    cmd.arg(prog);
+    cmd
+}
+
 impl Lab {
     pub fn load() -> Self {
-        let dir = std::env::var("CEPHLAB_DIR").unwrap_or_else(|_| "/tmp/cephlab".into());
-        let path = Path::new(&dir).join("lab.json");
+        let path = lab_json_path();
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("no Ceph lab at {}: {e}; run `scripts/lab.sh up` first", path.display()));
         Self { facts: serde_json::from_str(&text).expect("lab.json") }
+    }
+
+    /// The Ceph release the lab runs (pacific, reef, tentacle).
+    pub fn release(&self) -> String {
+        self.facts["release"].as_str().unwrap_or("pacific").to_owned()
     }
 
     fn site(&self, s: Site) -> &Value {
@@ -101,8 +129,7 @@ impl Lab {
     }
 
     pub fn rbd_try(&self, s: Site, args: &[&str]) -> Result<String, String> {
-        let out =
-            Command::new("timeout").args(["60", "rbd", "-c", &self.conf(s)]).args(args).output().expect("run rbd");
+        let out = lab_tool(60, "rbd").args(["-c", &self.conf(s)]).args(args).output().expect("run rbd");
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -117,8 +144,7 @@ impl Lab {
     }
 
     pub fn rados(&self, s: Site, args: &[&str]) {
-        let st =
-            Command::new("timeout").args(["60", "rados", "-c", &self.conf(s)]).args(args).status().expect("run rados");
+        let st = lab_tool(60, "rados").args(["-c", &self.conf(s)]).args(args).status().expect("run rados");
         assert!(st.success(), "rados {args:?} failed");
     }
 
@@ -213,7 +239,17 @@ impl Server {
     pub async fn start_in(dir: PathBuf, config: &Path, extra: &[&str]) -> Self {
         let socket = dir.join("csi-addons.sock");
         let log = dir.join(format!("server-{}.log", new_uuid()));
-        let child = Command::new(BIN)
+        // In a reef or tentacle lab the server runs in its root, on that
+        // release's librbd (the binary is on a path bind-mounted there).
+        let mut command = match lab_root() {
+            Some(root) => {
+                let mut c = Command::new("chroot");
+                c.arg(root).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("serve")
             .arg("--endpoint")
             .arg(format!("unix://{}", socket.display()))
@@ -374,10 +410,11 @@ impl SitePair {
 
 /// sha256 of the image's whole content on a site (None if it cannot be read).
 pub fn checksum(lab: &Lab, s: Site, spec: &str) -> Option<String> {
+    let chroot = lab_root().map(|r| format!("chroot {r} ")).unwrap_or_default();
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "set -o pipefail; timeout 60 rbd -c {} export --no-progress {spec} - 2>/dev/null | sha256sum",
+            "set -o pipefail; timeout 60 {chroot}rbd -c {} export --no-progress {spec} - 2>/dev/null | sha256sum",
             lab.conf(s)
         ))
         .output()
