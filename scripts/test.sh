@@ -27,4 +27,11 @@ echo "== wire compatibility (hand-encoded csi-addons requests, grpcio)"
 echo "== deploy/ manifests against the binary's own --help"
 "${RBD_ADDONS_VENV:-$PWD/target/venv}/bin/python" tests/python/deploy_check.py target/debug/rbd-addons deploy
 
+# Other Ceph releases (opt-in for now, e.g. RBD_ADDONS_RELEASES="reef"): the
+# compatibility subset in each release's own lab, after Pacific's.
+for release in ${RBD_ADDONS_RELEASES:-}; do
+  echo "== compatibility subset on Ceph $release"
+  scripts/compat.sh "$release"
+done
+
 echo "== all tests passed in $((SECONDS - start)) s"
