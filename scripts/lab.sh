@@ -329,7 +329,10 @@ cmd_up() {
 
   for s in "${SITES[@]}"; do
     local d; d=$(site_dir "$s")
-    start_daemon "$s" rbd-mirror "$d" rbd-mirror -c "$d/ceph.conf" --id "rbd-mirror.$s" -f
+    # CEPH_CONF too: Tentacle's rbd-mirror connects to its local cluster through
+    # a context of its own that does not inherit -c, and then looks for
+    # /etc/ceph/ceph.conf ("init_rados: error connecting to local cluster: (2)").
+    start_daemon "$s" rbd-mirror "$d" env CEPH_CONF="$d/ceph.conf" rbd-mirror -c "$d/ceph.conf" --id "rbd-mirror.$s" -f
   done
   rbd_at a mirror pool peer bootstrap create --site-name site-a "$POOL" >"$LAB/bootstrap-token"
   rbd_at b mirror pool peer bootstrap import --site-name site-b --direction rx-tx \
