@@ -116,16 +116,33 @@ pub fn heal_lone_osd(conf: &str) {
             },
         )
     };
+    let osd_up = || {
+        ceph(&["osd", "dump", "-f", "json"])
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .is_some_and(|v| v["osds"].as_array().is_some_and(|o| o.iter().all(|osd| osd["up"] == 1)))
+    };
     let started = Instant::now();
+    // Marked down, the OSD comes back up and re-peers; marking it again before
+    // that has settled restarts the peering, so a second mark waits until the
+    // OSD is up again and its PGs still do not serve 20 s later.
     let mut last_marked: Option<Instant> = None;
-    while !clean() && started.elapsed() < Duration::from_secs(60) {
-        // Once is usually enough, but a PG can turn laggy again while the OSD
-        // re-peers: mark it down again every 15 s until every PG serves.
-        let due =
-            last_marked.map_or(started.elapsed() > Duration::from_secs(3), |t| t.elapsed() > Duration::from_secs(15));
+    let mut up_since: Option<Instant> = None;
+    while !clean() && started.elapsed() < Duration::from_secs(90) {
+        let due = match last_marked {
+            None => started.elapsed() > Duration::from_secs(3),
+            Some(_) => {
+                if osd_up() {
+                    up_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(20)
+                } else {
+                    up_since = None;
+                    false
+                }
+            }
+        };
         if due {
             ceph(&["osd", "down", "0"]);
             last_marked = Some(Instant::now());
+            up_since = None;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
