@@ -48,8 +48,12 @@ fn lab_json_path() -> PathBuf {
 
 /// The Debian root a reef or tentacle lab runs in (`scripts/lab.sh --release`):
 /// the server and the Ceph CLI run inside it, so they use that release's
-/// libraries. None for the host's own (Pacific) lab.
+/// libraries. None for the host's own (Pacific) lab, and None when this test
+/// binary already runs inside the root (`scripts/in-lab-root.sh`).
 pub fn lab_root() -> Option<String> {
+    if std::env::var_os("CEPHLAB_IN_ROOT").is_some() {
+        return None;
+    }
     let text = std::fs::read_to_string(lab_json_path()).ok()?;
     serde_json::from_str::<Value>(&text).ok()?["root"].as_str().map(str::to_owned)
 }
