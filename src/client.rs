@@ -140,7 +140,7 @@ impl Connection {
 
     pub async fn identity_info(&self) -> Result<Value, ClientError> {
         let r = self.identity().get_identity(self.request(GetIdentityRequest {})).await?.into_inner();
-        Ok(json!({"name": r.name, "vendor_version": r.vendor_version}))
+        Ok(json!({"name": r.name, "vendor_version": r.vendor_version, "manifest": r.manifest}))
     }
 
     pub async fn capabilities(&self) -> Result<Value, ClientError> {
@@ -531,6 +531,12 @@ pub fn human(v: &Value) -> String {
         .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| match v {
             Value::String(s) => format!("{k}: {s}"),
+            // One level down (GetIdentity's manifest): `manifest.key: value`.
+            Value::Object(inner) => inner
+                .iter()
+                .map(|(ik, iv)| format!("{k}.{ik}: {}", iv.as_str().map_or(iv.to_string(), str::to_owned)))
+                .collect::<Vec<_>>()
+                .join("\n"),
             Value::Array(items) => {
                 let parts: Vec<String> =
                     items.iter().map(|i| i.as_str().map_or(i.to_string(), str::to_owned)).collect();

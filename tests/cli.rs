@@ -29,6 +29,9 @@ async fn identity_capabilities_and_probe_in_both_output_forms() {
     let o = cli(&server, &["identity"]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("name: rbd.csi.ceph.com"), "{}", stdout(&o));
+    let o = cli(&server, &["identity", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["manifest"]["ceph-release"], lab.release().as_str(), "{v}");
     let o = cli(&server, &["capabilities", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(

@@ -32,6 +32,19 @@ async fn identity_capabilities_and_probe() {
     let ident = id.get_identity(GetIdentityRequest {}).await.unwrap().into_inner();
     assert_eq!(ident.name, "rook-ceph.rbd.csi.ceph.com");
     assert_eq!(ident.vendor_version, env!("CARGO_PKG_VERSION"));
+    // The manifest names the librbd the server loaded: the lab's release (a
+    // reef or tentacle server runs in that release's root). clone4 and
+    // group_snap_get_info came with Squid; group mirroring with no release yet.
+    let release = lab.release();
+    let newer = if release == "tentacle" { "yes" } else { "no" };
+    for (key, want) in [
+        ("ceph-release", release.as_str()),
+        ("librbd-clone4", newer),
+        ("librbd-group-snap-get-info", newer),
+        ("librbd-group-mirroring", "no"),
+    ] {
+        assert_eq!(ident.manifest.get(key).map(String::as_str), Some(want), "manifest {key}: {:?}", ident.manifest);
+    }
 
     let caps = id.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
     let shown: Vec<String> = caps

@@ -1,6 +1,7 @@
 use tonic::{Request, Response, Status};
 
 use super::envelope::Envelope;
+use crate::ceph::Library;
 use crate::proto::identity::capability::{self, NetworkFence, ReclaimSpace, Service, VolumeGroup, VolumeReplication};
 use crate::proto::identity::identity_server::Identity;
 use crate::proto::identity::{
@@ -12,15 +13,18 @@ use crate::proto::identity::{
 /// sidecar blocks its start-up on Probe.
 pub struct IdentityService {
     driver_name: String,
+    library: Library,
 }
 
 impl IdentityService {
-    pub fn new(driver_name: String) -> Self {
-        Self { driver_name }
+    pub fn new(driver_name: String, library: Library) -> Self {
+        Self { driver_name, library }
     }
 }
 
-/// Only what really works is advertised; the controller trusts this list.
+/// Only what really works is advertised; the controller trusts this list. It
+/// is the same on Pacific, Reef and Tentacle (each proven by the lab suite);
+/// what the loaded librbd offers beyond it is in GetIdentity's manifest.
 pub fn capabilities() -> Vec<Capability> {
     let mut caps = vec![
         Capability {
@@ -72,7 +76,7 @@ impl Identity for IdentityService {
         let identity = GetIdentityResponse {
             name: self.driver_name.clone(),
             vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest: Default::default(),
+            manifest: self.library.manifest(),
         };
         Envelope::answer("GetIdentity", Ok(Response::new(identity)))
     }

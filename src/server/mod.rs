@@ -180,7 +180,16 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
         op_timeout_s = cfg.op_timeout.as_secs(),
         "serving"
     );
-    if crate::ceph::native_group_mirroring() {
+    let library = crate::ceph::Library::probe();
+    info!(
+        librbd = %library.version_string(),
+        release = library.release().unwrap_or("unknown"),
+        clone4 = library.clone4,
+        group_snap_get_info = library.group_snap_get_info,
+        group_mirroring = library.group_mirroring,
+        "librbd loaded"
+    );
+    if library.group_mirroring {
         warn!(
             "librbd exports rbd_mirror_group_*, whose signatures are not stable across releases; \
                snapshot-mode groups still replicate member by member (not crash-consistent): use journal mode"
@@ -196,7 +205,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
         .add_service(health_service)
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?)
-        .add_service(IdentityServer::new(identity::IdentityService::new(cfg.driver_name.clone())))
+        .add_service(IdentityServer::new(identity::IdentityService::new(cfg.driver_name.clone(), library)))
         .add_service(ControllerServer::new(replication::ReplicationService::new(
             exec.clone(),
             resolver.clone(),
