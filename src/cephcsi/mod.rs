@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use config::{ClusterInfo, ConfigError};
-pub use secrets::{Credentials, SecretsError};
+pub use secrets::{Credentials, KeyType, SecretsError};
 pub use volume_id::{CsiId, CsiIdError};
 
 use crate::ceph::{CephError, ConnectionPool, IoCtx};
@@ -29,6 +29,12 @@ pub enum Error {
     Secrets(#[from] SecretsError),
     #[error("cannot connect to cluster {cluster_id:?} as user {user:?}: {source}")]
     Connect { cluster_id: String, user: String, source: CephError },
+    #[error(
+        "cannot connect to cluster {cluster_id:?} as user {user:?}: its key is a cephx AES256K key, which \
+         this server's Ceph library (librbd {librbd}) cannot read; AES256K needs Ceph 19.2.6 or 20.2.4 on: \
+         run an rbd-addons image built on the cluster's release, or give the user an AES key"
+    )]
+    KeyTypeUnreadable { cluster_id: String, user: String, librbd: String },
     #[error("pool {pool_id} of cluster {cluster_id:?} does not exist")]
     PoolNotFound { cluster_id: String, pool_id: i64 },
     #[error("pool {pool:?} of cluster {cluster_id:?} does not exist")]
@@ -219,10 +225,18 @@ impl Resolver {
         cluster_info: &ClusterInfo,
         creds: &Credentials,
     ) -> Result<Arc<crate::ceph::Cluster>, Error> {
-        self.connections.get(&cluster_info.mon_host, &creds.user, creds.key()).map_err(|source| Error::Connect {
-            cluster_id: cluster_id.to_owned(),
-            user: creds.user.clone(),
-            source,
+        self.connections.get(&cluster_info.mon_host, &creds.user, creds.key()).map_err(|source| {
+            // A library older than the AES256K key type fails to parse such a
+            // key with EINVAL before it asks any monitor: say so, since
+            // "Invalid argument" alone sends an admin after the wrong secret.
+            if source.is(libc::EINVAL) && creds.key_type() == KeyType::Aes256k {
+                return Error::KeyTypeUnreadable {
+                    cluster_id: cluster_id.to_owned(),
+                    user: creds.user.clone(),
+                    librbd: crate::ceph::Library::probe().version_string(),
+                };
+            }
+            Error::Connect { cluster_id: cluster_id.to_owned(), user: creds.user.clone(), source }
         })
     }
 

@@ -58,6 +58,8 @@ fn resolve_code(err: &cephcsi::Error) -> Code {
             libc::EACCES | libc::EPERM | libc::EINVAL => Code::Unauthenticated,
             _ => Code::Unavailable,
         },
+        // The key is right; this build's library is too old to use it.
+        cephcsi::Error::KeyTypeUnreadable { .. } => Code::FailedPrecondition,
         cephcsi::Error::PoolNotFound { .. } => Code::NotFound,
         // A class parameter naming a pool that is not there.
         cephcsi::Error::PoolNameNotFound { .. } => Code::InvalidArgument,
