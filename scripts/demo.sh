@@ -5,6 +5,10 @@
 # syncing to site-b, then runs a planned failover to site-b and a failback, with
 # the data checked on both sites. Every command it runs is printed: it is the
 # runbook, executed.
+#   scripts/demo.sh [--release pacific|reef|tentacle]
+# Reef and Tentacle run from a Debian root (scripts/lab.sh --release): after
+# building on the host, the walk-through itself re-runs inside that root, so
+# the servers and the Ceph CLI load that release's libraries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -12,19 +16,36 @@ cd "$(dirname "$0")/.."
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '\033[2m$ %s\033[0m\n' "$*" >&2; "$@"; }
 
-deps_apt
-say "Building rbd-addons"
-cargo build --release --locked -q
+RELEASE=pacific
+case "${1:-}" in
+  --release) RELEASE=${2:?usage: scripts/demo.sh [--release pacific|reef|tentacle]} ;;
+  "") ;;
+  *) echo "usage: scripts/demo.sh [--release pacific|reef|tentacle]" >&2; exit 2 ;;
+esac
+case "$RELEASE" in
+  pacific) LAB=${CEPHLAB_DIR:-/tmp/cephlab} ;;
+  reef | tentacle) LAB=/tmp/cephlab-$RELEASE ;;
+  *) echo "unknown release $RELEASE: pacific, reef or tentacle" >&2; exit 2 ;;
+esac
 BIN=$PWD/target/release/rbd-addons
 
-say "Bringing up the two-site Ceph lab (Pacific, rbd-mirror both ways)"
-scripts/lab.sh up >/dev/null
-LAB=${CEPHLAB_DIR:-/tmp/cephlab}
+if [ -z "${CEPHLAB_IN_ROOT:-}" ]; then
+  deps_apt
+  say "Building rbd-addons"
+  cargo build --release --locked -q
+  say "Bringing up the two-site Ceph lab (Ceph $RELEASE, rbd-mirror both ways)"
+  scripts/lab.sh up --release "$RELEASE" >/dev/null
+  if [ "$RELEASE" != pacific ]; then
+    say "Continuing inside the $RELEASE root ($(jq -r .root "$LAB/lab.json"))"
+    exec scripts/in-lab-root.sh "$(jq -r .root "$LAB/lab.json")" bash scripts/demo.sh --release "$RELEASE"
+  fi
+fi
 A=$LAB/a/ceph.conf
 B=$LAB/b/ceph.conf
 POOL=$(jq -r .pool "$LAB/lab.json")
 POOL_ID=$(jq -r .sites.a.pool_id "$LAB/lab.json")
 CLUSTER_ID=$(jq -r .cluster_id "$LAB/lab.json")
+show rbd --version
 
 WORK=$(mktemp -d /tmp/rbd-addons-demo.XXXXXX)
 SOCK=$WORK/site-a.sock
@@ -181,5 +202,5 @@ split-brain resync. To try them here, start the servers again:
   $BIN serve --endpoint unix:///tmp/b.sock --ceph-csi-config $LAB/b/csi-config.json --cluster-mapping $LAB/b/cluster-mapping.json
   volume handle: $VOLUME_ID
   rbd -c $B mirror image status $IMAGE
-The lab keeps running; stop it with: scripts/lab.sh down
+The lab keeps running; stop it with: scripts/lab.sh down --release $RELEASE
 EOF

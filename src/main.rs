@@ -280,7 +280,8 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().with_current_span(false).init(),
-        LogFormat::Text => builder.init(),
+        // Colour codes only for a terminal, not in a log file.
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
     }
     Ok(())
 }
