@@ -2,7 +2,7 @@
 //! two-site lab. Prints figures and ratios:
 //!
 //!   scripts/lab.sh up
-//!   cargo build --release && cargo run --release --example group_consistency [CUTS]
+//!   cargo build --release && cargo run --release --example group_consistency [CUTS] [--no-quiesce]
 //!
 //! 1. Journal mode's write overhead: the interleaved writer (one 4 KiB write at
 //!    a time, each acknowledged before the next) on three unmirrored volumes,
@@ -202,7 +202,7 @@ fn write_for(cluster: Arc<Cluster>, pool_id: i64, names: Vec<String>, run_for: D
     let written = Arc::new(AtomicU64::new(0));
     let w = {
         let (stop, written) = (stop.clone(), written.clone());
-        std::thread::spawn(move || writer(cluster, pool_id, names, stop, written, None))
+        std::thread::spawn(move || writer(cluster, pool_id, names, stop, written, None, true))
     };
     std::thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
@@ -213,6 +213,10 @@ fn write_for(cluster: Arc<Cluster>, pool_id: i64, names: Vec<String>, run_for: D
 #[tokio::main]
 async fn main() {
     let cuts: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    // The writer pauses for group snapshots (librbd's quiesce), as an
+    // application mapped with `rbd-nbd --quiesce` does; --no-quiesce measures
+    // one that does not.
+    let quiesce = !std::env::args().any(|a| a == "--no-quiesce");
     let lab_dir = std::env::var("CEPHLAB_DIR").unwrap_or_else(|_| "/tmp/cephlab".into());
     let lab = Lab {
         facts: serde_json::from_str(
@@ -285,7 +289,7 @@ async fn main() {
         let w = {
             let (cluster, stop, written, names, l) =
                 (cluster_a.clone(), stop.clone(), written.clone(), names.clone(), latencies.clone());
-            std::thread::spawn(move || writer(cluster, pool_a, names, stop, written, Some(l)))
+            std::thread::spawn(move || writer(cluster, pool_a, names, stop, written, Some(l), quiesce))
         };
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -333,7 +337,10 @@ async fn main() {
     p.sort_by(|x, y| x.total_cmp(y));
     lost.sort();
     promotes.sort();
-    println!("\n{cuts} forced failovers at random instants:");
+    println!(
+        "\n{cuts} forced failovers at random instants, the writer {} librbd's quiesce:",
+        if quiesce { "honouring" } else { "ignoring" }
+    );
     println!(
         "  group failover kept a gap-free prefix: {}; plain per-volume failover broke it in {broken} of {cuts} ({:.0}%)",
         if kept_all { "every time" } else { "NOT every time" },

@@ -62,7 +62,7 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64) -> Cu
     let w = {
         let (stop, written, names) = (stop.clone(), written.clone(), names.clone());
         let pool = lab.pool_id(Site::A);
-        std::thread::spawn(move || writer(cluster_a, pool, names, stop, written, None))
+        std::thread::spawn(move || writer(cluster_a, pool, names, stop, written, None, true))
     };
     // A random instant 4 to 10 s into the writes: several generations in.
     *rng ^= *rng << 13;

@@ -6,6 +6,7 @@ mod ledger;
 mod library;
 mod monaddr;
 mod pool;
+mod quiesce;
 mod rados;
 mod rbd;
 mod snap;
@@ -15,6 +16,7 @@ pub use error::CephError;
 pub use ledger::{ClientLedger, single_addrs};
 pub use library::Library;
 pub use pool::{ConnectionKey, ConnectionPool};
+pub use quiesce::{GatePass, QuiesceWatch, WriteGate};
 pub use rados::{Cluster, ConnectOptions, IoCtx};
 pub use rbd::{
     GlobalStatus, GroupMember, Image, MirrorImageMode, MirrorInfo, MirrorState, ParentSpec, PoolMirrorMode, SiteState,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rbd_addons::ceph::{Cluster, Image, IoCtx};
+use rbd_addons::ceph::{Cluster, Image, IoCtx, QuiesceWatch, WriteGate};
 use serde_json::Value;
 
 pub const MEMBERS: usize = 3;
@@ -65,6 +65,9 @@ pub fn first_gap(present: &BTreeSet<u64>) -> Option<u64> {
 
 /// Writes records 1, 2, 3, ... until stopped or cut off, each after the last
 /// was acknowledged; `latencies`, when given, receives every write's time.
+/// With `honour_quiesce` it pauses while librbd snapshots a group, as an
+/// application mapped with `rbd-nbd --quiesce` does; without, librbd cannot
+/// pause it and a group snapshot may split one of its instants.
 pub fn writer(
     cluster: Arc<Cluster>,
     pool_id: i64,
@@ -72,16 +75,26 @@ pub fn writer(
     stop: Arc<AtomicBool>,
     written: Arc<AtomicU64>,
     latencies: Option<Arc<Mutex<Vec<Duration>>>>,
+    honour_quiesce: bool,
 ) {
     let io = IoCtx::open(&cluster, pool_id, "").expect("open pool");
     let handles: Vec<Image<'_>> = images.iter().map(|n| Image::open(&io, n).expect("open member")).collect();
+    let gate = WriteGate::new();
+    let _watches: Vec<QuiesceWatch<'_>> = if honour_quiesce {
+        handles.iter().map(|h| QuiesceWatch::register(h, gate.clone()).expect("quiesce watch")).collect()
+    } else {
+        Vec::new()
+    };
     let mut k = 1u64;
     while !stop.load(Ordering::Relaxed) {
         let (member, offset) = place(k);
+        // A quiesce pause counts in the write's latency: the application waits.
         let started = Instant::now();
+        let pass = gate.enter();
         if handles[member].write_at(offset, &record(k, member)).is_err() {
-            return; // the site was cut off
+            break; // the site was cut off
         }
+        drop(pass);
         // A write that was stuck while the site was cut off measures the cut,
         // not the writer's pauses.
         if let Some(l) = &latencies
@@ -91,6 +104,9 @@ pub fn writer(
         }
         written.store(k, Ordering::Relaxed);
         k += 1;
+    }
+    if honour_quiesce {
+        println!("writer: {} records, paused for {} quiesce requests", k - 1, gate.quiesced());
     }
 }
 
