@@ -111,8 +111,7 @@ pub struct QuiesceWatch<'img> {
 
 impl<'img> QuiesceWatch<'img> {
     pub fn register(image: &'img Image<'img>, gate: Arc<WriteGate>) -> Result<Self, CephError> {
-        let context =
-            Box::into_raw(Box::new(WatchContext {
+        let context = Box::into_raw(Box::new(WatchContext {
             gate,
             image: SendImage(image.raw()),
             handle: Arc::new(AtomicU64::new(NO_HANDLE)),
