@@ -9,10 +9,11 @@ use std::collections::{BTreeSet, HashMap};
 use tracing::info;
 
 use super::{
-    GROUP_KEY, Group, MAX_MEMBERS, Member, VOLUME_ID_KEY, find, on_member, open_member, resolve_member, state_object,
+    GROUP_KEY, Group, MAX_MEMBERS, Member, VOLUME_ID_KEY, ensure_rbd_group, find, in_other_group, link, on_member,
+    open_member, rbd_group_of, replication_of, resolve_member, state_object, tag,
 };
 use crate::Error;
-use crate::ceph::{Image, IoCtx};
+use crate::ceph::IoCtx;
 use crate::cephcsi::{Credentials, CsiId, Resolver, group as journal};
 use crate::exec::Claims;
 use crate::replication::EnableParams;
@@ -125,14 +126,6 @@ pub fn create(
         apply_membership(resolver, creds, claims, &group, &wanted)?;
     }
     view(resolver, creds, &find(resolver, &id, creds)?, &params.context)
-}
-
-pub(super) fn ensure_rbd_group(io: &IoCtx, rbd_group: &str) -> Result<(), Error> {
-    match io.group_create(rbd_group) {
-        Ok(()) => Ok(()),
-        Err(e) if e.is(libc::EEXIST) => Ok(()),
-        Err(e) => Err(Error::Ceph { what: format!("cannot create RBD group {rbd_group}"), source: e }),
-    }
 }
 
 /// Makes the group's members exactly `wanted`: removals first (journal after
@@ -252,13 +245,10 @@ fn io_unlink(group: &Group, io: &IoCtx, image_id: &str) -> Result<(), Error> {
 /// Fails when the member's image is in an RBD group other than `group`'s.
 fn check_free(m: &Member, group: Option<&Group>) -> Result<(), Error> {
     let image = open_member(m)?;
-    match image.group().map_err(Error::ceph("cannot read the image's group"))? {
+    match rbd_group_of(&image)? {
         None => Ok(()),
-        Some((pool, name)) if group.is_some_and(|g| pool == g.io.pool_id() && name == g.rbd_group) => Ok(()),
-        Some((_, name)) => Err(Error::WrongState(format!(
-            "volume {} is already in RBD group {name}; an image can be in one group only",
-            m.volume_id
-        ))),
+        Some((pool, name)) if group.is_some_and(|g| g.is_rbd_group(pool, &name)) => Ok(()),
+        Some((_, name)) => Err(in_other_group(m, &name)),
     }
 }
 
@@ -266,36 +256,14 @@ fn check_free(m: &Member, group: Option<&Group>) -> Result<(), Error> {
 /// group is refused (RBD allows one group per image).
 fn join(group: &Group, m: &Member) -> Result<(), Error> {
     let image = open_member(m)?;
-    match image.group().map_err(Error::ceph("cannot read the image's group"))? {
-        Some((pool, name)) if pool == group.io.pool_id() && name == group.rbd_group => {}
-        Some((_, name)) => {
-            return Err(Error::WrongState(format!(
-                "volume {} is already in RBD group {name}; an image can be in one group only",
-                m.volume_id
-            )));
-        }
-        None => group
-            .io
-            .group_image_add(&group.rbd_group, &m.vol.io, &m.vol.image)
-            .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
-            .map_err(Error::ceph(format!("cannot add {} to RBD group {}", m.vol.spec(), group.rbd_group)))?,
-    }
+    link(group, m, &image)?;
     tag(&image, group.uuid(), &m.volume_id)
-}
-
-pub(super) fn tag(image: &Image<'_>, uuid: &str, volume_id: &str) -> Result<(), Error> {
-    if image.metadata_get(GROUP_KEY).map_err(Error::ceph("cannot read image metadata"))?.as_deref() != Some(uuid) {
-        image.metadata_set(VOLUME_ID_KEY, volume_id).map_err(Error::ceph("cannot tag the member"))?;
-        image.metadata_set(GROUP_KEY, uuid).map_err(Error::ceph("cannot tag the member"))?;
-    }
-    Ok(())
 }
 
 fn leave(group: &Group, m: &Member) -> Result<(), Error> {
     let image = open_member(m)?;
-    if let Some((pool, name)) = image.group().map_err(Error::ceph("cannot read the image's group"))?
-        && pool == group.io.pool_id()
-        && name == group.rbd_group
+    if let Some((pool, name)) = rbd_group_of(&image)?
+        && group.is_rbd_group(pool, &name)
     {
         group
             .io
@@ -340,7 +308,7 @@ pub fn modify(
         .filter_map(|v| resolve_member(resolver, v, creds).ok())
         .filter(|m| m.vol.image_exists().unwrap_or(false))
         .collect();
-    let replication = super::replicate::replication_of(&current)?;
+    let replication = replication_of(&current)?;
     let adding = wanted.iter().any(|v| !group.member_ids.contains(v));
     if adding && matches!(replication, Some((_, false))) {
         return Err(Error::WrongState(format!(

@@ -19,7 +19,7 @@ pub use replicate::{
 };
 
 use crate::Error;
-use crate::ceph::{CephError, Image, IoCtx};
+use crate::ceph::{CephError, Image, IoCtx, MirrorImageMode, MirrorState};
 use crate::cephcsi::{self, Credentials, CsiId, ResolvedVolume, Resolver, group as journal};
 use crate::exec::{Claims, KeyGuard};
 
@@ -58,6 +58,11 @@ pub struct Group {
 impl Group {
     pub fn uuid(&self) -> &str {
         &self.id.uuid
+    }
+
+    /// Whether an image's RBD group link (pool ID, group name) is this group's.
+    fn is_rbd_group(&self, pool_id: i64, name: &str) -> bool {
+        pool_id == self.io.pool_id() && name == self.rbd_group
     }
 }
 
@@ -243,6 +248,65 @@ fn open_member<'a>(m: &'a Member) -> Result<Image<'a>, Error> {
             Error::Ceph { what: format!("cannot open member {}", m.vol.spec()), source: e }
         }
     })
+}
+
+fn ensure_rbd_group(io: &IoCtx, rbd_group: &str) -> Result<(), Error> {
+    match io.group_create(rbd_group) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is(libc::EEXIST) => Ok(()),
+        Err(e) => Err(Error::Ceph { what: format!("cannot create RBD group {rbd_group}"), source: e }),
+    }
+}
+
+/// The RBD group an image is linked to: (pool ID, group name).
+fn rbd_group_of(image: &Image<'_>) -> Result<Option<(i64, String)>, Error> {
+    image.group().map_err(Error::ceph("cannot read the image's group"))
+}
+
+fn in_other_group(m: &Member, name: &str) -> Error {
+    Error::WrongState(format!(
+        "volume {} ({}) is already in RBD group {name}; an image can be in one group only",
+        m.volume_id,
+        m.vol.spec()
+    ))
+}
+
+/// Links a member's image into the group's RBD group (the one place that
+/// does), refusing an image linked to another group: RBD allows one per image.
+fn link(group: &Group, m: &Member, image: &Image<'_>) -> Result<(), Error> {
+    match rbd_group_of(image)? {
+        Some((pool, name)) if group.is_rbd_group(pool, &name) => Ok(()),
+        Some((_, name)) => Err(in_other_group(m, &name)),
+        None => group
+            .io
+            .group_image_add(&group.rbd_group, &m.vol.io, &m.vol.image)
+            .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
+            .map_err(Error::ceph(format!("cannot add {} to RBD group {}", m.vol.spec(), group.rbd_group))),
+    }
+}
+
+/// Marks a member's image as the group's (metadata that mirrors with it), so
+/// the peer site finds the group's members without any state of its own.
+fn tag(image: &Image<'_>, uuid: &str, volume_id: &str) -> Result<(), Error> {
+    if image.metadata_get(GROUP_KEY).map_err(Error::ceph("cannot read image metadata"))?.as_deref() != Some(uuid) {
+        image.metadata_set(VOLUME_ID_KEY, volume_id).map_err(Error::ceph("cannot tag the member"))?;
+        image.metadata_set(GROUP_KEY, uuid).map_err(Error::ceph("cannot tag the member"))?;
+    }
+    Ok(())
+}
+
+/// How the group's members replicate on this site, read from the first
+/// mirrored one: its mode, and whether it is primary here.
+fn replication_of(members: &[Member]) -> Result<Option<(MirrorImageMode, bool)>, Error> {
+    for m in members {
+        let image = open_member(m).map_err(on_member(m))?;
+        let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state")).map_err(on_member(m))?;
+        if info.state == MirrorState::Enabled {
+            let mode = image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))?;
+            return Ok(Some((mode, info.primary)));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

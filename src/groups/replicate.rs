@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::generations::{self, Reverted, Taken};
-use super::membership::{ensure_rbd_group, tag};
-use super::{Group, Member, on_member, open_member, state_object};
+use super::{Group, Member, ensure_rbd_group, link, on_member, open_member, state_object, tag};
 use crate::Error;
 use crate::ceph::{IoCtx, MirrorImageMode, MirrorState};
 use crate::replication::{self, DisableParams, EnableParams, Health, Schedule};
@@ -72,20 +71,6 @@ fn clear_state(io: &IoCtx, uuid: &str, keys: &[&str]) -> Result<(), Error> {
         Err(e) if e.is(libc::ENOENT) => Ok(()),
         Err(e) => Err(Error::ceph("cannot record the group's state")(e)),
     }
-}
-
-/// How the group's members replicate on this site, read from the first
-/// mirrored one: its mode, and whether it is primary here.
-pub(super) fn replication_of(members: &[Member]) -> Result<Option<(MirrorImageMode, bool)>, Error> {
-    for m in members {
-        let image = open_member(m).map_err(on_member(m))?;
-        let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state")).map_err(on_member(m))?;
-        if info.state == MirrorState::Enabled {
-            let mode = image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))?;
-            return Ok(Some((mode, info.primary)));
-        }
-    }
-    Ok(None)
 }
 
 /// The generation interval recorded for the group, else the default.
@@ -163,23 +148,7 @@ fn ensure_rbd_group_members(group: &Group, members: &[Member]) -> Result<(), Err
     ensure_rbd_group(&group.io, &group.rbd_group)?;
     for m in members {
         let image = open_member(m).map_err(on_member(m))?;
-        let in_group = image.group().map_err(Error::ceph("cannot read the image's group")).map_err(on_member(m))?;
-        match in_group {
-            Some((pool, name)) if pool == group.io.pool_id() && name == group.rbd_group => {}
-            Some((_, name)) => {
-                return Err(on_member(m)(Error::WrongState(format!(
-                    "{} is in RBD group {name}, not in {}",
-                    m.vol.spec(),
-                    group.rbd_group
-                ))));
-            }
-            None => group
-                .io
-                .group_image_add(&group.rbd_group, &m.vol.io, &m.vol.image)
-                .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
-                .map_err(Error::ceph(format!("cannot add {} to RBD group {}", m.vol.spec(), group.rbd_group)))
-                .map_err(on_member(m))?,
-        }
+        link(group, m, &image).map_err(on_member(m))?;
     }
     Ok(())
 }
