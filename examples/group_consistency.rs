@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use interleave::{MEMBERS, first_gap, heal_lone_osd, records_on, writer};
+use interleave::{MEMBERS, first_gap, heal_lone_osd, join_writer, records_on, writer};
 use rbd_addons::ceph::{Cluster, ConnectOptions};
 use rbd_addons::proto::replication::controller_client::ControllerClient;
 use rbd_addons::proto::replication::replication_source::{Type, VolumeGroupSource};
@@ -206,7 +206,7 @@ fn write_for(cluster: Arc<Cluster>, pool_id: i64, names: Vec<String>, run_for: D
     };
     std::thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
-    w.join().unwrap();
+    join_writer(w, Duration::from_secs(120));
     written.load(Ordering::Relaxed)
 }
 
@@ -312,7 +312,7 @@ async fn main() {
         let after = records_on(&cluster_b, pool_b, &names, acked + 64);
         signal(&pids, libc::SIGCONT);
         heal_lone_osd(&lab.site("a", "conf"));
-        w.join().ok();
+        join_writer(w, Duration::from_secs(120));
         let prefix = after.iter().next_back().copied().unwrap_or(0);
         let ok = r.is_ok() && first_gap(&after).is_none();
         kept_all &= ok;

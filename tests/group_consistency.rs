@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::interleave::{MEMBERS, first_gap, records_on, writer};
+use common::interleave::{MEMBERS, first_gap, join_writer, records_on, writer};
 use common::*;
 use tonic::Code;
 
@@ -78,7 +78,7 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64) -> Cu
     let pool_b = lab.pool_id(Site::B);
     let control = records_on(&cluster_b, pool_b, &names, acknowledged + 64);
     let started = Instant::now();
-    group_promote(&mut b, lab, &gid, true).await.expect("forced group promote on site-b with site-a frozen");
+    group_promote_after_site_loss(&mut b, lab, &gid).await.expect("forced group promote on site-b with site-a frozen");
     let promote_s = started.elapsed().as_secs_f64();
     for v in &vols {
         assert_eq!(is_primary(lab, Site::B, &v.spec), Some(true), "{} is not primary on site-b", v.spec);
@@ -101,7 +101,7 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64) -> Cu
     );
 
     drop(frozen);
-    w.join().ok();
+    join_writer(w, Duration::from_secs(120));
     // Both sites are primary now: drop the test's images everywhere.
     for v in &vols {
         remove_everywhere(lab, &v.spec);
@@ -158,7 +158,7 @@ async fn group_failback_after_site_loss_through_resync() {
     }
     {
         let _frozen = Frozen::daemons(&lab, "site-a", &[]);
-        group_promote(&mut b, &lab, &gid, true).await.expect("forced promote with site-a frozen");
+        group_promote_after_site_loss(&mut b, &lab, &gid).await.expect("forced promote with site-a frozen");
     }
     for v in &vols {
         write_data(&lab, Site::B, &v.spec);

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use rbd_sys as sys;
 
@@ -30,6 +31,8 @@ struct GateState {
     in_flight: usize,
     /// Quiesce requests received so far.
     quiesced: u64,
+    /// When the last quiesce or unquiesce arrived.
+    last_event: Option<Instant>,
 }
 
 /// One write let through the gate; dropping it marks the write acknowledged.
@@ -56,10 +59,33 @@ impl WriteGate {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).quiesced
     }
 
+    /// Waits until no image is quiesced and none has been for `quiet`
+    /// (bounded by `limit`); false if that never happened. Unregistering a
+    /// watch must wait for this: librbd (16.2.15) loses an unregister that
+    /// races a quiesce notification (the unregister waits for an unquiesce
+    /// that, with no watcher left, never calls back), and the caller hangs.
+    pub fn wait_quiet(&self, quiet: Duration, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let since = s.last_event.map_or(quiet, |t| t.elapsed());
+            if s.paused == 0 && since >= quiet {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let wait = quiet.saturating_sub(since).max(Duration::from_millis(10)).min(deadline - now);
+            s = self.changed.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
     fn pause(&self) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.paused += 1;
         s.quiesced += 1;
+        s.last_event = Some(Instant::now());
     }
 
     fn wait_drained(&self) {
@@ -72,6 +98,7 @@ impl WriteGate {
     fn resume(&self) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.paused = s.paused.saturating_sub(1);
+        s.last_event = Some(Instant::now());
         self.changed.notify_all();
     }
 }
@@ -103,7 +130,8 @@ struct SendImage(sys::rbd_image_t);
 unsafe impl Send for SendImage {}
 
 /// A registered quiesce watch on one image; unregistered on drop, which
-/// must happen before the image closes (the borrow makes sure of it).
+/// must happen before the image closes (the borrow makes sure of it), and
+/// after [`WriteGate::wait_quiet`].
 pub struct QuiesceWatch<'img> {
     image: &'img Image<'img>,
     context: *mut WatchContext,
@@ -202,5 +230,17 @@ mod tests {
         assert!(!blocked.is_finished(), "a write passed a paused gate");
         gate.resume();
         blocked.join().unwrap();
+    }
+
+    #[test]
+    fn quiet_means_not_paused_and_no_event_for_a_while() {
+        let gate = WriteGate::new();
+        assert!(gate.wait_quiet(Duration::from_millis(5), Duration::ZERO), "a gate that never paused is quiet");
+        gate.pause();
+        assert!(!gate.wait_quiet(Duration::from_millis(5), Duration::from_millis(30)), "paused is not quiet");
+        gate.resume();
+        let started = Instant::now();
+        assert!(gate.wait_quiet(Duration::from_millis(40), Duration::from_secs(5)));
+        assert!(started.elapsed() >= Duration::from_millis(35), "did not wait out the quiet period");
     }
 }

@@ -107,7 +107,21 @@ pub fn writer(
     }
     if honour_quiesce {
         println!("writer: {} records, paused for {} quiesce requests", k - 1, gate.quiesced());
+        if !gate.wait_quiet(Duration::from_millis(500), Duration::from_secs(60)) {
+            println!("writer: quiesce requests never stopped; unregistering anyway");
+        }
     }
+}
+
+/// Joins a writer thread within `limit`, or fails the test instead of
+/// hanging it (a writer stuck in librbd would otherwise stop the suite).
+pub fn join_writer(w: std::thread::JoinHandle<()>, limit: Duration) {
+    let started = Instant::now();
+    while !w.is_finished() {
+        assert!(started.elapsed() < limit, "the writer did not stop within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.join().ok();
 }
 
 /// A lone OSD that was stopped for longer than its read lease comes back
