@@ -398,7 +398,7 @@ pub fn generations(
     let resolver = Resolver::new(config.to_owned(), Some(mapping.to_owned()), pool);
     let group = groups::find(&resolver, &id, &creds).map_err(fail)?;
     let members = groups::members_unguarded(&resolver, &group, &creds).map_err(fail)?;
-    let held = groups::generations::held(&members).map_err(fail)?;
+    let held = groups::generations::held(&groups::open_members(&members).map_err(fail)?).map_err(fail)?;
     let mut lines = Vec::new();
     for (volume_id, gens) in &held {
         let text: Vec<String> = gens

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::Member;
+use super::{Member, OpenMember};
 use crate::Error;
 use crate::ceph::{CephError, Image, IoCtx, SnapInfo, SnapKind};
 
@@ -102,16 +102,15 @@ pub struct Held {
 }
 
 /// The generations each member holds, oldest first, for operators.
-pub fn held(members: &[Member]) -> Result<Vec<(String, Vec<Held>)>, Error> {
-    let images = open_all(members)?;
+pub fn held(members: &[OpenMember<'_>]) -> Result<Vec<(String, Vec<Held>)>, Error> {
     let mut out = Vec::with_capacity(members.len());
-    for (m, image) in members.iter().zip(&images) {
+    for m in members {
         let mut gens = Vec::new();
-        for (n, cut) in cuts_of(image)? {
-            let taken = image.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?;
+        for (n, cut) in cuts_of(&m.image)? {
+            let taken = m.image.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?;
             gens.push(Held { number: n, taken, complete: cut.group_snap_id.is_some() });
         }
-        out.push((m.volume_id.clone(), gens));
+        out.push((m.member.volume_id.clone(), gens));
     }
     Ok(out)
 }
@@ -126,9 +125,9 @@ pub struct Taken {
 
 /// Takes generation n on a primary group and prunes old ones. Idempotent per
 /// number: an existing fence post or group snapshot is reused.
-pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[Member]) -> Result<Taken, Error> {
-    let images = open_all(members)?;
-    let cuts: Vec<_> = images.iter().map(cuts_of).collect::<Result<_, _>>()?;
+pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>]) -> Result<Taken, Error> {
+    let images: Vec<&Image<'_>> = members.iter().map(|m| &m.image).collect();
+    let cuts: Vec<_> = images.iter().map(|i| cuts_of(i)).collect::<Result<_, _>>()?;
     let n = next_number(&cuts);
     let pre = format!("{PRE_PREFIX}{n}");
     for image in &images {
@@ -156,7 +155,7 @@ pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[Member]) -> Result<Tak
 /// Keeps the newest KEEP generations; removes older group snapshots of this
 /// site's group, older fence posts, and group snapshots replayed from the
 /// peer's group before a failover (their group does not exist here).
-fn prune(group_io: &IoCtx, rbd_group: &str, images: &[Image<'_>], newest: u64) -> Result<(), Error> {
+fn prune(group_io: &IoCtx, rbd_group: &str, images: &[&Image<'_>], newest: u64) -> Result<(), Error> {
     let Some(oldest_kept) = newest.checked_sub(KEEP as u64 - 1).filter(|n| *n > 0) else { return Ok(()) };
     let ours = group_io.group_snap_list(rbd_group).map_err(Error::ceph("cannot list group snapshots"))?;
     for name in ours {
@@ -188,7 +187,7 @@ fn prune(group_io: &IoCtx, rbd_group: &str, images: &[Image<'_>], newest: u64) -
 }
 
 /// Removes every generation of the group (on Disable).
-pub fn remove_all(group_io: &IoCtx, rbd_group: &str, members: &[&Member]) -> Result<(), Error> {
+pub fn remove_all(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>]) -> Result<(), Error> {
     match group_io.group_snap_list(rbd_group) {
         Ok(names) => {
             for name in names.iter().filter(|n| n.starts_with(GEN_PREFIX)) {
@@ -199,30 +198,13 @@ pub fn remove_all(group_io: &IoCtx, rbd_group: &str, members: &[&Member]) -> Res
         Err(e) => return Err(Error::ceph("cannot list group snapshots")(e)),
     }
     for m in members {
-        let image = Image::open(&m.vol.io, &m.vol.image)
-            .map_err(Error::ceph(format!("cannot open member {}", m.vol.spec())))?;
-        for s in image.snapshots().map_err(Error::ceph("cannot list snapshots"))? {
+        for s in m.image.snapshots().map_err(Error::ceph("cannot list snapshots"))? {
             if (s.kind == SnapKind::User && s.name.starts_with(PRE_PREFIX)) || s.kind == SnapKind::Group {
-                image.snap_remove_by_id(s.id).ok();
+                m.image.snap_remove_by_id(s.id).ok();
             }
         }
     }
     Ok(())
-}
-
-pub(super) fn open_all(members: &[Member]) -> Result<Vec<Image<'_>>, Error> {
-    members
-        .iter()
-        .map(|m| {
-            Image::open(&m.vol.io, &m.vol.image).map_err(|e| {
-                if e.is(libc::ENOENT) {
-                    Error::ImageNotFound { image: format!("{} (member {})", m.vol.spec(), m.volume_id) }
-                } else {
-                    Error::Ceph { what: format!("cannot open member {}", m.vol.spec()), source: e }
-                }
-            })
-        })
-        .collect()
 }
 
 /// What a revert did.
@@ -233,23 +215,24 @@ pub struct Reverted {
 }
 
 /// Brings every member back to generation `n`: the extents changed since its
-/// fence post are read from the group snapshot and written to the head. The
-/// members must be primary. Safe to repeat.
-pub fn revert(members: &[Member], n: u64, cuts: &[MemberCut]) -> Result<Reverted, Error> {
+/// fence post are read from the group snapshot and written to the member's
+/// writable head (`heads`, in member order). The members must be primary.
+/// Safe to repeat.
+pub fn revert(members: &[OpenMember<'_>], heads: &[Image<'_>], n: u64, cuts: &[MemberCut]) -> Result<Reverted, Error> {
     let mut bytes = 0;
-    for (m, cut) in members.iter().zip(cuts) {
+    for ((m, head), cut) in members.iter().zip(heads).zip(cuts) {
         let Some(snap_id) = cut.group_snap_id else { continue };
-        bytes += revert_member(m, n, snap_id)?;
+        bytes += revert_member(m.member, head, n, snap_id)?;
     }
     info!(generation = n, bytes, members = members.len(), "members reverted to their newest common generation");
     Ok(Reverted { generation: n, bytes })
 }
 
-fn revert_member(m: &Member, n: u64, snap_id: u64) -> Result<u64, Error> {
+fn revert_member(m: &Member, head: &Image<'_>, n: u64, snap_id: u64) -> Result<u64, Error> {
+    // A second handle, set to the group snapshot: the head keeps writing.
     let at_cut = Image::open_read_only(&m.vol.io, &m.vol.image)
         .map_err(Error::ceph(format!("cannot open member {} to revert it", m.vol.spec())))?;
     at_cut.read_snapshot(snap_id).map_err(Error::ceph(format!("cannot read generation {n} of {}", m.vol.spec())))?;
-    let head = writable_head(m)?;
     let pre = format!("{PRE_PREFIX}{n}");
     let extents = head.changed_since(&pre).map_err(Error::ceph(format!("cannot diff {} since {pre}", m.vol.spec())))?;
     let mut bytes = 0;

@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::{
     GROUP_KEY, Group, MAX_MEMBERS, Member, VOLUME_ID_KEY, ensure_rbd_group, find, in_other_group, link, on_member,
-    open_member, rbd_group_of, replication_of, resolve_member, state_object, tag,
+    open_member, open_members, rbd_group_of, replication_of, resolve_member, state_object, tag,
 };
 use crate::Error;
 use crate::ceph::IoCtx;
@@ -308,7 +308,7 @@ pub fn modify(
         .filter_map(|v| resolve_member(resolver, v, creds).ok())
         .filter(|m| m.vol.image_exists().unwrap_or(false))
         .collect();
-    let replication = replication_of(&current)?;
+    let replication = replication_of(&open_members(&current)?);
     let adding = wanted.iter().any(|v| !group.member_ids.contains(v));
     if adding && matches!(replication, Some((_, false))) {
         return Err(Error::WrongState(format!(

@@ -19,7 +19,7 @@ pub use replicate::{
 };
 
 use crate::Error;
-use crate::ceph::{CephError, Image, IoCtx, MirrorImageMode, MirrorState};
+use crate::ceph::{CephError, Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState};
 use crate::cephcsi::{self, Credentials, CsiId, ResolvedVolume, Resolver, group as journal};
 use crate::exec::{Claims, KeyGuard};
 
@@ -240,6 +240,44 @@ pub fn on_member(m: &Member) -> impl FnOnce(Error) -> Error + '_ {
     }
 }
 
+/// A member as one group call works on it: its image opened once, with its
+/// mirroring state as it was at open (a step that changes the state reads it
+/// again through the same handle).
+pub struct OpenMember<'m> {
+    pub member: &'m Member,
+    pub image: Image<'m>,
+    pub mirror: MirrorInfo,
+    /// The mirroring mode, when mirroring is enabled.
+    pub mode: Option<MirrorImageMode>,
+}
+
+impl OpenMember<'_> {
+    pub fn is_primary(&self) -> bool {
+        self.mirror.state == MirrorState::Enabled && self.mirror.primary
+    }
+}
+
+/// Opens every member once for a call, in order.
+pub fn open_members<'m>(members: impl IntoIterator<Item = &'m Member>) -> Result<Vec<OpenMember<'m>>, Error> {
+    members
+        .into_iter()
+        .map(|m| {
+            let read = || -> Result<OpenMember<'m>, Error> {
+                let image = open_member(m)?;
+                let mirror = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state"))?;
+                let mode = match mirror.state {
+                    MirrorState::Enabled => {
+                        Some(image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))?)
+                    }
+                    _ => None,
+                };
+                Ok(OpenMember { member: m, image, mirror, mode })
+            };
+            read().map_err(on_member(m))
+        })
+        .collect()
+}
+
 fn open_member<'a>(m: &'a Member) -> Result<Image<'a>, Error> {
     Image::open(&m.vol.io, &m.vol.image).map_err(|e: CephError| {
         if e.is(libc::ENOENT) {
@@ -297,16 +335,8 @@ fn tag(image: &Image<'_>, uuid: &str, volume_id: &str) -> Result<(), Error> {
 
 /// How the group's members replicate on this site, read from the first
 /// mirrored one: its mode, and whether it is primary here.
-fn replication_of(members: &[Member]) -> Result<Option<(MirrorImageMode, bool)>, Error> {
-    for m in members {
-        let image = open_member(m).map_err(on_member(m))?;
-        let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state")).map_err(on_member(m))?;
-        if info.state == MirrorState::Enabled {
-            let mode = image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))?;
-            return Ok(Some((mode, info.primary)));
-        }
-    }
-    Ok(None)
+fn replication_of(members: &[OpenMember<'_>]) -> Option<(MirrorImageMode, bool)> {
+    members.iter().find_map(|m| m.mode.map(|mode| (mode, m.mirror.primary)))
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::generations::{self, Reverted, Taken};
-use super::{Group, Member, ensure_rbd_group, link, on_member, open_member, state_object, tag};
+use super::{Group, Member, OpenMember, ensure_rbd_group, link, on_member, open_members, state_object, tag};
 use crate::Error;
-use crate::ceph::{IoCtx, MirrorImageMode, MirrorState};
+use crate::ceph::{IoCtx, MirrorImageMode};
 use crate::replication::{self, DisableParams, EnableParams, Health, Schedule};
 
 const INTERVAL_KEY: &str = "generation-interval";
@@ -90,26 +90,8 @@ fn require_members(group: &Group, members: &[Member]) -> Result<(), Error> {
 }
 
 /// The mirroring mode the members actually use (the first member's).
-fn members_mode(members: &[Member]) -> Result<Option<MirrorImageMode>, Error> {
-    let Some(m) = members.first() else { return Ok(None) };
-    let image = open_member(m)?;
-    let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state"))?;
-    if info.state != MirrorState::Enabled {
-        return Ok(None);
-    }
-    Ok(Some(image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))?))
-}
-
-fn primaries(members: &[Member]) -> Result<Vec<bool>, Error> {
-    members
-        .iter()
-        .map(|m| {
-            let image = open_member(m).map_err(on_member(m))?;
-            let info =
-                image.mirror_info().map_err(Error::ceph("cannot read the mirroring state")).map_err(on_member(m))?;
-            Ok(info.state == MirrorState::Enabled && info.primary)
-        })
-        .collect()
+fn members_mode(members: &[OpenMember<'_>]) -> Option<MirrorImageMode> {
+    members.first().and_then(|m| m.mode)
 }
 
 pub fn enable(
@@ -121,15 +103,18 @@ pub fn enable(
     require_members(group, members)?;
     for m in members {
         replication::enable(&m.vol, params).map_err(on_member(m))?;
-        tag(&open_member(m)?, group.uuid(), &m.volume_id).map_err(on_member(m))?;
+    }
+    let opened = open_members(members)?;
+    for m in &opened {
+        tag(&m.image, group.uuid(), &m.member.volume_id).map_err(on_member(m.member))?;
     }
     let secs = interval.unwrap_or(DEFAULT_GENERATION_INTERVAL).as_secs().to_string();
     write_state(&group.io, group.uuid(), &[(INTERVAL_KEY, &secs)])?;
     match params.mode {
         MirrorImageMode::Journal => {
-            if primaries(members)?.iter().all(|p| *p) {
-                ensure_rbd_group_members(group, members)?;
-                take_generation(group, members)?;
+            if opened.iter().all(OpenMember::is_primary) {
+                ensure_rbd_group_members(group, &opened)?;
+                take_generation(group, &opened)?;
             }
         }
         MirrorImageMode::Snapshot => warn!(
@@ -144,17 +129,16 @@ pub fn enable(
 /// The RBD group on this site holds every member: after a failover the
 /// group exists only where it was created, and a resync re-creates a member's
 /// image outside any group.
-fn ensure_rbd_group_members(group: &Group, members: &[Member]) -> Result<(), Error> {
+fn ensure_rbd_group_members(group: &Group, members: &[OpenMember<'_>]) -> Result<(), Error> {
     ensure_rbd_group(&group.io, &group.rbd_group)?;
     for m in members {
-        let image = open_member(m).map_err(on_member(m))?;
-        link(group, m, &image).map_err(on_member(m))?;
+        link(group, m.member, &m.image).map_err(on_member(m.member))?;
     }
     Ok(())
 }
 
 /// Takes one generation now (the group must be primary here, in journal mode).
-pub fn take_generation(group: &Group, members: &[Member]) -> Result<Taken, Error> {
+pub fn take_generation(group: &Group, members: &[OpenMember<'_>]) -> Result<Taken, Error> {
     let taken = generations::take(&group.io, &group.rbd_group, members)?;
     info!(group = %group.id, generation = taken.number, pause_ms = taken.pause.as_millis() as u64,
         "consistency generation taken");
@@ -170,19 +154,12 @@ pub fn disable(group: &Group, members: &[Member], params: &DisableParams) -> Res
             present.push(m);
         }
     }
-    let mut mode = None;
-    let mut all_primary = true;
-    for m in &present {
-        let image = open_member(m).map_err(on_member(m))?;
-        let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state")).map_err(on_member(m))?;
-        if info.state == MirrorState::Enabled {
-            mode = mode.or(Some(image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))?));
-        }
-        all_primary &= info.state == MirrorState::Enabled && info.primary;
+    let opened = open_members(present.iter().copied())?;
+    let mode = opened.iter().find_map(|m| m.mode);
+    if mode == Some(MirrorImageMode::Journal) && opened.iter().all(OpenMember::is_primary) {
+        generations::remove_all(&group.io, &group.rbd_group, &opened)?;
     }
-    if mode == Some(MirrorImageMode::Journal) && all_primary {
-        generations::remove_all(&group.io, &group.rbd_group, &present)?;
-    }
+    drop(opened);
     for m in &present {
         replication::disable(&m.vol, params).map_err(on_member(m))?;
     }
@@ -196,29 +173,26 @@ pub fn disable(group: &Group, members: &[Member], params: &DisableParams) -> Res
 /// changes nothing.
 pub fn demote(group: &Group, members: &[Member], force: bool) -> Result<(), Error> {
     require_members(group, members)?;
-    let roles = primaries(members)?;
-    if roles.iter().all(|p| !*p) {
+    let opened = open_members(members)?;
+    if !opened.iter().any(OpenMember::is_primary) {
         return Ok(());
     }
     if !force {
         let deadline = Instant::now() + replication::PEER_REPORT_WAIT;
-        for (m, primary) in members.iter().zip(&roles) {
-            if *primary {
-                let image = open_member(m).map_err(on_member(m))?;
-                replication::require_peer_copy(&image, &m.vol, deadline).map_err(on_member(m))?;
-            }
+        for m in opened.iter().filter(|m| m.is_primary()) {
+            replication::require_peer_copy(&m.image, &m.member.vol, deadline).map_err(on_member(m.member))?;
         }
     }
     // The last cut before the peer takes over: with writers stopped it holds
     // everything, so a planned failover loses nothing. Only while every member
     // is still primary; a retry after a partial demote already has it.
-    if roles.iter().all(|p| *p) && members_mode(members)? == Some(MirrorImageMode::Journal) {
-        ensure_rbd_group_members(group, members)?;
-        take_generation(group, members)?;
+    if opened.iter().all(OpenMember::is_primary) && members_mode(&opened) == Some(MirrorImageMode::Journal) {
+        ensure_rbd_group_members(group, &opened)?;
+        take_generation(group, &opened)?;
     }
-    for m in members {
+    for m in &opened {
         // Every member's peer copy was checked above.
-        replication::demote(&m.vol, true).map_err(on_member(m))?;
+        replication::demote_image(&m.image, &m.member.vol, true).map_err(on_member(m.member))?;
     }
     info!(group = %group.id, force, "group demoted");
     Ok(())
@@ -239,38 +213,32 @@ pub fn promote(
 ) -> Result<Promoted, Error> {
     require_members(group, members)?;
     let mut state = read_state(&group.io, group.uuid())?;
-    let roles = primaries(members)?;
-    if roles.iter().any(|p| !*p) && !state.contains_key(PROMOTING_KEY) {
+    let opened = open_members(members)?;
+    if !opened.iter().all(OpenMember::is_primary) && !state.contains_key(PROMOTING_KEY) {
         write_state(&group.io, group.uuid(), &[(PROMOTING_KEY, "1")])?;
         state.insert(PROMOTING_KEY.into(), "1".into());
     }
-    for (m, primary) in members.iter().zip(&roles) {
-        if !primary {
-            replication::promote(&m.vol, force, schedule).map_err(on_member(m))?;
+    for m in &opened {
+        if !m.is_primary() {
+            replication::promote_image(&m.image, &m.member.vol, force, schedule).map_err(on_member(m.member))?;
         } else if let Some(s) = schedule {
             // Already primary: (re)apply the schedule like a volume promote.
-            replication::promote(&m.vol, false, Some(s)).map_err(on_member(m))?;
+            replication::promote_image(&m.image, &m.member.vol, false, Some(s)).map_err(on_member(m.member))?;
         }
     }
-    let mode = members_mode(members)?;
+    let mode = members_mode(&opened);
     let mut done = Promoted::default();
     if state.contains_key(PROMOTING_KEY) {
         if mode == Some(MirrorImageMode::Journal) {
-            // Just promoted, a member stays read-only until this site's
-            // rbd-mirror lets go of it; the revert and the next generation
-            // both write.
-            for m in members {
-                generations::writable_head(m).map_err(on_member(m))?;
-            }
-            done.reverted = revert_to_newest_common(group, members)?;
-            ensure_rbd_group_members(group, members)?;
+            done.reverted = revert_to_newest_common(group, &opened)?;
+            ensure_rbd_group_members(group, &opened)?;
         }
         if let Some(i) = interval {
             write_state(&group.io, group.uuid(), &[(INTERVAL_KEY, &i.as_secs().to_string())])?;
         }
         clear_state(&group.io, group.uuid(), &[PROMOTING_KEY])?;
         if mode == Some(MirrorImageMode::Journal) {
-            take_generation(group, members)?;
+            take_generation(group, &opened)?;
         }
         info!(group = %group.id, force, reverted_bytes = done.reverted.map_or(0, |r| r.bytes), "group promoted");
     } else if let Some(i) = interval {
@@ -279,12 +247,17 @@ pub fn promote(
     Ok(done)
 }
 
-fn revert_to_newest_common(group: &Group, members: &[Member]) -> Result<Option<Reverted>, Error> {
-    let images = generations::open_all(members)?;
-    let cuts: Vec<_> = images.iter().map(generations::cuts_of).collect::<Result<_, _>>()?;
-    drop(images);
+/// Just promoted, a member stays read-only until this site's rbd-mirror lets
+/// go of it; the revert and the next generation both write, so first wait
+/// for every member's head to take writes.
+fn revert_to_newest_common(group: &Group, members: &[OpenMember<'_>]) -> Result<Option<Reverted>, Error> {
+    let heads: Vec<_> = members
+        .iter()
+        .map(|m| generations::writable_head(m.member).map_err(on_member(m.member)))
+        .collect::<Result<_, _>>()?;
+    let cuts: Vec<_> = members.iter().map(|m| generations::cuts_of(&m.image)).collect::<Result<_, _>>()?;
     match generations::newest_common(&cuts) {
-        Some((n, member_cuts)) => Ok(Some(generations::revert(members, n, &member_cuts)?)),
+        Some((n, member_cuts)) => Ok(Some(generations::revert(members, &heads, n, &member_cuts)?)),
         None => {
             warn!(group = %group.id,
                 "no consistency generation reached every member; the members are promoted as they are and may not show one instant");
@@ -328,7 +301,8 @@ pub fn info(group: &Group, members: &[Member]) -> Result<GroupInfo, Error> {
     let mut worst = (Health::Healthy, String::new());
     // Every member's peer holds everything up to this time (its last sync).
     let mut all_synced_until = i64::MAX;
-    let mode = members_mode(members)?;
+    let opened = open_members(members)?;
+    let mode = members_mode(&opened);
     for m in members {
         let i = replication::info(&m.vol).map_err(on_member(m))?;
         if rank(i.health) > rank(worst.0) || worst.1.is_empty() {
@@ -338,8 +312,7 @@ pub fn info(group: &Group, members: &[Member]) -> Result<GroupInfo, Error> {
     }
     let last_sync_time = match mode {
         Some(MirrorImageMode::Journal) => {
-            let images = generations::open_all(members)?;
-            let first = &images[0];
+            let first = &opened[0].image;
             let cuts = generations::cuts_of(first)?;
             let mut newest = None;
             for cut in cuts.values() {

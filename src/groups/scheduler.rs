@@ -14,9 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, warn};
 
-use super::{Group, find, generations, members_unguarded, state_object};
+use super::{Group, OpenMember, find, generations, members_unguarded, open_members, state_object};
 use crate::Error;
-use crate::ceph::{MirrorImageMode, MirrorState};
+use crate::ceph::MirrorImageMode;
 use crate::cephcsi::{Credentials, CsiId, Resolver};
 use crate::exec::Executor;
 
@@ -138,7 +138,8 @@ fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> R
     };
     let interval = super::replicate::interval_of(&group)?;
     let members = members_unguarded(resolver, &group, creds)?;
-    if members.is_empty() || !all_primary_journal(&members)? {
+    let members = open_members(&members)?;
+    if members.is_empty() || !all_primary_journal(&members) {
         return Ok(Outcome::Forget);
     }
     let lease = (interval * 3).clamp(Duration::from_secs(30), Duration::from_secs(600));
@@ -165,25 +166,15 @@ fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> R
     Ok(Outcome::Next(interval))
 }
 
-fn all_primary_journal(members: &[super::Member]) -> Result<bool, Error> {
-    for m in members {
-        let image = super::open_member(m)?;
-        let info = image.mirror_info().map_err(Error::ceph("cannot read the mirroring state"))?;
-        if info.state != MirrorState::Enabled || !info.primary {
-            return Ok(false);
-        }
-        if image.mirror_mode().map_err(Error::ceph("cannot read the mirroring mode"))? != MirrorImageMode::Journal {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+fn all_primary_journal(members: &[OpenMember<'_>]) -> bool {
+    members.iter().all(|m| m.is_primary() && m.mode == Some(MirrorImageMode::Journal))
 }
 
 /// Whether no member has been written since the newest complete generation.
-fn unchanged_since_newest(members: &[super::Member]) -> Result<bool, Error> {
+fn unchanged_since_newest(members: &[OpenMember<'_>]) -> Result<bool, Error> {
     for m in members {
-        let image = super::open_member(m)?;
-        let cuts = generations::cuts_of(&image)?;
+        let image = &m.image;
+        let cuts = generations::cuts_of(image)?;
         let Some((n, cut)) = cuts.iter().next_back() else { return Ok(false) };
         if cut.group_snap_id.is_none() {
             return Ok(false);
@@ -198,9 +189,9 @@ fn unchanged_since_newest(members: &[super::Member]) -> Result<bool, Error> {
 }
 
 /// How long ago the newest fence post was taken (on the first member).
-fn newest_age(_group: &Group, members: &[super::Member]) -> Result<Option<Duration>, Error> {
-    let image = super::open_member(&members[0])?;
-    let cuts = generations::cuts_of(&image)?;
+fn newest_age(_group: &Group, members: &[OpenMember<'_>]) -> Result<Option<Duration>, Error> {
+    let image = &members[0].image;
+    let cuts = generations::cuts_of(image)?;
     let Some(cut) = cuts.values().next_back() else { return Ok(None) };
     let ts = image.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);

@@ -49,14 +49,24 @@ fn require_enabled(info: &MirrorInfo, vol: &ResolvedVolume) -> Result<(), Error>
 }
 
 pub fn promote(vol: &ResolvedVolume, force: bool, schedule: Option<&Schedule>) -> Result<(), Error> {
-    let image = open(&vol.io, vol)?;
-    let current = mirror_info(&image)?;
+    promote_image(&open(&vol.io, vol)?, vol, force, schedule)
+}
+
+/// Promote through an image the caller already opened (a group call opens
+/// each member once).
+pub fn promote_image(
+    image: &Image<'_>,
+    vol: &ResolvedVolume,
+    force: bool,
+    schedule: Option<&Schedule>,
+) -> Result<(), Error> {
+    let current = mirror_info(image)?;
     require_enabled(&current, vol)?;
     if !current.primary {
         if !force {
-            refuse_unsafe_promote(&image, vol)?;
+            refuse_unsafe_promote(image, vol)?;
         }
-        promote_settled(&image, vol, force)?;
+        promote_settled(image, vol, force)?;
         info!(image = %vol.spec(), force, "promoted to primary");
     }
     // Every promote (re)applies the schedule: a primary must always carry it.
@@ -152,22 +162,26 @@ fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Resu
 /// Demote; without `force`, only once the peer holds a copy (see
 /// `require_peer_copy`).
 pub fn demote(vol: &ResolvedVolume, force: bool) -> Result<(), Error> {
-    let image = open(&vol.io, vol)?;
-    let current = mirror_info(&image)?;
+    demote_image(&open(&vol.io, vol)?, vol, force)
+}
+
+/// Demote through an image the caller already opened.
+pub fn demote_image(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Result<(), Error> {
+    let current = mirror_info(image)?;
     require_enabled(&current, vol)?;
     if !current.primary {
         return Ok(());
     }
     if !force {
-        require_peer_copy(&image, vol, Instant::now() + PEER_REPORT_WAIT)?;
+        require_peer_copy(image, vol, Instant::now() + PEER_REPORT_WAIT)?;
     }
     if image.metadata_get(CREATION_TIME_KEY).map_err(Error::ceph("cannot read image metadata"))?.is_none() {
-        let created = creation_time(&image)?;
+        let created = creation_time(image)?;
         image.metadata_set(CREATION_TIME_KEY, &created).map_err(Error::ceph("cannot record the demotion marker"))?;
     }
     // Only a primary takes scheduled snapshots; the schedule follows the
     // primary and Promote puts it back.
-    remove_schedule(vol, &image)?;
+    remove_schedule(vol, image)?;
     image.mirror_demote().map_err(Error::ceph(format!("cannot demote {}", vol.spec())))?;
     info!(image = %vol.spec(), "demoted to secondary");
     Ok(())

@@ -6,7 +6,9 @@ mod params;
 mod status;
 mod volume;
 
-pub use failover::{CREATION_TIME_KEY, PEER_REPORT_WAIT, demote, promote, require_peer_copy, resync};
+pub use failover::{
+    CREATION_TIME_KEY, PEER_REPORT_WAIT, demote, demote_image, promote, promote_image, require_peer_copy, resync,
+};
 pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
 pub use params::{MIRRORING_MODE, SCHEDULING_INTERVAL};
 pub use status::{Health, ReplayDescription, health};
