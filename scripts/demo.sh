@@ -193,14 +193,17 @@ echo "(tests/group_consistency.rs does the same as a forced failover with site-a
 echo " random instants while a writer runs; cargo run --release --example group_consistency measures it)"
 
 say "Done"
+# On Reef or Tentacle, the commands below run inside that release's root.
+IN_ROOT=""
+if [ -n "${CEPHLAB_IN_ROOT:-}" ]; then IN_ROOT="scripts/in-lab-root.sh $(jq -r .root "$LAB/lab.json") "; fi
 cat <<EOF
 The volume replicated to site-b, failed over to it and back without losing a write,
 and a group of three volumes failed over to site-b as one crash-consistent unit.
 The README's "DR runbook" has the unplanned failover (promote --force) and the
 split-brain resync. To try them here, start the servers again:
-  $BIN serve --endpoint unix:///tmp/a.sock --ceph-csi-config $LAB/a/csi-config.json --cluster-mapping $LAB/a/cluster-mapping.json
-  $BIN serve --endpoint unix:///tmp/b.sock --ceph-csi-config $LAB/b/csi-config.json --cluster-mapping $LAB/b/cluster-mapping.json
+  $IN_ROOT$BIN serve --endpoint unix:///tmp/a.sock --ceph-csi-config $LAB/a/csi-config.json --cluster-mapping $LAB/a/cluster-mapping.json
+  $IN_ROOT$BIN serve --endpoint unix:///tmp/b.sock --ceph-csi-config $LAB/b/csi-config.json --cluster-mapping $LAB/b/cluster-mapping.json
   volume handle: $VOLUME_ID
-  rbd -c $B mirror image status $IMAGE
+  ${IN_ROOT}rbd -c $B mirror image status $IMAGE
 The lab keeps running; stop it with: scripts/lab.sh down --release $RELEASE
 EOF
