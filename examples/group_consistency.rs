@@ -206,7 +206,7 @@ fn write_for(cluster: Arc<Cluster>, pool_id: i64, names: Vec<String>, run_for: D
     };
     std::thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
-    join_writer(w, Duration::from_secs(120));
+    join_writer(w, Duration::from_secs(600));
     written.load(Ordering::Relaxed)
 }
 
@@ -312,7 +312,7 @@ async fn main() {
         let after = records_on(&cluster_b, pool_b, &names, acked + 64);
         signal(&pids, libc::SIGCONT);
         heal_lone_osd(&lab.site("a", "conf"));
-        join_writer(w, Duration::from_secs(120));
+        join_writer(w, Duration::from_secs(600));
         let prefix = after.iter().next_back().copied().unwrap_or(0);
         let ok = r.is_ok() && first_gap(&after).is_none();
         kept_all &= ok;
