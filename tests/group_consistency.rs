@@ -101,7 +101,9 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64) -> Cu
     );
 
     drop(frozen);
-    join_writer(w, Duration::from_secs(120));
+    let quiesced = join_writer(w, Duration::from_secs(120));
+    // The proof stands on librbd pausing the writer for every group snapshot.
+    assert!(quiesced > 0, "round {round}: no generation ever asked the writer to pause (quiesce)");
     // Both sites are primary now: drop the test's images everywhere.
     for v in &vols {
         remove_everywhere(lab, &v.spec);

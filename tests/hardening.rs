@@ -138,6 +138,8 @@ async fn racing_first_calls_share_one_ceph_connection() {
     server.stop().await;
     let log = server.log_text();
     assert_eq!(log.matches("connected to Ceph").count(), 1, "one connection per key, always:\n{log}");
+    // A text log written to a file carries no terminal colour codes.
+    assert!(!log.contains('\u{1b}'), "colour codes in a text log file");
 }
 
 /// A config.json whose monitors are bare `ip:port` entries, as ceph-csi's

@@ -67,7 +67,8 @@ pub fn first_gap(present: &BTreeSet<u64>) -> Option<u64> {
 /// was acknowledged; `latencies`, when given, receives every write's time.
 /// With `honour_quiesce` it pauses while librbd snapshots a group, as an
 /// application mapped with `rbd-nbd --quiesce` does; without, librbd cannot
-/// pause it and a group snapshot may split one of its instants.
+/// pause it and a group snapshot may split one of its instants. Returns how
+/// many quiesce requests paused it.
 pub fn writer(
     cluster: Arc<Cluster>,
     pool_id: i64,
@@ -76,7 +77,7 @@ pub fn writer(
     written: Arc<AtomicU64>,
     latencies: Option<Arc<Mutex<Vec<Duration>>>>,
     honour_quiesce: bool,
-) {
+) -> u64 {
     let io = IoCtx::open(&cluster, pool_id, "").expect("open pool");
     let handles: Vec<Image<'_>> = images.iter().map(|n| Image::open(&io, n).expect("open member")).collect();
     let gate = WriteGate::new();
@@ -111,17 +112,19 @@ pub fn writer(
             println!("writer: quiesce requests never stopped; unregistering anyway");
         }
     }
+    gate.quiesced()
 }
 
 /// Joins a writer thread within `limit`, or fails the test instead of
 /// hanging it (a writer stuck in librbd would otherwise stop the suite).
-pub fn join_writer(w: std::thread::JoinHandle<()>, limit: Duration) {
+/// Returns how many quiesce requests paused the writer.
+pub fn join_writer(w: std::thread::JoinHandle<u64>, limit: Duration) -> u64 {
     let started = Instant::now();
     while !w.is_finished() {
         assert!(started.elapsed() < limit, "the writer did not stop within {limit:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    w.join().ok();
+    w.join().unwrap_or(0)
 }
 
 /// A lone OSD that was stopped for longer than its read lease comes back

@@ -58,14 +58,16 @@ pub fn lab_root() -> Option<String> {
     serde_json::from_str::<Value>(&text).ok()?["root"].as_str().map(str::to_owned)
 }
 
+/// What runs a program on the lab's release: `chroot ROOT` for a reef or
+/// tentacle lab seen from the host, nothing otherwise.
+fn root_prefix() -> Vec<String> {
+    lab_root().map(|root| vec!["chroot".to_owned(), root]).unwrap_or_default()
+}
+
 /// `timeout SECS [chroot ROOT] PROG`: a program of the lab's release, bounded.
 pub fn lab_tool(secs: u32, prog: &str) -> Command {
     let mut cmd = Command::new("timeout");
-    cmd.arg(secs.to_string());
-    if let Some(root) = lab_root() {
-        cmd.arg("chroot").arg(root);
-    }
-    cmd.arg(prog);
+    cmd.arg(secs.to_string()).args(root_prefix()).arg(prog);
     cmd
 }
 
@@ -245,14 +247,10 @@ impl Server {
         let log = dir.join(format!("server-{}.log", new_uuid()));
         // In a reef or tentacle lab the server runs in its root, on that
         // release's librbd (the binary is on a path bind-mounted there).
-        let mut command = match lab_root() {
-            Some(root) => {
-                let mut c = Command::new("chroot");
-                c.arg(root).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
+        let mut argv = root_prefix();
+        argv.push(BIN.to_owned());
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
         let child = command
             .arg("serve")
             .arg("--endpoint")
@@ -414,11 +412,13 @@ impl SitePair {
 
 /// sha256 of the image's whole content on a site (None if it cannot be read).
 pub fn checksum(lab: &Lab, s: Site, spec: &str) -> Option<String> {
-    let chroot = lab_root().map(|r| format!("chroot {r} ")).unwrap_or_default();
+    let rbd = lab_tool(60, "rbd");
+    let argv: Vec<_> = std::iter::once(rbd.get_program()).chain(rbd.get_args()).map(|a| a.to_string_lossy()).collect();
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "set -o pipefail; timeout 60 {chroot}rbd -c {} export --no-progress {spec} - 2>/dev/null | sha256sum",
+            "set -o pipefail; {} -c {} export --no-progress {spec} - 2>/dev/null | sha256sum",
+            argv.join(" "),
             lab.conf(s)
         ))
         .output()
