@@ -257,7 +257,11 @@ pub fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
 /// without one nothing will ever sync, and "not ready" would be a lie.
 fn require_mirror_daemon(vol: &ResolvedVolume) -> Result<(), Error> {
     if mirror_daemon_count(vol.io.cluster())? == 0 {
-        return Err(Error::NotReady("no rbd-mirror daemon is running on this site; start it, then retry".into()));
+        return Err(Error::NotReady(
+            "no rbd-mirror daemon of this site is in the mgr's service map (stopped, or not reported since it or \
+             the mgr stalled or restarted); start it or wait for its next report, then retry"
+                .into(),
+        ));
     }
     Ok(())
 }

@@ -521,14 +521,17 @@ pub async fn info(c: &mut Client, lab: &Lab, id: &str) -> Result<GetVolumeReplic
 /// Polls Resync(force) until it answers ready, tolerating the window in which
 /// rbd-mirror re-creates the image (ABORTED); asserts it was not ready first.
 pub async fn resync_until_ready(c: &mut Client, lab: &Lab, id: &str, limit: Duration) {
-    let first = resync(c, lab, id, true).await.expect("first resync");
-    assert!(!first, "a split-brained secondary cannot be ready before its resync");
     let start = Instant::now();
+    let mut first = None;
     loop {
         match resync(c, lab, id, true).await {
+            Ok(true) if first.is_none() => panic!("a split-brained secondary cannot be ready before its resync"),
             Ok(true) => return,
-            Ok(false) => {}
-            Err(e) if e.code() == tonic::Code::Aborted => {}
+            Ok(false) => first = Some(false),
+            Err(e) if e.code() == tonic::Code::Aborted && first.is_some() => {}
+            // After a site's thaw the mgr may reap its rbd-mirror from the
+            // service map before the daemon reports again.
+            Err(e) if e.code() == tonic::Code::Unavailable && e.message().contains("rbd-mirror daemon") => {}
             Err(e) => panic!("resync: {e:?}"),
         }
         assert!(start.elapsed() < limit, "resync not ready after {limit:?}");
