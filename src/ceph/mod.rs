@@ -1,6 +1,7 @@
 //! Safe, blocking wrappers over librados and librbd. Nothing here knows about
 //! gRPC or ceph-csi; every call blocks and must run off the async runtime.
 
+mod copy;
 mod error;
 mod ledger;
 mod library;
@@ -12,6 +13,7 @@ mod rbd;
 mod snap;
 mod space;
 
+pub use copy::SNAPSHOT_IMAGE_FEATURES;
 pub use error::CephError;
 pub use ledger::{ClientLedger, single_addrs};
 pub use library::Library;

@@ -37,8 +37,19 @@ pub struct GroupRecord {
     pub rbd_group: String,
     /// RFC 3339, as ceph-csi writes it.
     pub created: String,
-    /// Member volume IDs, sorted.
+    /// Member volume IDs, sorted; for a group snapshot, its member snapshot IDs.
     pub members: Vec<String>,
+    /// A group snapshot's members: snapshot ID → the snapshot's request name
+    /// (ceph-csi writes "" for a volume group's members).
+    pub snapshot_names: BTreeMap<String, String>,
+}
+
+impl GroupRecord {
+    /// Volume groups and group snapshots share ceph-csi's journal; a group
+    /// snapshot's members carry their request names.
+    pub fn is_group_snapshot(&self) -> bool {
+        !self.snapshot_names.is_empty()
+    }
 }
 
 /// Reads a group's record; None when the journal has no such group.
@@ -53,11 +64,23 @@ pub fn read(io: &IoCtx, uuid: &str) -> Result<Option<GroupRecord>, CephError> {
         // An object without its name key is a reservation that never finished.
         return Ok(None);
     };
-    let members =
-        entries.keys().filter(|k| !matches!(k.as_str(), NAME_KEY | GROUP_NAME_KEY | CREATED_KEY)).cloned().collect();
+    let is_member = |k: &&String| !matches!(k.as_str(), NAME_KEY | GROUP_NAME_KEY | CREATED_KEY);
+    let members = entries.keys().filter(is_member).cloned().collect();
+    let snapshot_names = entries
+        .iter()
+        .filter(|(k, v)| is_member(k) && !v.is_empty())
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
     let rbd_group =
         Some(text(GROUP_NAME_KEY)).filter(|g| !g.is_empty()).unwrap_or_else(|| format!("{DEFAULT_GROUP_PREFIX}{uuid}"));
-    Ok(Some(GroupRecord { uuid: uuid.to_owned(), name, rbd_group, created: text(CREATED_KEY), members }))
+    Ok(Some(GroupRecord {
+        uuid: uuid.to_owned(),
+        name,
+        rbd_group,
+        created: text(CREATED_KEY),
+        members,
+        snapshot_names,
+    }))
 }
 
 fn all_entries(io: &IoCtx, oid: &str) -> Result<BTreeMap<String, Vec<u8>>, CephError> {
@@ -94,6 +117,24 @@ pub fn reserve(io: &IoCtx, name: &str, uuid: &str, rbd_group: &str, created: &st
         &group_object(uuid),
         &[(NAME_KEY, name.as_bytes()), (GROUP_NAME_KEY, rbd_group.as_bytes()), (CREATED_KEY, created.as_bytes())],
     )?;
+    io.omap_set(&directory(), &[(&name_key(name), uuid.as_bytes())])
+}
+
+/// Records a new group snapshot with its members (snapshot ID → request
+/// name) in one write, then its directory entry: no reader ever sees a group
+/// snapshot without members, which would look like an empty volume group.
+pub fn reserve_snapshot(
+    io: &IoCtx,
+    name: &str,
+    uuid: &str,
+    created: &str,
+    members: &[(String, String)],
+) -> Result<(), CephError> {
+    let rbd_group = format!("{DEFAULT_GROUP_PREFIX}{uuid}");
+    let mut pairs: Vec<(&str, &[u8])> =
+        vec![(NAME_KEY, name.as_bytes()), (GROUP_NAME_KEY, rbd_group.as_bytes()), (CREATED_KEY, created.as_bytes())];
+    pairs.extend(members.iter().map(|(id, snap)| (id.as_str(), snap.as_bytes())));
+    io.omap_set(&group_object(uuid), &pairs)?;
     io.omap_set(&directory(), &[(&name_key(name), uuid.as_bytes())])
 }
 

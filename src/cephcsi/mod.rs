@@ -5,6 +5,7 @@ mod config;
 pub mod group;
 mod mapping;
 mod secrets;
+pub mod snapshot;
 mod volume_id;
 
 use std::path::PathBuf;

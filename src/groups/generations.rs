@@ -174,8 +174,10 @@ fn prune(group_io: &IoCtx, rbd_group: &str, images: &[&Image<'_>], newest: u64) 
             let ours = s.kind == SnapKind::User && s.name.starts_with(PRE_PREFIX);
             // Group snapshots still listed here after our group's own were
             // removed above come from the peer's group (replayed before a
-            // failover).
-            let foreign_group = s.kind == SnapKind::Group;
+            // failover), whose group does not exist here. A group snapshot of
+            // a group that does (a volume group snapshot in the making) stays.
+            let foreign_group = s.kind == SnapKind::Group
+                && !matches!(image.group_snap_of(s.id), Ok((_, group, _)) if !group.is_empty());
             if (ours || foreign_group)
                 && let Err(e) = image.snap_remove_by_id(s.id)
             {

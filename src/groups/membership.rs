@@ -82,7 +82,7 @@ fn check_ids(volume_ids: &[String]) -> Result<Vec<String>, Error> {
     Ok(unique.into_iter().collect())
 }
 
-fn new_uuid() -> Result<String, Error> {
+pub(super) fn new_uuid() -> Result<String, Error> {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| s.trim().to_owned())
         .map_err(|e| Error::NotReady(format!("cannot generate a UUID: {e}")))
@@ -442,7 +442,12 @@ pub fn list(
     let mut groups = Vec::with_capacity(end - start);
     for id in &ids[start..end] {
         let id = CsiId::decode(id).map_err(|e| Error::Malformed(e.to_string()))?;
-        groups.push(get(resolver, creds, &id)?);
+        match get(resolver, creds, &id) {
+            Ok(g) => groups.push(g),
+            // Deleted since listed, or a group snapshot (same journal).
+            Err(Error::Missing(_)) => {}
+            Err(e) => return Err(e),
+        }
     }
     let next_token = if end < ids.len() { ids[end - 1].clone() } else { String::new() };
     Ok(ListPage { groups, next_token })

@@ -11,6 +11,7 @@ pub mod generations;
 mod membership;
 mod replicate;
 pub mod scheduler;
+pub mod snapshots;
 
 pub use membership::{CreateParams, GroupView, ListPage, MemberView, create, delete, get, list, modify};
 pub use replicate::{
@@ -83,6 +84,9 @@ pub fn find(resolver: &Resolver, id: &CsiId, creds: &Credentials) -> Result<Grou
             r => r.map_err(Error::ceph("cannot read the group's journal"))?,
         };
         if let Some(record) = record {
+            if record.is_group_snapshot() {
+                return Err(Error::Missing(format!("{id} is a volume group snapshot, not a volume group")));
+            }
             let io = reopen(io)?;
             return Ok(Group {
                 id: id.clone(),
