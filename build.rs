@@ -9,6 +9,8 @@ const PROTOS: &[&str] = &[
     "volumegroup/volumegroup.proto",
     "fence/fence.proto",
     "reclaimspace/reclaimspace.proto",
+    "github.com/container-storage-interface/spec/lib/go/csi/csi.proto",
+    "volumegroupsnapshot/volumegroupsnapshot.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -9,6 +9,11 @@ use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::proto::csi::v1::group_controller_client::GroupControllerClient;
+use crate::proto::csi::v1::{
+    CreateVolumeGroupSnapshotRequest, DeleteVolumeGroupSnapshotRequest, GetVolumeGroupSnapshotRequest,
+    GroupControllerGetCapabilitiesRequest, VolumeGroupSnapshot, group_controller_service_capability,
+};
 use crate::proto::fence::fence_controller_client::FenceControllerClient;
 use crate::proto::fence::{Cidr, FenceClusterNetworkRequest, ListClusterFenceRequest, UnfenceClusterNetworkRequest};
 use crate::proto::identity::identity_client::IdentityClient;
@@ -417,6 +422,96 @@ pub fn generations(
         "newest_common_generation": complete_everywhere,
         "members": lines,
     }))
+}
+
+/// The volume group snapshot calls (csi.v1.GroupController), served on the
+/// CSI front's socket (`serve --csi-endpoint`), not the csi-addons socket.
+impl Connection {
+    fn group_controller(&self) -> GroupControllerClient<Channel> {
+        GroupControllerClient::new(self.channel.clone())
+    }
+
+    pub async fn group_snapshot_capabilities(&self) -> Result<Value, ClientError> {
+        let r = self
+            .group_controller()
+            .group_controller_get_capabilities(self.request(GroupControllerGetCapabilitiesRequest {}))
+            .await?
+            .into_inner();
+        let names: Vec<&str> = r
+            .capabilities
+            .iter()
+            .filter_map(|c| match &c.r#type {
+                Some(group_controller_service_capability::Type::Rpc(rpc)) => {
+                    group_controller_service_capability::rpc::Type::try_from(rpc.r#type).ok().map(|t| t.as_str_name())
+                }
+                None => None,
+            })
+            .collect();
+        Ok(json!({"capabilities": names}))
+    }
+
+    pub async fn group_snapshot_create(
+        &self,
+        name: &str,
+        source_volume_ids: Vec<String>,
+        parameters: HashMap<String, String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req = CreateVolumeGroupSnapshotRequest { name: name.to_owned(), source_volume_ids, secrets, parameters };
+        let r = self.group_controller().create_volume_group_snapshot(self.request(req)).await?.into_inner();
+        Ok(group_snapshot_json(r.group_snapshot))
+    }
+
+    pub async fn group_snapshot_get(
+        &self,
+        group_snapshot_id: &str,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req = GetVolumeGroupSnapshotRequest {
+            group_snapshot_id: group_snapshot_id.to_owned(),
+            snapshot_ids: Vec::new(),
+            secrets,
+        };
+        let r = self.group_controller().get_volume_group_snapshot(self.request(req)).await?.into_inner();
+        Ok(group_snapshot_json(r.group_snapshot))
+    }
+
+    /// `snapshot_ids` empty: whatever the group snapshot holds.
+    pub async fn group_snapshot_delete(
+        &self,
+        group_snapshot_id: &str,
+        snapshot_ids: Vec<String>,
+        secrets: HashMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let req =
+            DeleteVolumeGroupSnapshotRequest { group_snapshot_id: group_snapshot_id.to_owned(), snapshot_ids, secrets };
+        self.group_controller().delete_volume_group_snapshot(self.request(req)).await?;
+        Ok(json!({"group_snapshot_id": group_snapshot_id, "deleted": true}))
+    }
+}
+
+fn group_snapshot_json(g: Option<VolumeGroupSnapshot>) -> Value {
+    let g = g.unwrap_or_default();
+    let created = g.creation_time.map(|t| rfc3339(t.seconds));
+    let snapshots: Vec<Value> = g
+        .snapshots
+        .iter()
+        .map(|s| {
+            json!({
+                "snapshot_id": s.snapshot_id,
+                "source_volume_id": s.source_volume_id,
+                "size_bytes": s.size_bytes,
+                "ready_to_use": s.ready_to_use,
+                "group_snapshot_id": s.group_snapshot_id,
+            })
+        })
+        .collect();
+    json!({
+        "group_snapshot_id": g.group_snapshot_id,
+        "ready_to_use": g.ready_to_use,
+        "creation_time": created,
+        "snapshots": snapshots,
+    })
 }
 
 fn group_json(g: Option<VolumeGroup>) -> Value {

@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve csi-addons Identity and Replication on a Unix socket.
+    /// Serve the csi-addons services on a Unix socket (and, optionally, the CSI front).
     Serve(ServeArgs),
     /// Show the driver name and version a running server reports.
     Identity(ClientArgs),
@@ -42,6 +42,10 @@ enum Command {
     /// Volume groups: create, modify, delete, get, list, and their consistency generations.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Volume group snapshots (csi.v1.GroupController on the CSI front's
+    /// socket: give --endpoint the server's --csi-endpoint).
+    #[command(subcommand)]
+    GroupSnapshot(GroupSnapshotCommand),
     /// Give a volume's zeroed space back to the cluster (ControllerReclaimSpace).
     ReclaimSpace(ReclaimArgs),
     /// Network fencing: cut CIDR blocks off a cluster (OSD blocklist ranges).
@@ -132,6 +136,47 @@ struct GroupMembersArgs {
     volume_ids: Vec<String>,
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum GroupSnapshotCommand {
+    /// Take a crash-consistent snapshot of volumes (CreateVolumeGroupSnapshot);
+    /// idempotent by name. Each member restores with csi-rbdplugin.
+    Create(GroupSnapshotCreateArgs),
+    /// Show a group snapshot and whether every member is ready (GetVolumeGroupSnapshot).
+    Get(GroupSnapshotIdArgs),
+    /// Delete a group snapshot and its member snapshots (DeleteVolumeGroupSnapshot).
+    Delete(GroupSnapshotIdArgs),
+    /// List what the CSI front's GroupController advertises.
+    Capabilities(ClientArgs),
+}
+
+#[derive(Args)]
+struct GroupSnapshotCreateArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The request name (the snapshotter uses groupsnapshot-<uid>).
+    #[arg(long)]
+    name: String,
+    /// A source volume handle (repeatable).
+    #[arg(long = "volume-id", required = true)]
+    volume_ids: Vec<String>,
+    /// A class parameter (repeatable): clusterID, pool.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    #[arg(long, env = "RBD_ADDONS_SECRETS_FILE")]
+    secrets_file: PathBuf,
+}
+
+#[derive(Args)]
+struct GroupSnapshotIdArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The group snapshot handle (VolumeGroupSnapshotContent's volumeGroupSnapshotHandle).
+    #[arg(long)]
+    group_snapshot_id: String,
+    #[arg(long, env = "RBD_ADDONS_SECRETS_FILE")]
+    secrets_file: PathBuf,
 }
 
 #[derive(Args)]
@@ -256,6 +301,18 @@ struct ServeArgs {
     /// exits anyway (keep it below the pod's terminationGracePeriodSeconds).
     #[arg(long, env = "RBD_ADDONS_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// A second socket, for the csi-snapshotter only: it serves
+    /// csi.v1.GroupController (volume group snapshots) and forwards every
+    /// other CSI call to --csi-upstream. Needs --csi-upstream.
+    #[arg(long, env = "RBD_ADDONS_CSI_ENDPOINT", requires = "csi_upstream")]
+    csi_endpoint: Option<String>,
+    /// csi-rbdplugin's own CSI socket, where the CSI front forwards to.
+    #[arg(long, env = "RBD_ADDONS_CSI_UPSTREAM", requires = "csi_endpoint")]
+    csi_upstream: Option<String>,
+    /// A mounted Secret (files userID and userKey) with the Ceph user for
+    /// Dell's volumegroupsnapshot.v1 extension, whose requests carry none.
+    #[arg(long, env = "RBD_ADDONS_GROUP_SNAPSHOT_SECRET_DIR")]
+    group_snapshot_secret_dir: Option<PathBuf>,
     #[arg(long, env = "RBD_ADDONS_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
     /// A tracing filter: a level (info, debug, trace) or per-target directives.
@@ -343,6 +400,28 @@ async fn client_call(command: Command) -> Result<serde_json::Value, ClientError>
             conn.destination(&v.subject(), secrets).await
         }
         Command::Group(g) => group_call(g).await,
+        Command::GroupSnapshot(g) => match g {
+            GroupSnapshotCommand::Create(a) => {
+                let (params, secrets) = (client::parse_params(&a.params)?, client::read_secrets(&a.secrets_file)?);
+                Connection::open(&a.client.endpoint, a.client.timeout)
+                    .await?
+                    .group_snapshot_create(&a.name, a.volume_ids, params, secrets)
+                    .await
+            }
+            GroupSnapshotCommand::Get(a) => {
+                let secrets = client::read_secrets(&a.secrets_file)?;
+                let conn = Connection::open(&a.client.endpoint, a.client.timeout).await?;
+                conn.group_snapshot_get(&a.group_snapshot_id, secrets).await
+            }
+            GroupSnapshotCommand::Delete(a) => {
+                let secrets = client::read_secrets(&a.secrets_file)?;
+                let conn = Connection::open(&a.client.endpoint, a.client.timeout).await?;
+                conn.group_snapshot_delete(&a.group_snapshot_id, Vec::new(), secrets).await
+            }
+            GroupSnapshotCommand::Capabilities(a) => {
+                Connection::open(&a.endpoint, a.timeout).await?.group_snapshot_capabilities().await
+            }
+        },
         Command::ReclaimSpace(a) => {
             let secrets = client::read_secrets(&a.secrets_file)?;
             Connection::open(&a.client.endpoint, a.client.timeout).await?.reclaim_space(&a.volume_id, secrets).await
@@ -422,6 +501,11 @@ fn run_client(command: Command) -> ExitCode {
             GroupCommand::List(a) => a.client.json,
             GroupCommand::Generations(a) => a.json,
         },
+        Command::GroupSnapshot(g) => match g {
+            GroupSnapshotCommand::Create(a) => a.client.json,
+            GroupSnapshotCommand::Get(a) | GroupSnapshotCommand::Delete(a) => a.client.json,
+            GroupSnapshotCommand::Capabilities(a) => a.json,
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(client_call(command)) {
@@ -458,6 +542,7 @@ fn main() -> ExitCode {
         | Command::Resync(_)
         | Command::Destination(_)
         | Command::Group(_)
+        | Command::GroupSnapshot(_)
         | Command::Fence(_)
         | Command::ReclaimSpace(_)) => run_client(client_command),
         Command::Serve(args) => {
@@ -472,7 +557,21 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let csi_front = match (&args.csi_endpoint, &args.csi_upstream) {
+                (Some(front), Some(upstream)) => {
+                    match (server::parse_endpoint(front), server::parse_endpoint(upstream)) {
+                        (Ok(endpoint), Ok(upstream)) => Some(server::CsiFront { endpoint, upstream }),
+                        (Err(e), _) | (_, Err(e)) => {
+                            tracing::error!("{e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                _ => None,
+            };
             let cfg = ServeConfig {
+                csi_front,
+                group_snapshot_secret_dir: args.group_snapshot_secret_dir,
                 socket_path,
                 socket_mode: args.socket_mode,
                 driver_name: args.drivername,

@@ -33,6 +33,7 @@ const SHOWN_ID_LEN: usize = 128;
 pub(crate) enum About {
     Volume(String),
     Group(String),
+    GroupSnapshot(String),
     Cluster(String),
     /// A call about no one object (a list, a request not yet understood).
     Nothing,
@@ -41,7 +42,7 @@ pub(crate) enum About {
 impl About {
     fn id(&self) -> &str {
         match self {
-            About::Volume(id) | About::Group(id) | About::Cluster(id) => id,
+            About::Volume(id) | About::Group(id) | About::GroupSnapshot(id) | About::Cluster(id) => id,
             About::Nothing => "",
         }
     }
@@ -61,6 +62,7 @@ impl About {
         match self {
             About::Volume(_) => "volume",
             About::Group(_) => "volume group",
+            About::GroupSnapshot(_) => "volume group snapshot",
             About::Cluster(_) => "cluster",
             About::Nothing => "",
         }
@@ -155,6 +157,38 @@ impl Envelope {
         }
         .await;
         finish(method, &about, started, result)
+    }
+
+    /// Goes on with a call's work after its answer (a group snapshot's
+    /// copies) under its own guard `key`. None when the key is busy: the
+    /// same work is already running.
+    pub(crate) fn continue_in_background<T, W>(
+        &self,
+        key: String,
+        secrets: &HashMap<String, String>,
+        work: W,
+    ) -> Option<tokio::task::JoinHandle<Result<T, Error>>>
+    where
+        W: FnOnce(&Resolver, &Credentials) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let creds = Credentials::from_secrets(secrets).ok()?;
+        if self.exec.claims().claim(&key).is_err() {
+            return None;
+        }
+        let (exec, resolver) = (self.exec.clone(), self.resolver.clone());
+        Some(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = exec.run(&key, move || work(&resolver, &creds)).await;
+            match &result {
+                Ok(_) => info!(work = %key, elapsed_ms = started.elapsed().as_millis() as u64, "background work done"),
+                Err(Error::Exec(crate::exec::ExecError::TimedOut { .. })) => {
+                    info!(work = %key, "background work goes on past the op deadline")
+                }
+                Err(e) => warn!(work = %key, error = %e, "background work failed; the next call retries it"),
+            }
+            result
+        }))
     }
 
     /// An RPC that needs no Ceph (identity): the same mapping, and its log

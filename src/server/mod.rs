@@ -1,8 +1,11 @@
 //! Thin tonic services over the domain layer, and the Unix socket they serve on.
 
 pub(crate) mod codec;
+mod dell;
 mod envelope;
 mod fence;
+mod front;
+mod groupsnapshot;
 mod identity;
 mod reclaimspace;
 mod replication;
@@ -26,11 +29,13 @@ use crate::ceph::{ClientLedger, ConnectionPool};
 use crate::cephcsi::Resolver;
 use crate::exec::Executor;
 use crate::groups::scheduler::Scheduler;
+use crate::proto::csi::v1::group_controller_server::GroupControllerServer;
 use crate::proto::fence::fence_controller_server::FenceControllerServer;
 use crate::proto::identity::identity_server::IdentityServer;
 use crate::proto::reclaimspace::reclaim_space_controller_server::ReclaimSpaceControllerServer;
 use crate::proto::replication::controller_server::ControllerServer;
 use crate::proto::volumegroup::controller_server::ControllerServer as VolumeGroupServer;
+use crate::proto::volumegroupsnapshot::v1::volume_group_snapshot_server::VolumeGroupSnapshotServer;
 
 /// Services listed by reflection: exactly the ones answered on the socket.
 pub const SERVED_SERVICES: &[&str] = &[
@@ -39,11 +44,21 @@ pub const SERVED_SERVICES: &[&str] = &[
     "volumegroup.Controller",
     "fence.FenceController",
     "reclaimspace.ReclaimSpaceController",
+    "volumegroupsnapshot.v1.VolumeGroupSnapshot",
     "grpc.health.v1.Health",
 ];
 
+/// The CSI front's two sockets: where it listens, and csi-rbdplugin's.
+pub struct CsiFront {
+    pub endpoint: PathBuf,
+    pub upstream: PathBuf,
+}
+
 pub struct ServeConfig {
     pub socket_path: PathBuf,
+    pub csi_front: Option<CsiFront>,
+    /// The Ceph user's Secret for Dell's extension (no secrets on its wire).
+    pub group_snapshot_secret_dir: Option<PathBuf>,
     pub socket_mode: u32,
     pub driver_name: String,
     pub ceph_csi_config: PathBuf,
@@ -158,6 +173,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
     health_reporter.set_serving::<VolumeGroupServer<volumegroup::VolumeGroupService>>().await;
     health_reporter.set_serving::<FenceControllerServer<fence::FenceService>>().await;
     health_reporter.set_serving::<ReclaimSpaceControllerServer<reclaimspace::ReclaimSpaceService>>().await;
+    health_reporter.set_serving::<VolumeGroupSnapshotServer<dell::DellService>>().await;
     let scheduler = Scheduler::new();
     let generations = scheduler.clone().spawn(exec.clone(), resolver.clone());
 
@@ -200,7 +216,21 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
                consistency generations; snapshot-mode groups replicate member by member (not crash-consistent)"
         );
     }
+    let group_snapshots = groupsnapshot::GroupSnapshots::new(exec.clone(), resolver.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (front_stop_tx, front_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let front = match &cfg.csi_front {
+        Some(f) => Some(tokio::spawn(serve_front(
+            bind(&f.endpoint, cfg.socket_mode)?,
+            f.upstream.clone(),
+            group_snapshots.clone(),
+            front_stop_rx,
+        ))),
+        None => None,
+    };
+    if let Some(f) = &cfg.csi_front {
+        info!(socket = %f.endpoint.display(), upstream = %f.upstream.display(), "serving the CSI front (GroupController)");
+    }
     let server = Server::builder()
         .add_service(health_service)
         .add_service(v1.build_v1()?)
@@ -214,6 +244,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
         .add_service(VolumeGroupServer::new(volumegroup::VolumeGroupService::new(exec.clone(), resolver.clone())))
         .add_service(FenceControllerServer::new(fence::FenceService::new(exec.clone(), resolver.clone())))
         .add_service(ReclaimSpaceControllerServer::new(reclaimspace::ReclaimSpaceService::new(exec.clone(), resolver)))
+        .add_service(VolumeGroupSnapshotServer::new(dell::DellService::new(
+            group_snapshots,
+            cfg.driver_name.clone(),
+            cfg.group_snapshot_secret_dir.clone(),
+        )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             stop_rx.await.ok();
         });
@@ -237,6 +272,17 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
             }
         }
     };
+    front_stop_tx.send(()).ok();
+    if let Some(front) = front {
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), front).await {
+            warn!(error = %e, "the CSI front failed");
+        }
+        if let Some(f) = &cfg.csi_front
+            && let Err(e) = std::fs::remove_file(&f.endpoint)
+        {
+            warn!(error = %e, "could not remove the CSI front's socket");
+        }
+    }
     generations.abort();
     if let Err(e) = std::fs::remove_file(&cfg.socket_path) {
         warn!(error = %e, "could not remove the socket");
@@ -245,6 +291,24 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
     ledger.close(ceph_ops_running == 0);
     info!(ceph_ops_running, "stopped");
     result.map(|()| Stopped { ceph_ops_running })
+}
+
+/// The CSI front: the GroupController here, every other call upstream.
+async fn serve_front(
+    listener: UnixListener,
+    upstream: PathBuf,
+    group_snapshots: groupsnapshot::GroupSnapshots,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), ServeError> {
+    let layer = front::FrontLayer { upstream: front::Upstream::new(upstream) };
+    Server::builder()
+        .layer(layer)
+        .add_service(GroupControllerServer::new(groupsnapshot::GroupControllerService::new(group_snapshots)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            stop.await.ok();
+        })
+        .await
+        .map_err(ServeError::from)
 }
 
 #[cfg(test)]
