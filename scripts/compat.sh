@@ -3,7 +3,8 @@
 # `scripts/lab.sh --release`): replication round trips and info, planned
 # failover and failback by checksum, split-brain resync, the volume-group
 # lifecycle and group failover, the group crash-consistency proof, bad inputs,
-# destination info, fencing and space reclaim. The same test code as on
+# destination info, fencing, space reclaim and volume group snapshots (the copy
+# path on Reef, rbd_clone4 on Tentacle). The same test code as on
 # Pacific, built on the host and run inside the release's root
 # (scripts/in-lab-root.sh), so the server, the Ceph CLI and the tests' own
 # librados writers all load that release's libraries.
@@ -14,7 +15,7 @@ release=${1:?usage: scripts/compat.sh reef|tentacle}
 start=$SECONDS
 if [ "${KEEP_LAB:-0}" != 1 ]; then trap 'scripts/lab.sh down --release "$release" >/dev/null 2>&1' EXIT; fi
 tests=(--test server --test cli --test bad_inputs --test replication --test groups --test group_consistency --test dr_drills
-  --test destination_info --test fence --test reclaim)
+  --test destination_info --test fence --test reclaim --test group_snapshots)
 # Build first, on the host, while the lab comes up.
 log=target/compat-build-$release.log
 mkdir -p target

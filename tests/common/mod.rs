@@ -154,6 +154,12 @@ impl Lab {
         assert!(st.success(), "rados {args:?} failed");
     }
 
+    /// The objects of the pool (default namespace) on a site.
+    pub fn rados_ls(&self, s: Site) -> Vec<String> {
+        let out = lab_tool(60, "rados").args(["-c", &self.conf(s), "-p", &self.pool(), "ls"]).output().expect("rados");
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    }
+
     /// A ceph-csi style volume on site A: image `csi-vol-<uuid>` (or a custom
     /// name recorded in the journal omap, as ceph-csi does for a name prefix).
     pub fn create_volume(&self, opts: VolumeOpts) -> TestVolume {
@@ -238,6 +244,25 @@ impl Server {
         let mut server = Self::start_in(dir, config, extra).await;
         server.owns_dir = true;
         server
+    }
+
+    /// A server that also serves the CSI front on `front()`, forwarding
+    /// what it does not serve itself to `upstream`.
+    pub async fn start_with_front(config: &Path, upstream: &Path, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("rbd-addons-test-{}", new_uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (front, upstream) =
+            (format!("unix://{}", dir.join("front.sock").display()), format!("unix://{}", upstream.display()));
+        let mut args = vec!["--csi-endpoint", front.as_str(), "--csi-upstream", upstream.as_str()];
+        args.extend_from_slice(extra);
+        let mut server = Self::start_in(dir, config, &args).await;
+        server.owns_dir = true;
+        server
+    }
+
+    /// The CSI front's socket (see `start_with_front`).
+    pub fn front(&self) -> PathBuf {
+        self.dir.join("front.sock")
     }
 
     /// A server on `dir/csi-addons.sock`, e.g. the successor of one killed
