@@ -293,6 +293,13 @@ fn reserve(
         let groups: BTreeSet<&(i64, String)> = linked.values().collect();
         let one = groups.iter().next().filter(|_| groups.len() == 1 && linked.len() == members.len());
         match one {
+            // Another group snapshot's temporary group, whose copies still run.
+            Some((_, group)) if group.starts_with(TEMPORARY_GROUP_PREFIX) => {
+                return Err(Error::InProgress(format!(
+                    "the volumes are in {group}, the temporary group of another group snapshot whose copies \
+                     still run; retry when it is ready"
+                )));
+            }
             Some((pool, group)) if *pool == io.pool_id() => (group.clone(), false),
             _ => {
                 return Err(Error::Malformed(format!(
