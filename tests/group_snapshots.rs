@@ -245,6 +245,14 @@ async fn create_is_idempotent_by_name_and_get_and_delete_answer_as_csi_says() {
     let gid = first["group_snapshot_id"].as_str().unwrap().to_owned();
     assert_eq!(conn.group_snapshot_get(&gid, lab.secrets()).await.expect("get"), first);
     let snapshot_ids = member_snapshots(&first, &vols);
+    // With rbd_clone4 (Tentacle) a member image is a clone of the group
+    // snapshot; without it (Pacific, Reef) a copy with no parent.
+    let cloned = lab.release() == "tentacle";
+    for s in &snapshot_ids {
+        let image = snap_journal(&lab, s)["csi.imagename"].clone();
+        let info = lab.rbd_json(Site::A, &["info", &format!("{}/{image}", lab.pool())]).unwrap();
+        assert_eq!(info.get("parent").is_some(), cloned, "{image} on {}: {info}", lab.release());
+    }
     for (s, v) in snapshot_ids.iter().zip(&vols) {
         let r = restore(&lab, s);
         assert_eq!(checksum(&lab, Site::A, &format!("{}/{r}", lab.pool())), checksum(&lab, Site::A, &v.spec));

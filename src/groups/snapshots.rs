@@ -633,10 +633,15 @@ fn locate(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<Option
         Err(crate::cephcsi::Error::PoolNotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    for (cluster_id, io) in pools {
+    for (i, (cluster_id, io)) in pools.into_iter().enumerate() {
         let id = CsiId { cluster_id, pool_id: io.pool_id(), uuid: id.uuid.clone() };
-        if let Some(found) = locate_in(io, id)? {
-            return Ok(Some(found));
+        match locate_in(io, id) {
+            Ok(Some(found)) => return Ok(Some(found)),
+            Ok(None) => {}
+            // A cluster-mapping candidate these credentials may not read is
+            // another pool that happens to carry the ID on this site.
+            Err(Error::Ceph { source, .. }) if i > 0 && matches!(source.errno, libc::EPERM | libc::EACCES) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(None)
