@@ -297,6 +297,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(3000 + rng % 7000)).await;
         let pids = lab.site_a_pids();
         signal(&pids, libc::SIGSTOP);
+        let frozen_at = Instant::now();
         stop.store(true, Ordering::Relaxed);
         let acked = written.load(Ordering::Relaxed);
         let control = records_on(&cluster_b, pool_b, &names, acked + 64);
@@ -311,7 +312,7 @@ async fn main() {
         promotes.push(started.elapsed());
         let after = records_on(&cluster_b, pool_b, &names, acked + 64);
         signal(&pids, libc::SIGCONT);
-        heal_lone_osd(&lab.site("a", "conf"));
+        heal_lone_osd(&lab.site("a", "conf"), frozen_at.elapsed());
         join_writer(w, Duration::from_secs(600));
         let prefix = after.iter().next_back().copied().unwrap_or(0);
         let ok = r.is_ok() && first_gap(&after).is_none();

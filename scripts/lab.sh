@@ -157,6 +157,9 @@ osd_class_dir = /usr/lib/x86_64-linux-gnu/rados-classes
 osd_objectstore = memstore
 memstore_device_bytes = $OSD_BYTES
 osd_fast_shutdown = false
+# The drills thaw a frozen lone OSD by marking it down (its PGs stay "laggy"
+# otherwise); past 5 marks in 10 minutes an OSD shuts itself down for good.
+osd_max_markdown_count = 1000
 
 [client]
 # Without these a client waits forever on a cluster whose PGs are not active.

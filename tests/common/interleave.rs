@@ -127,56 +127,69 @@ pub fn join_writer(w: std::thread::JoinHandle<u64>, limit: Duration) -> u64 {
     w.join().unwrap_or(0)
 }
 
-/// A lone OSD that was stopped for longer than its read lease comes back
-/// with its PGs "laggy": it renews leases through peer OSDs, and has none, so
-/// they stay laggy and every op on them waits. Marking it down makes it
-/// re-peer at once (memstore keeps its data: the process never stopped).
-pub fn heal_lone_osd(conf: &str) {
-    // Snapshot trimming is fine; laggy, stale or peering PGs make ops wait.
+/// A lone OSD that was stopped for longer than its read lease (16 s: 0.8 of
+/// the 20 s heartbeat grace) comes back with some PGs "laggy": it renews
+/// leases through peer OSDs, and has none, so they stay laggy and every op on
+/// them waits. Marking it down makes it re-peer (memstore keeps its data: the
+/// process never stopped). After a freeze of `frozen_for` ≥ 8 s it is marked
+/// down without asking: right after SIGCONT the mgr still reports the PG
+/// states from before the freeze ("active+clean"), so looking for laggy PGs
+/// first can find nothing to heal. (The lab raises `osd_max_markdown_count`:
+/// past 5 marks in 10 minutes an OSD shuts itself down.)
+pub fn heal_lone_osd(conf: &str, frozen_for: Duration) {
     let serves =
         |state: &str| state.starts_with("active+clean") && !state.contains("laggy") && !state.contains("stale");
     let ceph = |args: &[&str]| {
         Command::new("timeout").args(["20", "ceph", "-c", conf]).args(args).output().ok().filter(|o| o.status.success())
     };
+    let json = |args: &[&str]| ceph(args).and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok());
     let clean = || {
-        ceph(&["pg", "stat", "-f", "json"]).and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok()).is_some_and(
-            |v| {
-                let s = &v["pg_summary"];
-                s["num_pgs"].as_u64().unwrap_or(0) > 0
-                    && s["num_pg_by_state"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().all(|st| st["num"] == 0 || serves(st["name"].as_str().unwrap_or(""))))
-            },
-        )
+        json(&["pg", "stat", "-f", "json"]).is_some_and(|v| {
+            let s = &v["pg_summary"];
+            s["num_pgs"].as_u64().unwrap_or(0) > 0
+                && s["num_pg_by_state"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|st| st["num"] == 0 || serves(st["name"].as_str().unwrap_or(""))))
+        })
     };
-    let osd_up = || {
-        ceph(&["osd", "dump", "-f", "json"])
-            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-            .is_some_and(|v| v["osds"].as_array().is_some_and(|o| o.iter().all(|osd| osd["up"] == 1)))
+    // The epoch from which the OSD has been up, None while it is down.
+    let up_from = || {
+        json(&["osd", "dump", "-f", "json"]).and_then(|v| {
+            let osd = v["osds"].as_array()?.first()?.clone();
+            (osd["up"] == 1).then(|| osd["up_from"].as_u64().unwrap_or(0))
+        })
     };
     let started = Instant::now();
-    // Marked down, the OSD comes back up and re-peers; marking it again before
-    // that has settled restarts the peering, so a second mark waits until the
-    // OSD is up again and its PGs still do not serve 20 s later.
-    let mut last_marked: Option<Instant> = None;
-    let mut up_since: Option<Instant> = None;
-    while !clean() && started.elapsed() < Duration::from_secs(90) {
-        let due = match last_marked {
-            None => started.elapsed() > Duration::from_secs(3),
-            Some(_) => {
-                if osd_up() {
-                    up_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(20)
-                } else {
-                    up_since = None;
-                    false
-                }
+    let deadline = Duration::from_secs(150);
+    let mut before = up_from();
+    while before.is_none() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+        before = up_from();
+    }
+    let Some(before) = before else {
+        println!("heal: the OSD is not up 30 s after the thaw");
+        return;
+    };
+    if frozen_for >= Duration::from_secs(8) {
+        while ceph(&["osd", "down", "0"]).is_none() && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // Back up in a later epoch.
+        while up_from().is_none_or(|e| e <= before) && started.elapsed() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    // Then clean for 3 s in a row (the first report may still be an old one).
+    let mut clean_since: Option<Instant> = None;
+    while started.elapsed() < deadline {
+        if clean() {
+            if clean_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(3) {
+                return;
             }
-        };
-        if due {
-            ceph(&["osd", "down", "0"]);
-            last_marked = Some(Instant::now());
-            up_since = None;
+        } else {
+            clean_since = None;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    println!("heal: the lone OSD's PGs did not all serve within {deadline:?}");
 }

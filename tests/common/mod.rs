@@ -588,8 +588,9 @@ pub async fn info_once_synced(
 /// when a test fails halfway.
 pub struct Frozen {
     pids: Vec<i32>,
-    /// The site's conf when its OSD was frozen (see `heal`).
+    /// The site's conf when its OSD was frozen (see `heal_lone_osd`).
     osd_conf: Option<String>,
+    since: Instant,
 }
 
 impl Frozen {
@@ -610,7 +611,7 @@ impl Frozen {
         assert!(!frozen.is_empty(), "no {site} daemons found to freeze");
         let site_key = site.trim_start_matches("site-");
         let osd_conf = osd.then(|| lab.facts["sites"][site_key]["conf"].as_str().unwrap().to_owned());
-        Self { pids: frozen, osd_conf }
+        Self { pids: frozen, osd_conf, since: Instant::now() }
     }
 }
 
@@ -621,7 +622,7 @@ impl Drop for Frozen {
             unsafe { libc::kill(*pid, libc::SIGCONT) };
         }
         if let Some(conf) = &self.osd_conf {
-            interleave::heal_lone_osd(conf);
+            interleave::heal_lone_osd(conf, self.since.elapsed());
         }
     }
 }
