@@ -15,13 +15,14 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const SERVED: [&str; 6] = [
+const SERVED: [&str; 7] = [
     "fence.FenceController",
     "grpc.health.v1.Health",
     "identity.Identity",
     "reclaimspace.ReclaimSpaceController",
     "replication.Controller",
     "volumegroup.Controller",
+    "volumegroupsnapshot.v1.VolumeGroupSnapshot",
 ];
 
 #[tokio::test]
@@ -158,6 +159,7 @@ async fn reflection_lists_exactly_the_served_services_and_health_is_serving() {
         "volumegroup.Controller",
         "fence.FenceController",
         "reclaimspace.ReclaimSpaceController",
+        "volumegroupsnapshot.v1.VolumeGroupSnapshot",
     ] {
         let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");

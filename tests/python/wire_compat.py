@@ -162,7 +162,8 @@ def main():
         names = sorted(s.name for s in resp.list_services_response.service)
         check("reflection lists exactly the served services", names ==
               ["fence.FenceController", "grpc.health.v1.Health", "identity.Identity",
-               "reclaimspace.ReclaimSpaceController", "replication.Controller", "volumegroup.Controller"], names)
+               "reclaimspace.ReclaimSpaceController", "replication.Controller", "volumegroup.Controller",
+               "volumegroupsnapshot.v1.VolumeGroupSnapshot"], names)
 
         # Identity.
         code, body = call(channel, "/identity.Identity/GetIdentity", b"")
