@@ -297,6 +297,11 @@ async fn delete_while_a_restored_volume_depends_on_a_member() {
     assert!(trash.contains(uuid_of(&snapshot_ids[0])), "the snapshot image waits in the trash: {trash}");
     lab.rbd(Site::A, &["flatten", "--no-progress", &spec]);
     remove_images(&lab, &[restored]);
+    // The mgr's trash-remove task deletes it now that nothing depends on it.
+    wait_until("the mgr to delete the snapshot image", LIMIT, || {
+        !lab.rbd(Site::A, &["trash", "ls", &lab.pool()]).contains(uuid_of(&snapshot_ids[0]))
+    })
+    .await;
     cleanup(&lab, &v.spec);
 }
 
