@@ -720,14 +720,15 @@ pub async fn group_promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> 
 /// csi-addons controller retries UNAVAILABLE: a just-promoted member stays
 /// read-only until this site's rbd-mirror lets go of it, which after a site
 /// loss waits for its operations on the lost site to time out (usually well
-/// inside one call's 45 s; under load sometimes not). Returns the attempts.
+/// inside one call's 45 s; under load sometimes not: one clean-clone run saw
+/// it hold a member for more than 150 s). Returns the attempts.
 pub async fn group_promote_after_site_loss(c: &mut Client, lab: &Lab, id: &str) -> Result<u32, tonic::Status> {
     let started = Instant::now();
     let mut attempts = 1;
     loop {
         match group_promote(c, lab, id, true).await {
             Ok(()) => return Ok(attempts),
-            Err(e) if e.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(150) => {
+            Err(e) if e.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(300) => {
                 println!("forced group promote, attempt {attempts}: {}", e.message());
                 attempts += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
