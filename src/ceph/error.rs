@@ -23,6 +23,21 @@ impl CephError {
     }
 }
 
+/// For idempotent steps: a create that finds its object there (EEXIST), or a
+/// remove that finds it gone (ENOENT), has nothing left to do.
+pub trait AlreadyDone {
+    fn or_done(self, errno: i32) -> Result<(), CephError>;
+}
+
+impl AlreadyDone for Result<(), CephError> {
+    fn or_done(self, errno: i32) -> Result<(), CephError> {
+        match self {
+            Err(e) if e.is(errno) => Ok(()),
+            r => r,
+        }
+    }
+}
+
 impl fmt::Display for CephError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = std::io::Error::from_raw_os_error(self.errno);
@@ -41,6 +56,14 @@ mod tests {
     fn check_maps_negative_returns_only() {
         assert_eq!(CephError::check("x", 3), Ok(3));
         assert_eq!(CephError::check("x", -2), Err(CephError::new("x", 2)));
+    }
+
+    #[test]
+    fn only_the_named_errno_counts_as_done() {
+        let gone: Result<(), CephError> = Err(CephError::new("rbd_remove", libc::ENOENT));
+        assert_eq!(gone.or_done(libc::ENOENT), Ok(()));
+        assert_eq!(gone.or_done(libc::EEXIST), gone);
+        assert_eq!(Ok(()).or_done(libc::ENOENT), Ok(()));
     }
 
     #[test]

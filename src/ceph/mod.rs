@@ -14,7 +14,7 @@ mod snap;
 mod space;
 
 pub use copy::SNAPSHOT_IMAGE_FEATURES;
-pub use error::CephError;
+pub use error::{AlreadyDone, CephError};
 pub use ledger::{ClientLedger, single_addrs};
 pub use library::Library;
 pub use pool::{ConnectionKey, ConnectionPool};

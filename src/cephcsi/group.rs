@@ -156,16 +156,7 @@ pub fn remove_members(io: &IoCtx, uuid: &str, volume_ids: &[String]) -> Result<(
 
 /// Removes the directory entry first (the name is free again), then the object.
 pub fn remove(io: &IoCtx, name: &str, uuid: &str) -> Result<(), CephError> {
-    match io.omap_rm_keys(&directory(), &[&name_key(name)]) {
-        Ok(()) => {}
-        Err(e) if e.is(libc::ENOENT) => {}
-        Err(e) => return Err(e),
-    }
-    match io.remove(&group_object(uuid)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.is(libc::ENOENT) => Ok(()),
-        Err(e) => Err(e),
-    }
+    super::remove_entry(io, &directory(), &name_key(name), &group_object(uuid))
 }
 
 /// Up to `max` (request name, uuid) pairs after the request name `after`.

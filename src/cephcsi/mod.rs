@@ -46,6 +46,15 @@ pub enum Error {
     Journal { object: String, source: CephError },
 }
 
+/// Removes one entry of a ceph-csi journal (groups or snapshots): its key in
+/// the directory object first, so the request name is free again, then its
+/// own object; either already gone is fine.
+fn remove_entry(io: &IoCtx, directory: &str, key: &str, object: &str) -> Result<(), CephError> {
+    use crate::ceph::AlreadyDone;
+    io.omap_rm_keys(directory, &[key]).or_done(libc::ENOENT)?;
+    io.remove(object).or_done(libc::ENOENT)
+}
+
 /// Where a volume lives: its pool (as an open I/O context) and image name.
 pub struct ResolvedVolume {
     pub io: IoCtx,

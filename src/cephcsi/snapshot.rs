@@ -84,14 +84,5 @@ pub fn read(io: &IoCtx, uuid: &str) -> Result<Option<SnapRecord>, CephError> {
 
 /// Removes the directory entry first (the name is free again), then the object.
 pub fn remove(io: &IoCtx, name: &str, uuid: &str) -> Result<(), CephError> {
-    match io.omap_rm_keys(&directory(), &[&name_key(name)]) {
-        Ok(()) => {}
-        Err(e) if e.is(libc::ENOENT) => {}
-        Err(e) => return Err(e),
-    }
-    match io.remove(&snap_object(uuid)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.is(libc::ENOENT) => Ok(()),
-        Err(e) => Err(e),
-    }
+    super::remove_entry(io, &directory(), &name_key(name), &snap_object(uuid))
 }

@@ -20,7 +20,7 @@ pub use replicate::{
 };
 
 use crate::Error;
-use crate::ceph::{CephError, Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState};
+use crate::ceph::{AlreadyDone, CephError, Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState};
 use crate::cephcsi::{self, Credentials, CsiId, ResolvedVolume, Resolver, group as journal};
 use crate::exec::{Claims, KeyGuard};
 
@@ -316,14 +316,19 @@ fn in_other_group(m: &Member, name: &str) -> Error {
 /// Links a member's image into the group's RBD group (the one place that
 /// does), refusing an image linked to another group: RBD allows one per image.
 fn link(group: &Group, m: &Member, image: &Image<'_>) -> Result<(), Error> {
+    link_into(&group.io, &group.rbd_group, m, image)
+}
+
+/// Links an image into the RBD group `rbd_group` of `group_io`'s pool (a
+/// VolumeGroup's, or a group snapshot's temporary one).
+fn link_into(group_io: &IoCtx, rbd_group: &str, m: &Member, image: &Image<'_>) -> Result<(), Error> {
     match rbd_group_of(image)? {
-        Some((pool, name)) if group.is_rbd_group(pool, &name) => Ok(()),
+        Some((pool, name)) if pool == group_io.pool_id() && name == rbd_group => Ok(()),
         Some((_, name)) => Err(in_other_group(m, &name)),
-        None => group
-            .io
-            .group_image_add(&group.rbd_group, &m.vol.io, &m.vol.image)
-            .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
-            .map_err(Error::ceph(format!("cannot add {} to RBD group {}", m.vol.spec(), group.rbd_group))),
+        None => group_io
+            .group_image_add(rbd_group, &m.vol.io, &m.vol.image)
+            .or_done(libc::EEXIST)
+            .map_err(Error::ceph(format!("cannot add {} to RBD group {rbd_group}", m.vol.spec()))),
     }
 }
 

@@ -22,9 +22,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::membership::new_uuid;
-use super::{Member, claim_waiting, ensure_rbd_group, generations_key, on_member, open_member, rbd_group_of};
+use super::{
+    Member, claim_waiting, ensure_rbd_group, generations_key, link_into, on_member, open_member, rbd_group_of,
+};
 use crate::Error;
-use crate::ceph::{Image, IoCtx, Library, MirrorState, SNAPSHOT_IMAGE_FEATURES, SnapKind};
+use crate::ceph::{AlreadyDone, Image, IoCtx, Library, MirrorState, SNAPSHOT_IMAGE_FEATURES, SnapKind};
 use crate::cephcsi::{Credentials, CsiId, Resolver, group as journal, snapshot as snap_journal};
 use crate::exec::{Claims, KeyGuard};
 
@@ -353,14 +355,7 @@ fn advance(
     if plan.temporary {
         ensure_rbd_group(io, &plan.rbd_group)?;
         for (m, image) in members {
-            match rbd_group_of(image)? {
-                Some((pool, g)) if pool == io.pool_id() && g == plan.rbd_group => {}
-                Some((_, g)) => return Err(on_member(m)(super::in_other_group(m, &g))),
-                None => io
-                    .group_image_add(&plan.rbd_group, &m.vol.io, &m.vol.image)
-                    .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
-                    .map_err(Error::ceph(format!("cannot add {} to RBD group {}", m.vol.spec(), plan.rbd_group)))?,
-            }
+            link_into(io, &plan.rbd_group, m, image).map_err(on_member(m))?;
         }
     }
     let mut snap_ids = member_snaps(io.pool_id(), &plan.rbd_group, &gs_name, members)?;
@@ -368,6 +363,7 @@ fn advance(
         take_instant(io, &plan.rbd_group, &gs_name, claims)?;
         snap_ids = member_snaps(io.pool_id(), &plan.rbd_group, &gs_name, members)?;
     }
+    let clone4 = Library::probe().clone4;
     let mut remaining = false;
     for ((m, _), (planned, snap_id)) in members.iter().zip(plan.members.iter_mut().zip(&snap_ids)) {
         let Some(snap_id) = *snap_id else {
@@ -387,7 +383,7 @@ fn advance(
         if member_ready(io, &planned.snap_uuid)? {
             continue;
         }
-        if Library::probe().clone4 {
+        if clone4 {
             clone_member(io, m, snap_id, &planned.snap_uuid).map_err(on_member(m))?;
         } else {
             remaining = true;
@@ -412,9 +408,8 @@ fn take_instant(io: &IoCtx, rbd_group: &str, gs_name: &str, claims: &Claims) -> 
         None => None,
     };
     let started = Instant::now();
-    match io.group_snap_create(rbd_group, gs_name) {
+    match io.group_snap_create(rbd_group, gs_name).or_done(libc::EEXIST) {
         Ok(()) => {}
-        Err(e) if e.is(libc::EEXIST) => {}
         Err(e) if e.is(libc::EROFS) => {
             return Err(Error::WrongState(format!(
                 "a member of RBD group {rbd_group} is a non-primary mirror copy here; take group snapshots where the \
@@ -492,11 +487,7 @@ fn clear_partial(io: &IoCtx, name: &str) -> Result<(), Error> {
 fn seal(io: &IoCtx, snap_uuid: &str) -> Result<(), Error> {
     let name = snap_journal::image_name(snap_uuid);
     let image = Image::open(io, &name).map_err(Error::ceph(format!("cannot open snapshot image {name}")))?;
-    match image.snap_create(&name) {
-        Ok(()) => {}
-        Err(e) if e.is(libc::EEXIST) => {}
-        Err(e) => return Err(Error::Ceph { what: format!("cannot snapshot {name}"), source: e }),
-    }
+    image.snap_create(&name).or_done(libc::EEXIST).map_err(Error::ceph(format!("cannot snapshot {name}")))?;
     let image_id = image.id().map_err(Error::ceph(format!("cannot read the ID of {name}")))?;
     snap_journal::set_image_id(io, snap_uuid, &image_id).map_err(Error::ceph("cannot record the snapshot image's ID"))
 }
@@ -507,7 +498,7 @@ fn clone_member(io: &IoCtx, m: &Member, snap_id: u64, snap_uuid: &str) -> Result
     m.vol
         .io
         .clone_by_snap_id(&m.vol.image, snap_id, io, &name, SNAPSHOT_IMAGE_FEATURES)
-        .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
+        .or_done(libc::EEXIST)
         .map_err(Error::ceph(format!("cannot clone {} at the group snapshot", m.vol.spec())))?;
     seal(io, snap_uuid)?;
     info!(image = %m.vol.spec(), snapshot = name, "member snapshot cloned");
@@ -593,36 +584,19 @@ fn remove_instant<'a>(
     gs_name: &str,
     members: impl Iterator<Item = &'a Member>,
 ) -> Result<(), Error> {
-    match io.group_snap_remove(&plan.rbd_group, gs_name) {
-        Ok(()) => {}
-        Err(e) if e.is(libc::ENOENT) => {}
-        Err(e) => {
-            return Err(Error::Ceph {
-                what: format!("cannot remove RBD group snapshot {}", plan.rbd_group),
-                source: e,
-            });
-        }
-    }
+    let group = &plan.rbd_group;
+    io.group_snap_remove(group, gs_name)
+        .or_done(libc::ENOENT)
+        .map_err(Error::ceph(format!("cannot remove RBD group snapshot {group}")))?;
     if plan.temporary {
         for m in members {
-            match io.group_image_remove(&plan.rbd_group, &m.vol.io, &m.vol.image) {
-                Ok(()) => {}
-                Err(e) if e.is(libc::ENOENT) => {}
-                Err(e) => {
-                    return Err(Error::Ceph {
-                        what: format!("cannot take {} out of RBD group {}", m.vol.spec(), plan.rbd_group),
-                        source: e,
-                    });
-                }
-            }
+            io.group_image_remove(group, &m.vol.io, &m.vol.image)
+                .or_done(libc::ENOENT)
+                .map_err(Error::ceph(format!("cannot take {} out of RBD group {group}", m.vol.spec())))?;
         }
-        match io.group_remove(&plan.rbd_group) {
-            Ok(()) => {}
-            Err(e) if e.is(libc::ENOENT) => {}
-            Err(e) => {
-                return Err(Error::Ceph { what: format!("cannot remove RBD group {}", plan.rbd_group), source: e });
-            }
-        }
+        io.group_remove(group)
+            .or_done(libc::ENOENT)
+            .map_err(Error::ceph(format!("cannot remove RBD group {group}")))?;
     }
     Ok(())
 }
@@ -762,11 +736,9 @@ pub fn delete(
         remove_instant(io, plan, &id.encode(), members.iter())?;
     }
     journal::remove(io, &located.record.name, &id.uuid).map_err(Error::ceph("cannot remove the group snapshot"))?;
-    match io.remove(&plan_object(&id.uuid)) {
-        Ok(()) => {}
-        Err(e) if e.is(libc::ENOENT) => {}
-        Err(e) => return Err(Error::ceph("cannot remove the group snapshot's plan")(e)),
-    }
+    io.remove(&plan_object(&id.uuid))
+        .or_done(libc::ENOENT)
+        .map_err(Error::ceph("cannot remove the group snapshot's plan"))?;
     info!(group_snapshot = %located.record.name, "group snapshot deleted");
     Ok(())
 }
@@ -782,18 +754,13 @@ fn remove_snapshot_image(io: &IoCtx, name: &str) -> Result<(), Error> {
             Err(e) if e.is(libc::ENOENT) => return Ok(()),
             Err(e) => return Err(Error::Ceph { what: format!("cannot open snapshot image {name}"), source: e }),
         };
-        match image.snap_remove(name) {
-            Ok(()) => {}
-            Err(e) if e.is(libc::ENOENT) => {}
-            Err(e) => return Err(Error::Ceph { what: format!("cannot remove snapshot {name}@{name}"), source: e }),
-        }
+        image
+            .snap_remove(name)
+            .or_done(libc::ENOENT)
+            .map_err(Error::ceph(format!("cannot remove snapshot {name}@{name}")))?;
         image.id().map_err(Error::ceph(format!("cannot read the ID of {name}")))?
     };
-    match io.trash_move(name) {
-        Ok(()) => {}
-        Err(e) if e.is(libc::ENOENT) => {}
-        Err(e) => return Err(Error::Ceph { what: format!("cannot move {name} to the trash"), source: e }),
-    }
+    io.trash_move(name).or_done(libc::ENOENT).map_err(Error::ceph(format!("cannot move {name} to the trash")))?;
     match io.trash_remove(&image_id) {
         Ok(()) => Ok(()),
         Err(e) if e.is(libc::ENOENT) => Ok(()),

@@ -160,8 +160,9 @@ impl Envelope {
     }
 
     /// Goes on with a call's work after its answer (a group snapshot's
-    /// copies) under its own guard `key`. None when the key is busy: the
-    /// same work is already running.
+    /// copies) under its own guard `key`; when the key is busy the same work
+    /// already runs and the handle answers `ExecError::Busy`. None when the
+    /// secrets do not make credentials (the call itself said so already).
     pub(crate) fn continue_in_background<T, W>(
         &self,
         key: String,
@@ -173,9 +174,6 @@ impl Envelope {
         T: Send + 'static,
     {
         let creds = Credentials::from_secrets(secrets).ok()?;
-        if self.exec.claims().claim(&key).is_err() {
-            return None;
-        }
         let (exec, resolver) = (self.exec.clone(), self.resolver.clone());
         Some(tokio::spawn(async move {
             let started = Instant::now();
@@ -185,6 +183,7 @@ impl Envelope {
                 Err(Error::Exec(crate::exec::ExecError::TimedOut { .. })) => {
                     info!(work = %key, "background work goes on past the op deadline")
                 }
+                Err(Error::Exec(crate::exec::ExecError::Busy(_))) => debug!(work = %key, "already running"),
                 Err(e) => warn!(work = %key, error = %e, "background work failed; the next call retries it"),
             }
             result
