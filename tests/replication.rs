@@ -76,9 +76,7 @@ async fn snapshot_mode_enable_info_disable_round_trip() {
     }
 
     // The mgr really holds the schedule.
-    let sched = lab
-        .rbd_json(Site::A, &["mirror", "snapshot", "schedule", "ls", "--pool", &lab.pool(), "--image", &name])
-        .unwrap();
+    let sched = lab.schedules(Site::A, &["--pool", &lab.pool(), "--image", &name]);
     assert!(sched.as_array().unwrap().iter().any(|s| s["interval"] == "1h"), "schedule list: {sched}");
 
     // Repeated Enable is a no-op success.
@@ -213,17 +211,7 @@ async fn rados_namespace_from_config_json() {
     assert_eq!(lab.mirror_info(Site::A, &vol.spec).unwrap()["state"], "enabled");
     let image = vol.spec.rsplit('/').next().unwrap();
     let (pool, ns) = (lab.pool(), lab.namespace());
-    let ls = ["mirror", "snapshot", "schedule", "ls", "--pool", &pool, "--namespace", &ns, "--image", image];
-    // The mgr's rbd_support may answer garbage while it reloads: poll.
-    let mut sched = lab.rbd_json(Site::A, &ls);
-    for _ in 0..20 {
-        if sched.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        sched = lab.rbd_json(Site::A, &ls);
-    }
-    let sched = sched.unwrap();
+    let sched = lab.schedules(Site::A, &["--pool", &pool, "--namespace", &ns, "--image", image]);
     assert!(sched.as_array().unwrap().iter().any(|s| s["interval"] == "2h"), "{sched}");
     wait_until("the namespaced image on site-b", SYNC_LIMIT, || lab.rbd_try(Site::B, &["info", &vol.spec]).is_ok())
         .await;

@@ -149,6 +149,28 @@ impl Lab {
         self.rbd_try(s, &all).map(|o| serde_json::from_str(&o).unwrap_or(Value::Null))
     }
 
+    /// `rbd mirror snapshot schedule ls ARGS` as JSON. The mgr's rbd_support
+    /// answers garbage ("invalid schedule list JSON received") or "not ready"
+    /// while it reloads, which a loaded 2-core machine has seen last for
+    /// minutes: polled, bounded by two minutes.
+    pub fn schedules(&self, s: Site, args: &[&str]) -> Value {
+        let mut all = vec!["mirror", "snapshot", "schedule", "ls"];
+        all.extend(args);
+        let start = Instant::now();
+        loop {
+            match self.rbd_json(s, &all) {
+                Ok(v) => return v,
+                Err(e)
+                    if (e.contains("schedule list JSON") || e.contains("not ready"))
+                        && start.elapsed() < Duration::from_secs(120) =>
+                {
+                    std::thread::sleep(Duration::from_secs(1))
+                }
+                Err(e) => panic!("rbd {all:?} on site-{} failed after {:?}: {e}", s.key(), start.elapsed()),
+            }
+        }
+    }
+
     pub fn rados(&self, s: Site, args: &[&str]) {
         let st = lab_tool(60, "rados").args(["-c", &self.conf(s)]).args(args).status().expect("run rados");
         assert!(st.success(), "rados {args:?} failed");
@@ -389,7 +411,7 @@ pub fn has_schedule(lab: &Lab, spec: &str) -> bool {
 
 pub fn has_schedule_on(lab: &Lab, s: Site, spec: &str) -> bool {
     let image = spec.rsplit('/').next().unwrap();
-    let all = lab.rbd_json(s, &["mirror", "snapshot", "schedule", "ls", "--pool", &lab.pool(), "--recursive"]).unwrap();
+    let all = lab.schedules(s, &["--pool", &lab.pool(), "--recursive"]);
     all.as_array().unwrap().iter().any(|s| s["image"] == image)
 }
 
