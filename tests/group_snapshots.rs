@@ -293,23 +293,33 @@ async fn delete_while_a_restored_volume_depends_on_a_member() {
     assert_gone(&lab, &gid, &snapshot_ids);
     let spec = format!("{}/{restored}", lab.pool());
     assert_eq!(checksum(&lab, Site::A, &spec), checksum(&lab, Site::A, &v.spec), "the restored volume still reads");
-    let trash = lab.rbd(Site::A, &["trash", "ls", &lab.pool()]);
-    assert!(trash.contains(uuid_of(&snapshot_ids[0])), "the snapshot image waits in the trash: {trash}");
+    let waiting = uuid_of(&snapshot_ids[0]).to_owned();
+    let in_trash = || lab.rbd(Site::A, &["trash", "ls", &lab.pool()]).contains(&waiting);
+    let listed = || {
+        let cluster = connect(&lab, Site::A);
+        let io = IoCtx::open(&cluster, lab.pool_id(Site::A), "").unwrap();
+        io.omap_list("rbd-addons.deferred-removals", "", "", 100).map(|e| e.len()).unwrap_or(0)
+    };
+    assert!(in_trash() && listed() == 1, "the snapshot image waits in the trash, noted for later");
+    // Another group snapshot's calls sweep the waiting list, but leave what a
+    // restored volume still needs.
+    another_round(&lab, &conn, &v.id).await;
+    assert!(in_trash() && listed() == 1, "still needed by the restored volume");
+    assert_eq!(checksum(&lab, Site::A, &spec), checksum(&lab, Site::A, &v.spec), "the restored volume still reads");
     lab.rbd(Site::A, &["flatten", "--no-progress", &spec]);
     remove_images(&lab, &[restored]);
-    // The mgr's trash-remove task deletes it now that nothing depends on it
-    // (Pacific: within ~30 s; Reef's took longer than 150 s once). Whatever is
-    // left is purged here, so no task keeps retrying while later tests run.
-    let in_trash = || lab.rbd(Site::A, &["trash", "ls", &lab.pool()]).contains(uuid_of(&snapshot_ids[0]));
-    let started = Instant::now();
-    while in_trash() && started.elapsed() < LIMIT {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    if in_trash() {
-        println!("the mgr had not deleted the snapshot image after {LIMIT:?}; purging it");
-        lab.rbd_try(Site::A, &["trash", "purge", "--no-progress", &lab.pool()]).ok();
-    }
+    another_round(&lab, &conn, &v.id).await;
+    assert!(!in_trash(), "deleted by the next call once nothing depends on it");
+    assert_eq!(listed(), 0, "struck from the waiting list");
     cleanup(&lab, &v.spec);
+}
+
+/// Creates and deletes one more group snapshot of the volume.
+async fn another_round(lab: &Lab, conn: &Connection, volume_id: &str) {
+    let name = format!("groupsnapshot-{}", new_uuid());
+    let made = conn.group_snapshot_create(&name, vec![volume_id.to_owned()], params(lab), lab.secrets()).await.unwrap();
+    let gid = made["group_snapshot_id"].as_str().unwrap().to_owned();
+    conn.group_snapshot_delete(&gid, Vec::new(), lab.secrets()).await.unwrap();
 }
 
 /// The copy of a member that a crash interrupted is made again by the next
@@ -399,7 +409,7 @@ fn group_snapshot_named(lab: &Lab) -> Option<String> {
 async fn bad_requests_get_exact_codes() {
     let _serial = SERIAL.lock().await;
     let lab = Lab::load();
-    let (_server, conn) = front_server(&lab).await;
+    let (server, conn) = front_server(&lab).await;
     let v = lab.create_volume(VolumeOpts::default());
     let ns = lab.create_volume(VolumeOpts { namespace: true, ..Default::default() });
     let missing = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
@@ -441,8 +451,32 @@ async fn bad_requests_get_exact_codes() {
     for ((what, got), want) in cases.into_iter().zip(want) {
         assert_eq!(got, Err(want), "{what}");
     }
+    let long_id = format!("{}{}", v.id, "0".repeat(600));
+    let more: Vec<(&str, Result<(), Code>, Code)> = vec![
+        ("a 254-byte name", create(&"n".repeat(254), vec![v.id.clone()], params(&lab)).await, Code::InvalidArgument),
+        ("a name with a newline", create("snap\n1", vec![v.id.clone()], params(&lab)).await, Code::InvalidArgument),
+        ("a 600-byte volume ID", create(&name, vec![long_id], params(&lab)).await, Code::InvalidArgument),
+        (
+            "another clusterID as parameter",
+            create(&name, vec![v.id.clone()], HashMap::from([("clusterID".into(), "other".into())])).await,
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, got, want) in more {
+        assert_eq!(got, Err(want), "{what}");
+    }
     // Nothing was left behind by the refusals.
     assert!(!lab.rbd(Site::A, &["group", "ls", &lab.pool()]).contains("csi-vgs-"));
+    assert_eq!(code(conn.group_snapshot_get("", lab.secrets()).await.unwrap_err()), Code::InvalidArgument);
+    let e = conn.group_snapshot_delete("bad", Vec::new(), lab.secrets()).await.unwrap_err();
+    assert_eq!(code(e), Code::InvalidArgument);
+    // A volume group's ID is not a group snapshot's (they share ceph-csi's journal).
+    let mut groups = server.groups().await;
+    let vg = create_group(&mut groups, &lab, &format!("not-a-snapshot-{}", new_uuid()), &[]).await.unwrap();
+    let e = conn.group_snapshot_delete(&vg.volume_group_id, Vec::new(), lab.secrets()).await.unwrap_err();
+    assert_eq!(code(e), Code::InvalidArgument);
+    assert_eq!(code(conn.group_snapshot_get(&vg.volume_group_id, lab.secrets()).await.unwrap_err()), Code::NotFound);
+    delete_group(&mut groups, &lab, &vg.volume_group_id).await.expect("delete the volume group");
     let unknown = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
     assert_eq!(code(conn.group_snapshot_get(&unknown, lab.secrets()).await.unwrap_err()), Code::NotFound);
     assert_eq!(code(conn.group_snapshot_get("bad", lab.secrets()).await.unwrap_err()), Code::InvalidArgument);
@@ -450,7 +484,9 @@ async fn bad_requests_get_exact_codes() {
     let mut bad_secrets = lab.secrets();
     bad_secrets.insert("userKey".into(), "AQBAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==".into());
     let e = conn.group_snapshot_create(&name, vec![v.id.clone()], params(&lab), bad_secrets).await.unwrap_err();
+    assert!(!e.to_string().contains("AQBAAAAA"), "the key leaked: {e}");
     assert_eq!(code(e), Code::Unauthenticated);
+    assert!(!server.log_text().contains("AQBAAAAA") && !server.log_text().contains(&lab.key()), "a key in the log");
     cleanup(&lab, &v.spec);
     cleanup(&lab, &ns.spec);
 }
@@ -479,6 +515,12 @@ async fn dells_extension_round_trip() {
     let mut dell = VolumeGroupSnapshotClient::new(server.channel().await);
     let probe = dell.probe_controller(ProbeControllerRequest {}).await.expect("ProbeController").into_inner();
     assert_eq!((probe.name.as_str(), probe.ready), ("rbd.csi.ceph.com", Some(true)));
+    let handle = |h: &str| rbd_addons::proto::volumegroupsnapshot::v1::VolumeHandleRequest { volume_handle: h.into() };
+    let err = dell.parse_volume_handle(handle("nope")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let id = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
+    let parsed = dell.parse_volume_handle(handle(&id)).await.expect("ParseVolumeHandle").into_inner();
+    assert_eq!((parsed.array_id, parsed.volume_id, parsed.protocol.as_str()), (lab.cluster_id(), id, "rbd"));
 
     let vols: Vec<TestVolume> = (0..2).map(|_| lab.create_volume(VolumeOpts::default())).collect();
     for v in &vols {
@@ -602,4 +644,15 @@ async fn a_replicated_volume_groups_rbd_group_is_reused_beside_its_generations()
     for v in &vols {
         remove_everywhere(&lab, &v.spec);
     }
+}
+
+/// The CSI front needs both of its sockets named.
+#[test]
+fn the_csi_front_needs_its_upstream() {
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--csi-endpoint", "unix:///tmp/front-without-upstream.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--csi-upstream"), "{out:?}");
 }

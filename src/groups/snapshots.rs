@@ -26,7 +26,7 @@ use super::{
     Member, claim_waiting, ensure_rbd_group, generations_key, link_into, on_member, open_member, rbd_group_of,
 };
 use crate::Error;
-use crate::ceph::{AlreadyDone, Image, IoCtx, Library, MirrorState, SNAPSHOT_IMAGE_FEATURES, SnapKind};
+use crate::ceph::{AlreadyDone, CephError, Image, IoCtx, Library, MirrorState, SNAPSHOT_IMAGE_FEATURES, SnapKind};
 use crate::cephcsi::{Credentials, CsiId, Resolver, group as journal, snapshot as snap_journal};
 use crate::exec::{Claims, KeyGuard};
 
@@ -223,6 +223,7 @@ pub fn create(
     }
     let io = IoCtx::open(first.io.cluster(), first.io.pool_id(), first.io.namespace())
         .map_err(Error::ceph("cannot open the volumes' pool"))?;
+    sweep_trash(&io);
     let cluster_id = first.cluster_id.clone();
     let images = members
         .iter()
@@ -714,6 +715,7 @@ pub fn delete(
         }
     }
     let io = &located.io;
+    sweep_trash(io);
     let plan = read_plan(io, &id.uuid)?;
     for snapshot_id in &located.record.members {
         let uuid = CsiId::decode(snapshot_id).map_err(|e| Error::Malformed(e.to_string()))?.uuid;
@@ -745,8 +747,12 @@ pub fn delete(
 
 /// Removes a snapshot image as ceph-csi does: its snapshot (which moves to
 /// the trash namespace while a restored volume still clones from it), then
-/// the image through the trash. When a clone still depends on it, the mgr's
-/// trash-remove task deletes it once the clone is gone or flattened.
+/// the image through the trash. When a clone still depends on it, it is
+/// written down in `DEFERRED_REMOVALS` and a later group snapshot call in the
+/// pool deletes it (`sweep_trash`). ceph-csi queues the mgr's trash-remove
+/// task instead; that task's progress callback crashes the ceph-mgr of
+/// Debian's Reef build (Python 3.13; ceph-csi issue 5502), so we keep the mgr
+/// out of it.
 fn remove_snapshot_image(io: &IoCtx, name: &str) -> Result<(), Error> {
     let image_id = {
         let image = match Image::open(io, name) {
@@ -764,21 +770,51 @@ fn remove_snapshot_image(io: &IoCtx, name: &str) -> Result<(), Error> {
     match io.trash_remove(&image_id) {
         Ok(()) => Ok(()),
         Err(e) if e.is(libc::ENOENT) => Ok(()),
-        Err(e) if e.is(libc::EBUSY) || e.is(libc::ENOTEMPTY) => {
-            let spec = match io.namespace() {
-                "" => format!("{}/{image_id}", io.pool_name()),
-                ns => format!("{}/{ns}/{image_id}", io.pool_name()),
-            };
-            let cmd = serde_json::json!({"prefix": "rbd task add trash remove", "image_id_spec": spec}).to_string();
-            match io.cluster().mgr_command(&cmd) {
-                Ok(_) => info!(image = name, "a restored volume still depends on it; the mgr deletes it later"),
-                Err((e, status)) => {
-                    warn!(image = name, error = %e, status, "left in the trash: a restored volume depends on it")
-                }
-            }
+        Err(e) if still_needed(&e) => {
+            io.omap_set(DEFERRED_REMOVALS, &[(&image_id, name.as_bytes())])
+                .map_err(Error::ceph(format!("cannot note {name} for a later removal")))?;
+            info!(image = name, image_id, "a restored volume still depends on it: left in the trash until it is gone");
             Ok(())
         }
         Err(e) => Err(Error::Ceph { what: format!("cannot delete {name} from the trash"), source: e }),
+    }
+}
+
+/// The omap object (per pool and namespace) listing trashed snapshot images
+/// whose removal waits for the restored volumes that depend on them: key
+/// the image ID, value its name.
+const DEFERRED_REMOVALS: &str = "rbd-addons.deferred-removals";
+
+/// How many waiting removals one call tries: a call stays fast however
+/// many restored volumes are still around.
+const SWEEP_BATCH: u64 = 16;
+
+fn still_needed(e: &CephError) -> bool {
+    e.is(libc::EBUSY) || e.is(libc::ENOTEMPTY)
+}
+
+/// Deletes trashed snapshot images whose last dependent clone is gone.
+/// Best effort: a failure is logged and retried by the next call, never
+/// the caller's error.
+fn sweep_trash(io: &IoCtx) {
+    let waiting = match io.omap_list(DEFERRED_REMOVALS, "", "", SWEEP_BATCH) {
+        Ok(w) => w,
+        Err(e) if e.is(libc::ENOENT) => return,
+        Err(e) => return warn!(error = %e, "cannot read the snapshot images waiting for removal"),
+    };
+    for (image_id, name) in waiting {
+        let name = String::from_utf8_lossy(&name);
+        match io.trash_remove(&image_id).or_done(libc::ENOENT) {
+            Ok(()) => {
+                if let Err(e) = io.omap_rm_keys(DEFERRED_REMOVALS, &[&image_id]) {
+                    warn!(image = %name, error = %e, "deleted, but cannot strike it from the waiting list");
+                    continue;
+                }
+                info!(image = %name, image_id, "snapshot image deleted: nothing depends on it any more");
+            }
+            Err(e) if still_needed(&e) => {}
+            Err(e) => warn!(image = %name, error = %e, "cannot delete a snapshot image from the trash"),
+        }
     }
 }
 
