@@ -29,6 +29,8 @@ export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/in-lab-root.sh
 # A few cuts of the group crash-consistency proof (Pacific runs ten).
 if ! GROUP_CUTS=${GROUP_CUTS:-4} CEPHLAB_DIR="/tmp/cephlab-$release" cargo test --locked "${tests[@]}"; then
   echo "== the compatibility subset FAILED on Ceph $release (lab: /tmp/cephlab-$release)" >&2
+  # A daemon that crashed explains many a later failure: name it.
+  grep -l "Caught signal" "/tmp/cephlab-$release"/*/log/*.log 2>/dev/null | sed 's/^/== a Ceph daemon crashed, see /' >&2 || true
   exit 1
 fi
 echo "== Ceph $release: lab up in $lab_up s, subset passed in $((SECONDS - start)) s"

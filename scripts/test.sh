@@ -17,7 +17,10 @@ times=()
 finish() {
   local rc=$?
   if [ "${KEEP_LAB:-0}" != 1 ]; then scripts/lab.sh down >/dev/null 2>&1 || true; fi
-  if [ "$rc" != 0 ]; then echo "== FAILED on Ceph $release (exit $rc) after $((SECONDS - start)) s" >&2; fi
+  if [ "$rc" != 0 ]; then
+    echo "== FAILED on Ceph $release (exit $rc) after $((SECONDS - start)) s" >&2
+    grep -l "Caught signal" "${CEPHLAB_DIR:-/tmp/cephlab}"/*/log/*.log 2>/dev/null | sed 's/^/== a Ceph daemon crashed, see /' >&2 || true
+  fi
 }
 trap finish EXIT
 deps_apt
