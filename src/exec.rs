@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout_at};
 
+use crate::metrics::Metrics;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExecError {
     #[error("an operation on {0} is already in progress; retry when it has finished")]
@@ -47,6 +49,7 @@ pub struct Executor {
     permits: Arc<Semaphore>,
     in_flight: Arc<Mutex<HashSet<String>>>,
     op_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// Marks a key as being worked on; dropping it frees the key. It is moved into
@@ -63,6 +66,22 @@ impl Drop for KeyGuard {
     }
 }
 
+/// Counts one piece of work in flight for as long as it runs, panics included.
+struct Running<'a>(&'a Metrics);
+
+impl<'a> Running<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.in_flight().inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight().dec();
+    }
+}
+
 impl Executor {
     pub fn new(max_concurrent: usize, op_timeout: Duration) -> Self {
         Self {
@@ -70,7 +89,13 @@ impl Executor {
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             op_timeout,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// The metrics the work through this door is counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn op_timeout(&self) -> Duration {
@@ -96,17 +121,36 @@ impl Executor {
         T: Send + 'static,
         E: From<ExecError> + Send + 'static,
     {
+        self.run_op("background", key, work).await
+    }
+
+    /// `run`, with the work counted under `op` (the RPC it serves).
+    pub async fn run_op<T, E, F>(&self, op: &'static str, key: &str, work: F) -> Result<T, E>
+    where
+        F: FnOnce() -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<ExecError> + Send + 'static,
+    {
         let deadline = Instant::now() + self.op_timeout;
-        let guard = claim(&self.in_flight, key)?;
-        let permit = match timeout_at(deadline, self.permits.clone().acquire_owned()).await {
+        let guard = claim(&self.in_flight, key).inspect_err(|_| self.metrics.guard_rejected(op))?;
+        let queued = self.metrics.queued().clone();
+        queued.inc();
+        let permit = timeout_at(deadline, self.permits.clone().acquire_owned()).await;
+        queued.dec();
+        let permit = match permit {
             Ok(Ok(permit)) => permit,
             // The semaphore is never closed; a timeout means the queue is full.
             _ => return Err(ExecError::Overloaded(self.op_timeout).into()),
         };
+        let metrics = self.metrics.clone();
         let task = tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let _permit = permit;
-            work()
+            let _running = Running::start(&metrics);
+            let started = std::time::Instant::now();
+            let result = work();
+            metrics.ceph_op(op, started.elapsed());
+            result
         });
         match timeout_at(deadline, task).await {
             Ok(Ok(result)) => result,

@@ -5,6 +5,7 @@ mod error;
 pub mod exec;
 pub mod fence;
 pub mod groups;
+pub mod metrics;
 pub mod proto;
 pub mod reclaim;
 pub mod replication;

@@ -313,11 +313,28 @@ struct ServeArgs {
     /// Dell's volumegroupsnapshot.v1 extension, whose requests carry none.
     #[arg(long, env = "RBD_ADDONS_GROUP_SNAPSHOT_SECRET_DIR")]
     group_snapshot_secret_dir: Option<PathBuf>,
+    /// Where Prometheus scrapes /metrics and kubelet probes /healthz and
+    /// /readyz (HTTP). In a pod, listen on the pod's address, e.g.
+    /// 0.0.0.0:9690; "off" serves none of them.
+    #[arg(long, env = "RBD_ADDONS_METRICS_ADDRESS", default_value = "127.0.0.1:9690", value_parser = parse_metrics_address)]
+    metrics_address: MetricsAddress,
     #[arg(long, env = "RBD_ADDONS_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
     /// A tracing filter: a level (info, debug, trace) or per-target directives.
     #[arg(long, env = "RBD_ADDONS_LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MetricsAddress(Option<std::net::SocketAddr>);
+
+fn parse_metrics_address(s: &str) -> Result<MetricsAddress, String> {
+    if s == "off" {
+        return Ok(MetricsAddress(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddress(Some(a)))
+        .map_err(|_| format!("{s:?} is not an address:port such as 0.0.0.0:9690 (or \"off\")"))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -582,6 +599,7 @@ fn main() -> ExitCode {
                 max_concurrent_ops: args.max_concurrent_ops,
                 connection_idle_expiry: args.connection_idle_expiry,
                 shutdown_grace: args.shutdown_grace,
+                metrics_address: args.metrics_address.0,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             let outcome = runtime.block_on(server::serve(cfg));

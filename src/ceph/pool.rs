@@ -134,6 +134,11 @@ impl ConnectionPool {
     }
 
     /// How many connects were attempted, successful or not.
+    /// Connections held open now.
+    pub fn open_connections(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     pub fn connect_attempts(&self) -> usize {
         self.attempts.load(Ordering::Relaxed)
     }

@@ -15,6 +15,7 @@ use super::status::status_about;
 use crate::Error;
 use crate::cephcsi::{Credentials, Resolver};
 use crate::exec::{Claims, Executor};
+use crate::metrics::Metrics;
 
 /// Longest volume or group ID accepted: ceph-csi's handles are about 100
 /// bytes. A longer one is refused without being echoed, as a message holding
@@ -153,10 +154,18 @@ impl Envelope {
             let creds = Credentials::from_secrets(secrets).map_err(|e| Error::Resolve(e.into()))?;
             let key = key(&prepared);
             let (resolver, claims) = (self.resolver.clone(), self.exec.claims());
-            self.exec.run(&key, move || work(prepared, &resolver, &creds, &claims)).await
+            self.exec.run_op(method, &key, move || work(prepared, &resolver, &creds, &claims)).await
         }
         .await;
-        finish(method, &about, started, result)
+        let answer = finish(method, &about, started, result);
+        let code = answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.exec.metrics().rpc(method, code, started.elapsed());
+        answer
+    }
+
+    /// The server's metrics, for a service's per-volume observations.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        self.exec.metrics()
     }
 
     /// Goes on with a call's work after its answer (a group snapshot's

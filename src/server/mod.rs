@@ -70,6 +70,8 @@ pub struct ServeConfig {
     pub connection_idle_expiry: Duration,
     /// How long in-flight calls may run on after SIGTERM before we exit anyway.
     pub shutdown_grace: Duration,
+    /// The HTTP side port for /metrics, /healthz and /readyz; None: no port.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// How a server ended. Ceph work that outlived the grace period is still
@@ -95,6 +97,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot listen for metrics on {address}: {source}; pick another --metrics-address (or \"off\")")]
+    MetricsListen { address: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// `unix:///abs/path` or `/abs/path`; TCP and relative paths are refused.
@@ -164,8 +168,26 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
     let ledger = Arc::new(ClientLedger::take_over(ClientLedger::path_for(&cfg.socket_path)));
     let connections =
         Arc::new(ConnectionPool::new(cfg.connection_idle_expiry, cfg.ceph_timeout).with_ledger(ledger.clone()));
-    let resolver = Arc::new(Resolver::new(cfg.ceph_csi_config.clone(), Some(cfg.cluster_mapping.clone()), connections));
+    let resolver =
+        Arc::new(Resolver::new(cfg.ceph_csi_config.clone(), Some(cfg.cluster_mapping.clone()), connections.clone()));
     let exec = Arc::new(Executor::new(cfg.max_concurrent_ops, cfg.op_timeout));
+    let metrics = exec.metrics().clone();
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = match cfg.metrics_address {
+        Some(address) => {
+            let listener =
+                crate::metrics::bind(address).await.map_err(|source| ServeError::MetricsListen { address, source })?;
+            let pool = connections.clone();
+            let scrape = crate::metrics::Scrape {
+                metrics: metrics.clone(),
+                connections: Arc::new(move || pool.open_connections()),
+            };
+            Some(tokio::spawn(crate::metrics::serve(listener, scrape, async {
+                metrics_stop_rx.await.ok();
+            })))
+        }
+        None => None,
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<IdentityServer<identity::IdentityService>>().await;
@@ -253,6 +275,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
             stop_rx.await.ok();
         });
     tokio::pin!(server);
+    metrics.set_ready(true);
 
     let result = tokio::select! {
         r = &mut server => r.map_err(ServeError::from),
@@ -272,6 +295,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
             }
         }
     };
+    metrics.set_ready(false);
+    metrics_stop_tx.send(()).ok();
+    if let Some(m) = metrics_server
+        && let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), m).await
+    {
+        warn!(error = %e, "the metrics port failed");
+    }
     front_stop_tx.send(()).ok();
     if let Some(front) = front {
         if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), front).await {
