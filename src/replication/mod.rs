@@ -12,4 +12,4 @@ pub use failover::{
 pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
 pub use params::{MIRRORING_MODE, SCHEDULING_INTERVAL};
 pub use status::{Health, ReplayDescription, health};
-pub use volume::{ReplicationInfo, disable, enable, info, require_destination};
+pub use volume::{ReplicationInfo, disable, enable, info, require_destination, role};

@@ -43,6 +43,13 @@ pub(super) fn mirror_info(image: &Image<'_>) -> Result<MirrorInfo, Error> {
     image.mirror_info().map_err(Error::ceph("cannot read the image's mirroring state"))
 }
 
+/// Whether the volume is primary here; None when it is not mirrored.
+pub fn role(vol: &ResolvedVolume) -> Result<Option<bool>, Error> {
+    let image = open_with(&vol.io, vol, Image::open_read_only)?;
+    let info = mirror_info(&image)?;
+    Ok((info.state == MirrorState::Enabled).then_some(info.primary))
+}
+
 pub fn enable(vol: &ResolvedVolume, params: &EnableParams) -> Result<(), Error> {
     let io = &vol.io;
     let image = open(io, vol)?;

@@ -10,6 +10,7 @@ use crate::Error;
 use crate::cephcsi::{Credentials, CsiId, ResolvedVolume, Resolver};
 use crate::exec::Executor;
 use crate::groups::{self, Group, Member, scheduler::Scheduler};
+use crate::metrics::{LastSync, Metrics, ReplicationState};
 use crate::proto::replication::controller_server::Controller;
 use crate::proto::replication::get_volume_replication_info_response::Status as InfoStatus;
 use crate::proto::replication::replication_destination::{
@@ -86,6 +87,71 @@ impl ReplicationService {
                 }
             })
             .await
+    }
+}
+
+impl ReplicationService {
+    fn metrics(&self) -> &Arc<Metrics> {
+        self.envelope.metrics()
+    }
+
+    /// A call that succeeded moved its volume or group to `state`; None: it
+    /// is no longer replicated, and its series go.
+    fn observe(&self, target: &Option<Target>, state: Option<ReplicationState>) {
+        let m = self.metrics();
+        match (target, state) {
+            (Some(Target::Volume(id)), Some(s)) => m.volume_state(id, s),
+            (Some(Target::Volume(id)), None) => m.forget_volume(id),
+            (Some(Target::Group(id)), Some(s)) => m.group_state(id, s),
+            (Some(Target::Group(id)), None) => m.forget_group(id),
+            (None, _) => {}
+        }
+    }
+}
+
+fn target_id(target: &Result<Target, Error>) -> Option<Target> {
+    target.as_ref().ok().cloned()
+}
+
+/// The state label Info's health gives a primary.
+fn state_of(health: Health) -> ReplicationState {
+    match health {
+        Health::Healthy => ReplicationState::Primary,
+        Health::Unknown | Health::Degraded => ReplicationState::Degraded,
+        Health::Error => ReplicationState::Error,
+    }
+}
+
+/// What an Info call tells the metrics: the state and the last sync of a
+/// primary; the role of one that Info refuses; nothing left of a volume
+/// that is gone or no longer mirrored.
+fn observe_info(
+    m: &Metrics,
+    target: &Option<Target>,
+    vol: &ResolvedVolume,
+    info: &Result<replication::ReplicationInfo, Error>,
+) {
+    let Some(Target::Volume(id)) = target else { return };
+    match info {
+        Ok(i) => {
+            m.volume_state(id, state_of(i.health));
+            m.volume_synced(
+                id,
+                LastSync {
+                    time: i.last_sync_time,
+                    bytes: Some(i.last_sync_bytes),
+                    duration_secs: i.last_sync_duration_secs,
+                },
+            );
+        }
+        Err(Error::NoInfoYet(_)) => m.volume_state(id, ReplicationState::Primary),
+        Err(Error::ImageNotFound { .. }) => m.forget_volume(id),
+        Err(Error::WrongState(_)) => match replication::role(vol) {
+            Ok(Some(false)) => m.volume_state(id, ReplicationState::Secondary),
+            Ok(None) | Err(Error::ImageNotFound { .. }) => m.forget_volume(id),
+            _ => {}
+        },
+        Err(_) => {}
     }
 }
 
@@ -191,6 +257,7 @@ impl Controller for ReplicationService {
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
         let raw = req.parameters;
+        let id = target_id(&target);
         self.run(
             "EnableVolumeReplication",
             target,
@@ -200,6 +267,7 @@ impl Controller for ReplicationService {
             Box::new(|g, m, _, (params, interval)| groups::enable(g, m, &params, interval)),
         )
         .await?;
+        self.observe(&id, Some(ReplicationState::Primary));
         Ok(Response::new(EnableVolumeReplicationResponse {}))
     }
 
@@ -211,6 +279,7 @@ impl Controller for ReplicationService {
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
         let raw = req.parameters;
+        let id = target_id(&target);
         self.run(
             "DisableVolumeReplication",
             target,
@@ -223,6 +292,7 @@ impl Controller for ReplicationService {
             Box::new(|g, m, _, params| groups::disable(g, m, &params)),
         )
         .await?;
+        self.observe(&id, None);
         Ok(Response::new(DisableVolumeReplicationResponse {}))
     }
 
@@ -233,14 +303,27 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
+        let (id, for_volume, for_group) = (target_id(&target), self.metrics().clone(), self.metrics().clone());
+        let group_id = id.clone();
         let info = self
             .run(
                 "GetVolumeReplicationInfo",
                 target,
                 &req.secrets,
                 |_| Ok(()),
-                |vol, ()| replication::info(vol).map(info_response),
-                Box::new(|g, m, _, ()| groups::info(g, m).map(group_info_response)),
+                move |vol, ()| {
+                    let info = replication::info(vol);
+                    observe_info(&for_volume, &id, vol, &info);
+                    info.map(info_response)
+                },
+                Box::new(move |g, m, _, ()| {
+                    let info = groups::info(g, m);
+                    if let (Ok(i), Some(Target::Group(gid))) = (&info, &group_id) {
+                        for_group.group_state(gid, state_of(i.health));
+                        for_group.group_synced(gid, i.last_sync_time);
+                    }
+                    info.map(group_info_response)
+                }),
             )
             .await?;
         Ok(Response::new(info))
@@ -296,6 +379,7 @@ impl Controller for ReplicationService {
         let force = req.force;
         // Promote carries the class parameters: the schedule is (re)applied.
         let raw = req.parameters;
+        let id = target_id(&target);
         self.run(
             "PromoteVolume",
             target,
@@ -307,6 +391,7 @@ impl Controller for ReplicationService {
             }),
         )
         .await?;
+        self.observe(&id, Some(ReplicationState::Primary));
         Ok(Response::new(PromoteVolumeResponse {}))
     }
 
@@ -320,6 +405,7 @@ impl Controller for ReplicationService {
         // force: demote even when the peer holds no copy yet (strands the
         // volume without a primary; the controller never sets it).
         let force = req.force;
+        let id = target_id(&target);
         self.run(
             "DemoteVolume",
             target,
@@ -329,6 +415,7 @@ impl Controller for ReplicationService {
             Box::new(move |g, m, _, ()| groups::demote(g, m, force)),
         )
         .await?;
+        self.observe(&id, Some(ReplicationState::Secondary));
         Ok(Response::new(DemoteVolumeResponse {}))
     }
 
@@ -340,6 +427,7 @@ impl Controller for ReplicationService {
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
         let force = req.force;
+        let id = target_id(&target);
         let ready = self
             .run(
                 "ResyncVolume",
@@ -350,6 +438,7 @@ impl Controller for ReplicationService {
                 Box::new(move |_, m, _, ()| groups::resync(m, force)),
             )
             .await?;
+        self.observe(&id, Some(if ready { ReplicationState::Secondary } else { ReplicationState::Resyncing }));
         Ok(Response::new(ResyncVolumeResponse { ready }))
     }
 }
