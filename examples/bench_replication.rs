@@ -77,7 +77,16 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let socket: PathBuf = dir.join("s.sock");
     let mut server = Command::new(&bin)
-        .args(["serve", "--endpoint", socket.to_str().unwrap(), "--log-level", "warn", "--ceph-csi-config"])
+        .args([
+            "serve",
+            "--endpoint",
+            socket.to_str().unwrap(),
+            "--log-level",
+            "warn",
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--ceph-csi-config",
+        ])
         .arg(lab["sites"]["a"]["csi_config"].as_str().unwrap())
         .stderr(Stdio::null())
         .spawn()
@@ -87,7 +96,16 @@ async fn main() {
     }
     let socket_b: PathBuf = dir.join("b.sock");
     let mut server_b = Command::new(&bin)
-        .args(["serve", "--endpoint", socket_b.to_str().unwrap(), "--log-level", "warn", "--ceph-csi-config"])
+        .args([
+            "serve",
+            "--endpoint",
+            socket_b.to_str().unwrap(),
+            "--log-level",
+            "warn",
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--ceph-csi-config",
+        ])
         .arg(lab["sites"]["b"]["csi_config"].as_str().unwrap())
         .arg("--cluster-mapping")
         .arg(lab["sites"]["b"]["cluster_mapping"].as_str().unwrap())

@@ -153,6 +153,7 @@ impl Server {
         let log = dir.join(format!("{site}.log"));
         let child = Command::new(bin)
             .args(["serve", "--endpoint", socket.to_str().unwrap(), "--log-format", "json", "--ceph-timeout", "10s"])
+            .args(["--metrics-address", "127.0.0.1:0"])
             .arg("--ceph-csi-config")
             .arg(lab.site(site, "csi_config"))
             .arg("--cluster-mapping")

@@ -57,10 +57,12 @@ chmod 600 "$WORK/secret.json"
 
 say "Starting one server per site (as beside each site's csi-rbdplugin)"
 "$BIN" serve --endpoint "unix://$SOCK" --ceph-csi-config "$LAB/a/csi-config.json" \
-  --cluster-mapping "$LAB/a/cluster-mapping.json" --log-format text 2>"$WORK/server-a.log" &
+  --cluster-mapping "$LAB/a/cluster-mapping.json" --log-format text --metrics-address 127.0.0.1:9690 \
+  2>"$WORK/server-a.log" &
 SERVER_A=$!
 "$BIN" serve --endpoint "unix://$SOCK_B" --ceph-csi-config "$LAB/b/csi-config.json" \
-  --cluster-mapping "$LAB/b/cluster-mapping.json" --log-format text 2>"$WORK/server-b.log" &
+  --cluster-mapping "$LAB/b/cluster-mapping.json" --log-format text --metrics-address 127.0.0.1:9691 \
+  2>"$WORK/server-b.log" &
 SERVER_B=$!
 trap 'kill $SERVER_A $SERVER_B 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 for _ in $(seq 50); do [ -S "$SOCK" ] && [ -S "$SOCK_B" ] && break; sleep 0.1; done

@@ -88,7 +88,7 @@ async fn a_second_server_on_a_live_socket_refuses_to_start_and_takes_nothing() {
     let second = |socket: &std::path::Path| {
         let started = Instant::now();
         let out = Command::new("timeout")
-            .args(["20", BIN, "serve", "--log-format", "text", "--endpoint"])
+            .args(["20", BIN, "serve", "--metrics-address", "off", "--log-format", "text", "--endpoint"])
             .arg(socket)
             .arg("--ceph-csi-config")
             .arg(lab.csi_config(Site::A))

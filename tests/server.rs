@@ -185,7 +185,7 @@ async fn socket_mode_stale_socket_and_clean_shutdown() {
     assert!(server.socket.exists(), "SIGKILL leaves the socket behind");
     let socket = server.socket.clone();
     let mut again = Command::new(BIN)
-        .args(["serve", "--endpoint", socket.to_str().unwrap(), "--ceph-csi-config"])
+        .args(["serve", "--metrics-address", "off", "--endpoint", socket.to_str().unwrap(), "--ceph-csi-config"])
         .arg(lab.csi_config(Site::A))
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -304,6 +304,8 @@ impl Server {
             .arg(format!("unix://{}", socket.display()))
             .arg("--ceph-csi-config")
             .arg(config)
+            // Many servers run at once: each on a port of its own.
+            .args(["--metrics-address", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -315,6 +317,21 @@ impl Server {
         })
         .await;
         server
+    }
+
+    /// The address of the server's HTTP side port (/metrics, /healthz,
+    /// /readyz), as its log says it bound it.
+    pub fn metrics_address(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|l| {
+                l["fields"]["address"]
+                    .as_str()
+                    .filter(|_| l["fields"]["message"].as_str().is_some_and(|m| m.contains("metrics")))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("the server's log names no metrics address: {log}"))
     }
 
     pub async fn channel(&self) -> Channel {

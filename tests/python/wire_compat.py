@@ -143,7 +143,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="wire-compat-")
     sock = os.path.join(tmp, "csi-addons.sock")
     server = subprocess.Popen(
-        [binary, "serve", "--endpoint", f"unix://{sock}", "--ceph-csi-config", site["csi_config"],
+        [binary, "serve", "--metrics-address", "127.0.0.1:0", "--endpoint", f"unix://{sock}",
+         "--ceph-csi-config", site["csi_config"],
          "--cluster-mapping", site["cluster_mapping"]],
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "server.log"), "w"))
     image = None
