@@ -21,8 +21,8 @@ pub use pool::{ConnectionKey, ConnectionPool};
 pub use quiesce::{GatePass, QuiesceWatch, WriteGate};
 pub use rados::{Cluster, ConnectOptions, IoCtx};
 pub use rbd::{
-    GlobalStatus, GroupMember, Image, MirrorImageMode, MirrorInfo, MirrorState, ParentSpec, PoolMirrorMode, SiteState,
-    SiteStatus,
+    GlobalStatus, GroupMember, Image, ListedStatus, MirrorImageMode, MirrorInfo, MirrorState, ParentSpec,
+    PoolMirrorMode, SiteState, SiteStatus,
 };
 pub use snap::{Extent, SnapInfo, SnapKind};
 

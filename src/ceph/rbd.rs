@@ -1,4 +1,5 @@
-use std::ffi::{CStr, c_char};
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, c_char};
 use std::mem::MaybeUninit;
 use std::ptr;
 
@@ -247,28 +248,13 @@ impl<'io> Image<'io> {
             )
         };
         CephError::check("rbd_mirror_image_get_global_status", ret)?;
-        // SAFETY: filled on success; the array holds site_statuses_count entries;
-        // everything is copied out before the single cleanup call.
+        // SAFETY: filled on success; everything is copied out before the
+        // single cleanup call.
         unsafe {
             let mut raw = raw.assume_init();
-            let count = raw.site_statuses_count as usize;
-            let sites = if raw.site_statuses.is_null() || count == 0 {
-                Vec::new()
-            } else {
-                std::slice::from_raw_parts(raw.site_statuses, count)
-                    .iter()
-                    .map(|s| SiteStatus {
-                        mirror_uuid: owned(s.mirror_uuid),
-                        state: convert_site_state(s.state),
-                        description: owned(s.description),
-                        last_update: s.last_update,
-                        up: s.up,
-                    })
-                    .collect()
-            };
-            let info = convert_info(&raw.info);
+            let status = convert_global(&raw);
             sys::rbd_mirror_image_global_status_cleanup(&mut raw);
-            Ok(GlobalStatus { info, sites })
+            Ok(status)
         }
     }
 
@@ -384,6 +370,142 @@ unsafe fn convert_info(raw: &sys::rbd_mirror_image_info_t) -> MirrorInfo {
     };
     // SAFETY: global_id is null or a librbd-owned C string.
     MirrorInfo { global_id: unsafe { owned(raw.global_id) }, state, primary: raw.primary }
+}
+
+/// # Safety
+/// `raw` must have been filled by librbd: `site_statuses` holds
+/// `site_statuses_count` entries (or is null).
+unsafe fn convert_global(raw: &sys::rbd_mirror_image_global_status_t) -> GlobalStatus {
+    let count = raw.site_statuses_count as usize;
+    let sites = if raw.site_statuses.is_null() || count == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: see the function's contract; the strings are librbd's.
+        unsafe { std::slice::from_raw_parts(raw.site_statuses, count) }
+            .iter()
+            // SAFETY: both strings are null or librbd-owned C strings.
+            .map(|s| SiteStatus {
+                mirror_uuid: unsafe { owned(s.mirror_uuid) },
+                state: convert_site_state(s.state),
+                // SAFETY: as above.
+                description: unsafe { owned(s.description) },
+                last_update: s.last_update,
+                up: s.up,
+            })
+            .collect()
+    };
+    // SAFETY: see the function's contract.
+    GlobalStatus { info: unsafe { convert_info(&raw.info) }, sites }
+}
+
+/// Pages of the pool-wide mirror listings: a few round trips per thousand
+/// images.
+const LIST_PAGE: usize = 1024;
+
+/// One image of the pool-wide status listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedStatus {
+    pub image_id: String,
+    pub name: String,
+    /// `status.info.primary` is NOT filled by this listing (librbd leaves it
+    /// false); `mirror_roles` says who is primary.
+    pub status: GlobalStatus,
+}
+
+impl IoCtx {
+    /// Every mirror-enabled image of the pool (or namespace) with rbd-mirror's
+    /// statuses of it, in a few listing calls instead of one open per image.
+    pub fn mirror_statuses(&self) -> Result<Vec<ListedStatus>, CephError> {
+        let mut out = Vec::new();
+        let mut start = CString::default();
+        loop {
+            let mut ids: Vec<*mut std::os::raw::c_char> = vec![std::ptr::null_mut(); LIST_PAGE];
+            // SAFETY: a C struct of pointers and integers: all zero (null
+            // pointers) is a valid value, and librbd overwrites it.
+            let mut raws: Vec<sys::rbd_mirror_image_global_status_t> =
+                (0..LIST_PAGE).map(|_| unsafe { std::mem::zeroed() }).collect();
+            let mut len = LIST_PAGE;
+            // SAFETY: both arrays hold LIST_PAGE entries; librbd fills `len`
+            // of them and allocates their strings, freed by the paired cleanup.
+            let ret = unsafe {
+                sys::rbd_mirror_image_global_status_list(
+                    self.raw(),
+                    start.as_ptr(),
+                    LIST_PAGE,
+                    ids.as_mut_ptr(),
+                    raws.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            CephError::check("rbd_mirror_image_global_status_list", ret)?;
+            // SAFETY: `len` entries were filled; copied out before the cleanup.
+            unsafe {
+                for i in 0..len {
+                    out.push(ListedStatus {
+                        image_id: owned(ids[i]),
+                        name: owned(raws[i].name),
+                        status: convert_global(&raws[i]),
+                    });
+                }
+                sys::rbd_mirror_image_global_status_list_cleanup(ids.as_mut_ptr(), raws.as_mut_ptr(), len);
+            }
+            match out.last() {
+                Some(last) if len == LIST_PAGE => {
+                    start = c_string("rbd_mirror_image_global_status_list", &last.image_id)?
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Every mirror-enabled image's mode and whether it is primary here, by
+    /// image ID.
+    pub fn mirror_roles(&self) -> Result<HashMap<String, (MirrorImageMode, MirrorInfo)>, CephError> {
+        let mut out = HashMap::new();
+        let mut start = CString::default();
+        loop {
+            let mut ids: Vec<*mut std::os::raw::c_char> = vec![std::ptr::null_mut(); LIST_PAGE];
+            let mut modes: Vec<sys::rbd_mirror_image_mode_t> = vec![sys::rbd_mirror_image_mode_t(0); LIST_PAGE];
+            // SAFETY: as above, all zero is a valid value of this C struct.
+            let mut infos: Vec<sys::rbd_mirror_image_info_t> =
+                (0..LIST_PAGE).map(|_| unsafe { std::mem::zeroed() }).collect();
+            let mut len = LIST_PAGE;
+            // SAFETY: the three arrays hold LIST_PAGE entries; librbd fills
+            // `len` of them (allocating ids and global ids), freed by the
+            // paired cleanup; a null filter lists every mode.
+            let ret = unsafe {
+                sys::rbd_mirror_image_info_list(
+                    self.raw(),
+                    std::ptr::null_mut(),
+                    start.as_ptr(),
+                    LIST_PAGE,
+                    ids.as_mut_ptr(),
+                    modes.as_mut_ptr(),
+                    infos.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            CephError::check("rbd_mirror_image_info_list", ret)?;
+            let mut last = String::new();
+            // SAFETY: `len` entries were filled; copied out before the cleanup.
+            unsafe {
+                for i in 0..len {
+                    let mode = if modes[i] == sys::rbd_mirror_image_mode_t::RBD_MIRROR_IMAGE_MODE_JOURNAL {
+                        MirrorImageMode::Journal
+                    } else {
+                        MirrorImageMode::Snapshot
+                    };
+                    last = owned(ids[i]);
+                    out.insert(last.clone(), (mode, convert_info(&infos[i])));
+                }
+                sys::rbd_mirror_image_info_list_cleanup(ids.as_mut_ptr(), infos.as_mut_ptr(), len);
+            }
+            if len < LIST_PAGE {
+                return Ok(out);
+            }
+            start = c_string("rbd_mirror_image_info_list", &last)?;
+        }
+    }
 }
 
 fn convert_site_state(raw: sys::rbd_mirror_image_status_state_t) -> SiteState {
