@@ -264,3 +264,48 @@ async fn second_call_on_a_busy_volume_is_aborted_and_a_dead_cluster_cannot_hang_
     assert_eq!(again.code(), Code::Unavailable, "{again:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Info reads a pool-wide view (at most a second old) instead of opening the
+/// image: a role changed through the server shows at once, one changed behind
+/// its back (the `rbd` CLI) within a few seconds.
+#[tokio::test]
+async fn info_right_after_a_role_change_shows_the_new_role() {
+    let lab = Lab::load();
+    let a = Server::start(&lab.csi_config(Site::A), &[]).await;
+    let mut ca = a.replication().await;
+    let vol = lab.create_volume(VolumeOpts::default());
+    write_data(&lab, Site::A, &vol.spec);
+    ca.enable_volume_replication(enable_req(&lab, &vol.id, &[])).await.expect("enable");
+    info_once_synced(&mut ca, &lab, &vol.id, SYNC_LIMIT).await;
+    // Warm: the pool's view now holds the volume as primary.
+    ca.get_volume_replication_info(info_req(&lab, &vol.id)).await.expect("info");
+
+    demote(&mut ca, &lab, &vol.id).await.expect("demote");
+    let err = ca.get_volume_replication_info(info_req(&lab, &vol.id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "right after Demote: {err:?}");
+    assert!(err.message().contains("not primary"), "{err:?}");
+    assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(false), "Ceph agrees");
+
+    promote(&mut ca, &lab, &vol.id, false).await.expect("promote");
+    match ca.get_volume_replication_info(info_req(&lab, &vol.id)).await {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.code(), Code::NotFound, "right after Promote: primary, no new sync yet: {e:?}"),
+    }
+    assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(true));
+
+    // Behind the server's back: seen within the view's age, bounded.
+    ca.get_volume_replication_info(info_req(&lab, &vol.id)).await.ok();
+    lab.rbd(Site::A, &["mirror", "image", "demote", &vol.spec]);
+    let started = std::time::Instant::now();
+    loop {
+        match ca.get_volume_replication_info(info_req(&lab, &vol.id)).await {
+            Err(e) if e.code() == Code::FailedPrecondition => break,
+            other => assert!(started.elapsed() < Duration::from_secs(5), "still {other:?} after an rbd CLI demote"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("an rbd CLI demote showed in Info after {:.2} s", started.elapsed().as_secs_f64());
+    lab.rbd(Site::A, &["mirror", "image", "promote", &vol.spec]);
+    ca.disable_volume_replication(disable_req(&lab, &vol.id)).await.expect("disable");
+    cleanup(&lab, &vol.spec);
+}

@@ -4,6 +4,7 @@
 mod failover;
 mod params;
 mod status;
+mod status_cache;
 mod volume;
 
 pub use failover::{
@@ -12,4 +13,5 @@ pub use failover::{
 pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
 pub use params::{MIRRORING_MODE, SCHEDULING_INTERVAL};
 pub use status::{Health, ReplayDescription, health};
+pub use status_cache::StatusCache;
 pub use volume::{ReplicationInfo, disable, enable, info, require_destination, role};

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use super::params::{DisableParams, EnableParams, FlattenMode, Schedule};
 use super::status::{Health, PeerCopy, ReplayDescription, describe, health, peer_copy};
 use crate::Error;
-use crate::ceph::{Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState, PoolMirrorMode, SiteState};
+use crate::ceph::{GlobalStatus, Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState, PoolMirrorMode, SiteState};
 use crate::cephcsi::ResolvedVolume;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,15 +278,24 @@ pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
     if status.info.state != MirrorState::Enabled {
         return Err(Error::WrongState(format!("replication is not enabled on {}", vol.spec())));
     }
+    let mode = image.mirror_mode().map_err(Error::ceph("cannot read the image's mirroring mode"))?;
+    info_of(&vol.spec(), &status, mode)
+}
+
+/// Info from an image's mirror status and mode, however they were read (one
+/// open image, or the pool-wide listing of `StatusCache`).
+pub(super) fn info_of(spec: &str, status: &GlobalStatus, mode: MirrorImageMode) -> Result<ReplicationInfo, Error> {
+    if status.info.state != MirrorState::Enabled {
+        return Err(Error::WrongState(format!("replication is not enabled on {spec}")));
+    }
     if !status.info.primary {
-        return Err(Error::WrongState(format!("{} is not primary on this site; ask the primary site", vol.spec())));
+        return Err(Error::WrongState(format!("{spec} is not primary on this site; ask the primary site")));
     }
     let (health, status_message) = health(status.local());
     let Some(remote) = status.remotes().next() else {
-        return Err(Error::NoInfoYet(format!("no peer site has reported on {} yet", vol.spec())));
+        return Err(Error::NoInfoYet(format!("no peer site has reported on {spec} yet")));
     };
     let desc = ReplayDescription::parse(&remote.description).unwrap_or_default();
-    let mode = image.mirror_mode().map_err(Error::ceph("cannot read the image's mirroring mode"))?;
     let info = match mode {
         MirrorImageMode::Snapshot => match desc.local_snapshot_timestamp {
             Some(ts) if ts > 0 => ReplicationInfo {
@@ -297,10 +306,7 @@ pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
                 status_message,
             },
             _ => {
-                return Err(Error::NoInfoYet(format!(
-                    "the peer site has not reported a completed sync of {} yet",
-                    vol.spec()
-                )));
+                return Err(Error::NoInfoYet(format!("the peer site has not reported a completed sync of {spec} yet")));
             }
         },
         // Journal mode has no snapshots: the peer is in sync as of its last
@@ -314,10 +320,7 @@ pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
                 status_message,
             },
             _ => {
-                return Err(Error::NoInfoYet(format!(
-                    "the peer site has not reported {} as caught up yet",
-                    vol.spec()
-                )));
+                return Err(Error::NoInfoYet(format!("the peer site has not reported {spec} as caught up yet")));
             }
         },
     };

@@ -18,11 +18,12 @@ use crate::proto::replication::replication_destination::{
 };
 use crate::proto::replication::replication_source::Type as SourceType;
 use crate::proto::replication::*;
-use crate::replication::{self, DisableParams, EnableParams, Health};
+use crate::replication::{self, DisableParams, EnableParams, Health, StatusCache};
 
 pub struct ReplicationService {
     envelope: Envelope,
     scheduler: Arc<Scheduler>,
+    statuses: Arc<StatusCache>,
 }
 
 /// What a group RPC works on: the group, its members (guarded), the caller's
@@ -31,7 +32,7 @@ type GroupWork<Q, T> = Box<dyn FnOnce(&Group, &[Member], &Credentials, Q) -> Res
 
 impl ReplicationService {
     pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>, scheduler: Arc<Scheduler>) -> Self {
-        Self { envelope: Envelope::new(exec, resolver), scheduler }
+        Self { envelope: Envelope::new(exec, resolver), scheduler, statuses: Arc::new(StatusCache::new()) }
     }
 
     /// Every replication RPC: the envelope's path, with the target decoded and
@@ -56,6 +57,10 @@ impl ReplicationService {
             Err(_) => About::Nothing,
         };
         let scheduler = self.scheduler.clone();
+        // Whatever is not a read may change roles: Info must not answer
+        // from a view taken before it.
+        let reads = matches!(method, "GetVolumeReplicationInfo" | "GetReplicationDestinationInfo");
+        let statuses = self.statuses.clone();
         let prepare = move || {
             let target = target?;
             let id = match &target {
@@ -71,13 +76,20 @@ impl ReplicationService {
                 match target {
                     Target::Volume(_) => {
                         let vol = resolver.resolve(&id, creds)?;
-                        volume_work(&vol, prepared)
+                        let out = volume_work(&vol, prepared);
+                        if !reads {
+                            statuses.changed(&vol);
+                        }
+                        out
                     }
                     Target::Group(group_id) => {
                         let group = groups::find(resolver, &id, creds)?;
                         let _generations = groups::claim_waiting(claims, &groups::generations_key(&id))?;
                         let (members, _guards) = groups::resolve_members(resolver, &group, creds, claims)?;
                         let out = group_work(&group, &members, creds, prepared);
+                        if !reads {
+                            statuses.changed_all();
+                        }
                         // Any call about a group keeps its generations going
                         // while it is primary here; the scheduler drops it
                         // when it is not.
@@ -304,7 +316,7 @@ impl Controller for ReplicationService {
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
         let (id, for_volume, for_group) = (target_id(&target), self.metrics().clone(), self.metrics().clone());
-        let group_id = id.clone();
+        let (group_id, statuses) = (id.clone(), self.statuses.clone());
         let info = self
             .run(
                 "GetVolumeReplicationInfo",
@@ -312,7 +324,7 @@ impl Controller for ReplicationService {
                 &req.secrets,
                 |_| Ok(()),
                 move |vol, ()| {
-                    let info = replication::info(vol);
+                    let info = statuses.info(vol);
                     observe_info(&for_volume, &id, vol, &info);
                     info.map(info_response)
                 },
