@@ -4,8 +4,9 @@
 //!   scripts/lab.sh up
 //!   cargo build --release && cargo run --release --example bench_replication [VOLUMES]
 //!
-//! 1. GetVolumeReplicationInfo through the server vs `rbd mirror image status`
-//!    (a process per call, as ceph-csi used to shell out).
+//! 1. GetVolumeReplicationInfo through the server, warm, over every enabled
+//!    volume, p50/p99, vs librbd's own status call on an open image and vs
+//!    open + status (and vs `rbd mirror image status`, a process per call).
 //! 2. Enable for VOLUMES volumes at once through the server (as the csi-addons
 //!    controller sends up to 100 reconciles in parallel) vs `rbd mirror image
 //!    enable` one after another.
@@ -37,6 +38,50 @@ fn uuid() -> String {
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+fn percentile(v: &[Duration], p: usize) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+/// librbd's own cost of what Info needs, on the same volumes: (the status
+/// call on an image opened once, open + status + mode per call).
+fn librbd_info_costs(lab: &Value, specs: &[String], rounds: usize) -> (Vec<Duration>, Vec<Duration>) {
+    use rbd_addons::ceph::{Cluster, ConnectOptions, Image, IoCtx};
+    let site = &lab["sites"]["a"];
+    let cluster = Cluster::connect(&ConnectOptions {
+        mon_host: site["mon_host"].as_str().unwrap(),
+        user: lab["user"].as_str().unwrap(),
+        key: lab["key"].as_str().unwrap(),
+        op_timeout: Duration::from_secs(30),
+    })
+    .expect("connect");
+    let io = IoCtx::open(&cluster, site["pool_id"].as_i64().unwrap(), "").unwrap();
+    let names: Vec<&str> = specs.iter().map(|s| s.rsplit('/').next().unwrap()).collect();
+    let images: Vec<Image<'_>> = names.iter().map(|n| Image::open_read_only(&io, n).unwrap()).collect();
+    let mut status = Vec::with_capacity(rounds * images.len());
+    for _ in 0..rounds {
+        for image in &images {
+            let t = Instant::now();
+            image.mirror_global_status().unwrap();
+            status.push(t.elapsed());
+        }
+    }
+    drop(images);
+    let mut open = Vec::with_capacity(names.len() * 2);
+    for _ in 0..2 {
+        for name in &names {
+            let t = Instant::now();
+            let image = Image::open_read_only(&io, name).unwrap();
+            image.mirror_global_status().unwrap();
+            image.mirror_mode().unwrap();
+            drop(image);
+            open.push(t.elapsed());
+        }
+    }
+    (status, open)
 }
 
 fn source(id: &str) -> Option<ReplicationSource> {
@@ -154,19 +199,6 @@ async fn main() {
     }
     let cli_enable = started.elapsed();
 
-    // 1. Info latency on one enabled volume (answers OK or NOT_FOUND; both take the full path).
-    let mut server_info = Vec::new();
-    for _ in 0..50 {
-        let mut c = client.clone();
-        let req = GetVolumeReplicationInfoRequest {
-            secrets: secrets.clone(),
-            replication_source: source(&ids[0]),
-            ..Default::default()
-        };
-        let t = Instant::now();
-        let _ = c.get_volume_replication_info(req).await;
-        server_info.push(t.elapsed());
-    }
     let mut cli_info = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
@@ -179,6 +211,30 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // 1. Info, warm, as the controller asks it: every enabled volume in turn,
+    //    ROUNDS times, through the server; then librbd itself on the same
+    //    volumes: the status call on an image opened once (the floor), and
+    //    open + status + mode (what answering one Info costs without a view).
+    const ROUNDS: usize = 20;
+    let mut server_info = Vec::with_capacity(ROUNDS * volumes);
+    for _ in 0..ROUNDS {
+        for id in &ids[..volumes] {
+            let mut c = client.clone();
+            let req = GetVolumeReplicationInfoRequest {
+                secrets: secrets.clone(),
+                replication_source: source(id),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let answer = c.get_volume_replication_info(req).await;
+            server_info.push(t.elapsed());
+            if let Err(e) = answer {
+                assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+            }
+        }
+    }
+    let (librbd_status, librbd_open) = librbd_info_costs(&lab, &specs[..volumes], ROUNDS);
+
     let started = Instant::now();
     let demotes: Vec<_> = ids[..volumes]
         .iter()
@@ -217,8 +273,25 @@ async fn main() {
 
     let rss = rss_kib(server.id());
 
-    let (si, ci) = (median(server_info), median(cli_info));
-    println!("GetVolumeReplicationInfo via server: median {:>8.2} ms", si.as_secs_f64() * 1e3);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (si, si99) = (percentile(&server_info, 50), percentile(&server_info, 99));
+    let (ls, ls99) = (percentile(&librbd_status, 50), percentile(&librbd_status, 99));
+    let (lo, lo99) = (percentile(&librbd_open, 50), percentile(&librbd_open, 99));
+    println!("Info, warm, {volumes} volumes x {ROUNDS}:");
+    println!("  via the server:                   p50 {:>7.2} ms  p99 {:>7.2} ms", ms(si), ms(si99));
+    println!(
+        "  librbd status on an open image:   p50 {:>7.2} ms  p99 {:>7.2} ms   server/librbd p99 = {:.2}x",
+        ms(ls),
+        ms(ls99),
+        si99.as_secs_f64() / ls99.as_secs_f64()
+    );
+    println!(
+        "  librbd open + status + mode:      p50 {:>7.2} ms  p99 {:>7.2} ms   server/that p99 = {:.2}x",
+        ms(lo),
+        ms(lo99),
+        si99.as_secs_f64() / lo99.as_secs_f64()
+    );
+    let ci = median(cli_info);
     println!(
         "rbd mirror image status (CLI):       median {:>8.2} ms   ratio CLI/server = {:.1}x",
         ci.as_secs_f64() * 1e3,

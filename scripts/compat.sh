@@ -15,7 +15,7 @@ release=${1:?usage: scripts/compat.sh reef|tentacle}
 start=$SECONDS
 if [ "${KEEP_LAB:-0}" != 1 ]; then trap 'scripts/lab.sh down --release "$release" >/dev/null 2>&1' EXIT; fi
 tests=(--test server --test cli --test bad_inputs --test replication --test groups --test group_consistency --test dr_drills
-  --test destination_info --test fence --test reclaim --test group_snapshots)
+  --test destination_info --test fence --test reclaim --test group_snapshots --test metrics)
 # Build first, on the host, while the lab comes up.
 log=target/compat-build-$release.log
 mkdir -p target

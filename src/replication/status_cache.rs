@@ -3,7 +3,8 @@
 //! costs ~10 ms, the status itself ~0.6 ms. So Info reads a pool-wide view
 //! instead: one listing of every mirrored image's status and one of their
 //! roles and modes, taken at most once a second per pool and shared by every
-//! call. rbd-mirror itself refreshes what it reports only every ~30 s.
+//! call; a view up to 5 s old answers while the next is taken in the
+//! background. rbd-mirror itself refreshes what it reports only every ~30 s.
 //!
 //! Open image handles are NOT cached: measured on Pacific, a read-only
 //! handle registers a watch (ceph-csi's DeleteVolume then sees the image as
@@ -27,8 +28,8 @@ use crate::cephcsi::ResolvedVolume;
 
 /// How old a view may be before the next Info takes a new one.
 const FRESH: Duration = Duration::from_secs(1);
-/// How old a view may be for a call that finds another taking the next one.
-const USABLE_WHILE_REFRESHING: Duration = Duration::from_secs(5);
+/// How old a view may be and still answer, while the next one is taken.
+const STALE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
@@ -77,7 +78,7 @@ impl StatusCache {
 
     /// Info for a volume: from the pool's view when it holds the volume as an
     /// enabled primary, else (and for every error) from the image itself.
-    pub fn info(&self, vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
+    pub fn info(self: &Arc<Self>, vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
         match self.lookup(vol) {
             Found::Listed(status, mode) => info_of(&vol.spec(), &status, mode),
             Found::Direct => info(vol),
@@ -99,7 +100,7 @@ impl StatusCache {
         }
     }
 
-    fn lookup(&self, vol: &ResolvedVolume) -> Found {
+    fn lookup(self: &Arc<Self>, vol: &ResolvedVolume) -> Found {
         let key = PoolKey::of(vol);
         let Some(view) = self.view(&key, &vol.io) else {
             return Found::Direct;
@@ -116,31 +117,50 @@ impl StatusCache {
         }
     }
 
-    /// A view of the pool no older than `FRESH`, taken now if need be; while
-    /// another call takes one, a view up to `USABLE_WHILE_REFRESHING` old
-    /// does. None when the pool cannot be listed (the direct way then says why).
-    fn view(&self, key: &PoolKey, io: &IoCtx) -> Option<Arc<PoolView>> {
+    /// A view of the pool for this call. One younger than `FRESH` is used
+    /// as it is; one up to `STALE` old is used too, while a thread of its own
+    /// takes the next (so no Info waits for a listing); older or none, this
+    /// call takes one. None when the pool cannot be listed (the direct way
+    /// then says why).
+    fn view(self: &Arc<Self>, key: &PoolKey, io: &IoCtx) -> Option<Arc<PoolView>> {
         let current = self.current(key);
-        if let Some(v) = current.as_ref().filter(|v| v.begun.elapsed() < FRESH) {
-            return Some(v.clone());
-        }
-        let taker = {
-            let mut takers = self.takers.lock().unwrap_or_else(|p| p.into_inner());
-            takers.entry(key.clone()).or_default().clone()
-        };
-        let _taking = match taker.try_lock() {
-            Ok(guard) => guard,
-            Err(_) => {
-                if let Some(v) = current.filter(|v| v.begun.elapsed() < USABLE_WHILE_REFRESHING) {
-                    return Some(v);
-                }
-                taker.lock().unwrap_or_else(|p| p.into_inner())
+        match current {
+            Some(v) if v.begun.elapsed() < FRESH => return Some(v),
+            Some(v) if v.begun.elapsed() < STALE => {
+                self.refresh_in_background(key, io);
+                return Some(v);
             }
-        };
+            _ => {}
+        }
+        let taker = self.taker(key);
+        let _taking = taker.lock().unwrap_or_else(|p| p.into_inner());
         // Another call may have taken it while this one waited.
         if let Some(v) = self.current(key).filter(|v| v.begun.elapsed() < FRESH) {
             return Some(v);
         }
+        self.take(key, io)
+    }
+
+    fn taker(&self, key: &PoolKey) -> Arc<Mutex<()>> {
+        self.takers.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone()
+    }
+
+    /// Starts taking the next view unless one is being taken already. The
+    /// thread's Ceph calls are bounded by the connection's op timeouts.
+    fn refresh_in_background(self: &Arc<Self>, key: &PoolKey, io: &IoCtx) {
+        let taker = self.taker(key);
+        if taker.try_lock().is_err() {
+            return;
+        }
+        let Ok(io) = IoCtx::open(io.cluster(), io.pool_id(), io.namespace()) else { return };
+        let (cache, key) = (self.clone(), key.clone());
+        std::thread::spawn(move || {
+            let Ok(_taking) = taker.try_lock() else { return };
+            cache.take(&key, &io);
+        });
+    }
+
+    fn take(&self, key: &PoolKey, io: &IoCtx) -> Option<Arc<PoolView>> {
         let view = match take_view(io) {
             Ok(v) => Arc::new(v),
             Err(e) => {
