@@ -9,8 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 use tracing::info;
 
 use super::{
-    GROUP_KEY, Group, MAX_MEMBERS, Member, VOLUME_ID_KEY, ensure_rbd_group, find, in_other_group, link, on_member,
-    open_member, open_members, rbd_group_of, replication_of, resolve_member, state_object, tag,
+    GROUP_KEY, Group, MAX_MEMBERS, Member, VOLUME_ID_KEY, ensure_rbd_group, find, in_other_group, index, link,
+    on_member, open_member, open_members, rbd_group_of, replication_of, resolve_member, sign, state_object, tag,
 };
 use crate::Error;
 use crate::ceph::IoCtx;
@@ -168,6 +168,18 @@ fn apply_membership(
     for m in &added {
         join(group, m).map_err(on_member(m))?;
     }
+    // Every member carries the new list's signature, so the peer's index of
+    // the group notices the change (see `index`).
+    let signature = index::signature(wanted);
+    for v in wanted {
+        let m = resolve_member(resolver, v, creds)?;
+        match open_member(&m) {
+            Ok(image) => sign(&image, &signature).map_err(on_member(&m))?,
+            // A member whose image was deleted behind our back has nothing to carry.
+            Err(Error::ImageNotFound { .. }) => {}
+            Err(e) => return Err(on_member(&m)(e)),
+        }
+    }
     if !to_add.is_empty() || !to_remove.is_empty() {
         info!(group = %group.id, added = to_add.len(), removed = to_remove.len(), "group membership changed");
     }
@@ -279,6 +291,7 @@ fn leave(group: &Group, m: &Member) -> Result<(), Error> {
     }
     image.metadata_remove(GROUP_KEY).map_err(Error::ceph("cannot untag the member"))?;
     image.metadata_remove(VOLUME_ID_KEY).map_err(Error::ceph("cannot untag the member"))?;
+    image.metadata_remove(index::MEMBERS_KEY).map_err(Error::ceph("cannot untag the member"))?;
     Ok(())
 }
 

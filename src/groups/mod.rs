@@ -8,6 +8,7 @@
 //! group and its own volume ID; the peer finds the members by that.
 
 pub mod generations;
+mod index;
 mod membership;
 mod replicate;
 pub mod scheduler;
@@ -99,7 +100,7 @@ pub fn find(resolver: &Resolver, id: &CsiId, creds: &Credentials) -> Result<Grou
         }
     }
     for (cluster_id, io) in &pools {
-        let members = match scan_members(io, &id.uuid) {
+        let members = match index::members(io, &id.uuid) {
             Err(Error::Ceph { source, .. }) if foreign(&source) => continue,
             r => r?,
         };
@@ -127,38 +128,6 @@ fn not_found_as_group(id: &CsiId) -> impl FnOnce(cephcsi::Error) -> Error + '_ {
 
 fn reopen(io: &IoCtx) -> Result<IoCtx, Error> {
     IoCtx::open(io.cluster(), io.pool_id(), io.namespace()).map_err(Error::ceph("cannot open the group's pool"))
-}
-
-/// The member volume IDs whose images carry this group's UUID: one omap read
-/// per image header, no image opened.
-fn scan_members(io: &IoCtx, uuid: &str) -> Result<Vec<String>, Error> {
-    let images = io.image_directory().map_err(Error::ceph("cannot list the pool's images"))?;
-    let group_key = format!("metadata_{GROUP_KEY}");
-    let id_key = format!("metadata_{VOLUME_ID_KEY}");
-    let mut members = Vec::new();
-    for (image_id, _name) in images {
-        let vals = match io.omap_get(&format!("rbd_header.{image_id}"), &[&group_key, &id_key]) {
-            Ok(v) => v,
-            Err(e) if e.is(libc::ENOENT) => continue,
-            Err(e) => return Err(Error::ceph("cannot read an image header")(e)),
-        };
-        if vals.get(&group_key).is_some_and(|g| metadata_text(g) == uuid)
-            && let Some(v) = vals.get(&id_key)
-        {
-            members.push(metadata_text(v));
-        }
-    }
-    members.sort();
-    Ok(members)
-}
-
-/// Image metadata values in a header's omap are encoded strings (u32 length
-/// prefix); `rbd_metadata_set` writes them that way.
-fn metadata_text(raw: &[u8]) -> String {
-    match raw.get(..4).map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize) {
-        Some(len) if raw.len() == len + 4 => String::from_utf8_lossy(&raw[4..]).into_owned(),
-        _ => String::from_utf8_lossy(raw).into_owned(),
-    }
 }
 
 /// The guard of a group's generations: held by the scheduler while it takes
@@ -342,21 +311,23 @@ fn tag(image: &Image<'_>, uuid: &str, volume_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Writes the signature of the whole member list onto a member (see
+/// `index`). A secondary copy refuses writes (EROFS) and takes the metadata
+/// from its primary: nothing to do there.
+fn sign(image: &Image<'_>, signature: &str) -> Result<(), Error> {
+    if image.metadata_get(index::MEMBERS_KEY).map_err(Error::ceph("cannot read image metadata"))?.as_deref()
+        == Some(signature)
+    {
+        return Ok(());
+    }
+    image
+        .metadata_set(index::MEMBERS_KEY, signature)
+        .or_done(libc::EROFS)
+        .map_err(Error::ceph("cannot sign the member"))
+}
+
 /// How the group's members replicate on this site, read from the first
 /// mirrored one: its mode, and whether it is primary here.
 fn replication_of(members: &[OpenMember<'_>]) -> Option<(MirrorImageMode, bool)> {
     members.iter().find_map(|m| m.mode.map(|mode| (mode, m.mirror.primary)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metadata_values_in_a_header_are_length_prefixed() {
-        assert_eq!(metadata_text(b"\x03\x00\x00\x00abc"), "abc");
-        // Anything else is taken as it is.
-        assert_eq!(metadata_text(b"abc"), "abc");
-        assert_eq!(metadata_text(b"\x09\x00\x00\x00abc"), "\t\0\0\0abc");
-    }
 }

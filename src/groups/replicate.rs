@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::generations::{self, Reverted, Taken};
-use super::{Group, Member, OpenMember, ensure_rbd_group, link, on_member, open_members, state_object, tag};
+use super::{
+    Group, Member, OpenMember, ensure_rbd_group, index, link, on_member, open_members, sign, state_object, tag,
+};
 use crate::Error;
 use crate::ceph::{IoCtx, MirrorImageMode};
 use crate::replication::{self, DisableParams, EnableParams, Health, Schedule};
@@ -105,8 +107,10 @@ pub fn enable(
         replication::enable(&m.vol, params).map_err(on_member(m))?;
     }
     let opened = open_members(members)?;
+    let signature = index::signature(&group.member_ids);
     for m in &opened {
         tag(&m.image, group.uuid(), &m.member.volume_id).map_err(on_member(m.member))?;
+        sign(&m.image, &signature).map_err(on_member(m.member))?;
     }
     let secs = interval.unwrap_or(DEFAULT_GENERATION_INTERVAL).as_secs().to_string();
     write_state(&group.io, group.uuid(), &[(INTERVAL_KEY, &secs)])?;
@@ -212,6 +216,19 @@ pub fn promote(
     interval: Option<Duration>,
 ) -> Result<Promoted, Error> {
     require_members(group, members)?;
+    if force && group.record.is_none() {
+        // A site lost mid-join may have mirrored a new member's tag before
+        // any old member's new list: the index would not know it yet.
+        let scanned = index::members_by_scan(&group.io, group.uuid())?;
+        let mut known = group.member_ids.clone();
+        known.sort();
+        if scanned != known {
+            return Err(Error::InProgress(format!(
+                "the members of volume group {} on this site changed while it was looked up; retry",
+                group.id
+            )));
+        }
+    }
     let mut state = read_state(&group.io, group.uuid())?;
     let opened = open_members(members)?;
     if !opened.iter().all(OpenMember::is_primary) && !state.contains_key(PROMOTING_KEY) {
