@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rbd_addons::proto::volumegroup::ListVolumeGroupsRequest;
+use rbd_addons::proto::volumegroup::{ListVolumeGroupsRequest, VolumeGroup};
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(150);
@@ -575,4 +575,62 @@ async fn a_volume_joining_a_replicated_group_is_replicated_like_the_others() {
     group_promote(&mut c, &lab, &gid, false).await.expect("promote back after our own demote");
     group_disable(&mut c, &lab, &gid).await.expect("disable");
     retire_group(&mut g, &lab, &gid, &vols).await;
+}
+
+/// The peer site finds a replicated group's members through its index (one
+/// scan, then only the members' headers), and still sees a member join and
+/// another leave on the primary.
+#[tokio::test]
+async fn the_peer_sees_members_join_and_leave_through_its_index() {
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    let (mut ga, mut c) = (sites.a.groups().await, sites.a.replication().await);
+    let mut gb = sites.b.groups().await;
+    let vols: Vec<TestVolume> = (0..3).map(|_| lab.create_volume(VolumeOpts::default())).collect();
+    let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
+    let gid = create_group(&mut ga, &lab, &format!("vgrc-peer-{}", new_uuid()), &ids[..2])
+        .await
+        .expect("create")
+        .volume_group_id;
+    group_enable(&mut c, &lab, &gid, HashMap::new()).await.expect("enable (journal mode)");
+    let want = |members: &[&str]| {
+        let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        want
+    };
+    let members_on_b = |g: VolumeGroup| -> Vec<String> {
+        let mut got: Vec<String> = g.volumes.into_iter().map(|v| v.volume_id).collect();
+        got.sort();
+        got
+    };
+    let index = || lab.rados_omap_keys(Site::B, "rbd-addons.group-index");
+    let started = Instant::now();
+    loop {
+        match get_group(&mut gb, &lab, &gid).await {
+            Ok(g) if members_on_b(g.clone()) == want(&ids[..2]) => break,
+            other => assert!(started.elapsed() < LIMIT, "site-b never found both members: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(index().contains(&uuid_of(&gid).to_owned()), "site-b indexed the group: {:?}", index());
+
+    modify_group(&mut ga, &lab, &gid, &ids).await.expect("a third member joins on site-a");
+    let started = Instant::now();
+    while members_on_b(get_group(&mut gb, &lab, &gid).await.expect("get on site-b")) != want(&ids) {
+        assert!(started.elapsed() < LIMIT, "site-b never saw the member join");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!("site-b saw the join after {:.1} s", started.elapsed().as_secs_f64());
+
+    modify_group(&mut ga, &lab, &gid, &ids[1..]).await.expect("the first member leaves on site-a");
+    let started = Instant::now();
+    while members_on_b(get_group(&mut gb, &lab, &gid).await.expect("get on site-b")) != want(&ids[1..]) {
+        assert!(started.elapsed() < LIMIT, "site-b never saw the member leave");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!("site-b saw the leave after {:.1} s", started.elapsed().as_secs_f64());
+    assert!(index().contains(&uuid_of(&gid).to_owned()), "the index was renewed");
+
+    group_disable(&mut c, &lab, &gid).await.expect("disable");
+    retire_group(&mut ga, &lab, &gid, &vols).await;
 }

@@ -182,6 +182,16 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
     }
 
+    /// The omap keys of an object of the pool (default namespace) on a site;
+    /// none when the object does not exist.
+    pub fn rados_omap_keys(&self, s: Site, oid: &str) -> Vec<String> {
+        let out = lab_tool(60, "rados")
+            .args(["-c", &self.conf(s), "-p", &self.pool(), "listomapkeys", oid])
+            .output()
+            .expect("rados");
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    }
+
     /// A ceph-csi style volume on site A: image `csi-vol-<uuid>` (or a custom
     /// name recorded in the journal omap, as ceph-csi does for a name prefix).
     pub fn create_volume(&self, opts: VolumeOpts) -> TestVolume {
