@@ -14,7 +14,10 @@
 //!    promote on b), in parallel through the two sites' servers, vs the same
 //!    with `rbd mirror image demote/promote`, one volume after another (with
 //!    the retries a promote needs right after the peer's demote).
-//! 4. The server's resident memory after all that.
+//!    Then the same failover with librbd itself, 16 threads per site.
+//! 4. The server's resident memory: idle, with one connection, after all that.
+//! 5. A group call on the peer site with 0, 1,000 and 3,000 other images in the
+//!    pool (second argument: a comma-separated list of counts).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,6 +41,127 @@ fn uuid() -> String {
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// Runs `work` on every item with `threads` threads.
+fn in_threads<T: Sync>(threads: usize, items: &[T], work: impl Fn(&T) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    work(item);
+                }
+            });
+        }
+    });
+}
+
+fn connect_site(lab: &Value, site: &str) -> std::sync::Arc<rbd_addons::ceph::Cluster> {
+    rbd_addons::ceph::Cluster::connect(&rbd_addons::ceph::ConnectOptions {
+        mon_host: lab["sites"][site]["mon_host"].as_str().unwrap(),
+        user: lab["user"].as_str().unwrap(),
+        key: lab["key"].as_str().unwrap(),
+        op_timeout: Duration::from_secs(30),
+    })
+    .expect("connect")
+}
+
+/// A planned failover with librbd alone: demote every image on site-a,
+/// then promote each on site-b, retrying while site-b's rbd-mirror still
+/// holds it (as the server does), 16 threads per site.
+fn librbd_fail_over(lab: &Value, specs: &[String]) -> Duration {
+    use rbd_addons::ceph::{Image, IoCtx};
+    let (a, b) = (connect_site(lab, "a"), connect_site(lab, "b"));
+    let (pool_a, pool_b) =
+        (lab["sites"]["a"]["pool_id"].as_i64().unwrap(), lab["sites"]["b"]["pool_id"].as_i64().unwrap());
+    let names: Vec<&str> = specs.iter().map(|s| s.rsplit('/').next().unwrap()).collect();
+    let started = Instant::now();
+    // An I/O context per call (local, no round trip): they are not shared across threads.
+    in_threads(16, &names, |name| {
+        let io = IoCtx::open(&a, pool_a, "").unwrap();
+        Image::open(&io, name).unwrap().mirror_demote().unwrap()
+    });
+    in_threads(16, &names, |name| {
+        let io = IoCtx::open(&b, pool_b, "").unwrap();
+        let image = Image::open(&io, name).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while let Err(e) = image.mirror_promote(false) {
+            assert!(Instant::now() < deadline, "promote {name}: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    started.elapsed()
+}
+
+/// Times one group call on the peer (Demote of a group that is secondary
+/// there: it must find the members, check them and answer) with `fillers`
+/// other images in the pool, for each count in turn.
+async fn group_call_on_the_peer(
+    lab: &Value,
+    socket_a: &std::path::Path,
+    socket_b: &std::path::Path,
+    secrets: &HashMap<String, String>,
+    fillers: &[usize],
+) {
+    use rbd_addons::client::{Connection, Subject};
+    let conf = lab["sites"]["a"]["conf"].as_str().unwrap().to_owned();
+    let conf_b = lab["sites"]["b"]["conf"].as_str().unwrap().to_owned();
+    let pool = lab["pool"].as_str().unwrap().to_owned();
+    let (cluster_id, pool_id) = (lab["cluster_id"].as_str().unwrap(), lab["sites"]["a"]["pool_id"].as_i64().unwrap());
+    let a = Connection::open(&format!("unix://{}", socket_a.display()), Duration::from_secs(60)).await.unwrap();
+    let b = Connection::open(&format!("unix://{}", socket_b.display()), Duration::from_secs(60)).await.unwrap();
+    let mut members = Vec::new();
+    let mut member_specs = Vec::new();
+    for _ in 0..2 {
+        let u = uuid();
+        let spec = format!("{pool}/csi-vol-{u}");
+        assert!(rbd(&conf, &["create", &spec, "--size", "8M"]).status.success());
+        members.push(format!("0001-{:04x}-{cluster_id}-{pool_id:016x}-{u}", cluster_id.len()));
+        member_specs.push(spec);
+    }
+    let params = HashMap::from([("clusterID".to_owned(), cluster_id.to_owned()), ("pool".to_owned(), pool.clone())]);
+    let group = a.group_create(&format!("bench-{}", uuid()), members, params, secrets.clone()).await.unwrap();
+    let group_id = group["group_id"].as_str().unwrap().to_owned();
+    let subject = Subject::Group(group_id.clone());
+    a.enable(&subject, HashMap::new(), secrets.clone()).await.expect("enable the group");
+    for spec in &member_specs {
+        while !rbd(&conf_b, &["info", spec]).status.success() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let mut made: Vec<String> = Vec::new();
+    for &count in fillers {
+        let more: Vec<String> = (made.len()..count).map(|_| format!("{pool}/bench-filler-{}", uuid())).collect();
+        in_threads(16, &more, |spec| {
+            assert!(rbd(&conf_b, &["create", spec, "--size", "1M"]).status.success());
+        });
+        made.extend(more);
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            b.demote(&subject, false, HashMap::new(), secrets.clone()).await.expect("demote the secondary group");
+            times.push(t.elapsed());
+        }
+        let m = median(times);
+        println!(
+            "group call on the peer with {count:>5} other images: median {:>8.2} ms   ratio to the 50 ms goal = {:.2}x",
+            m.as_secs_f64() * 1e3,
+            m.as_secs_f64() / 0.050
+        );
+    }
+    in_threads(16, &made, |spec| {
+        rbd(&conf_b, &["rm", "--no-progress", spec]);
+    });
+    a.disable(&subject, HashMap::new(), secrets.clone()).await.ok();
+    a.group_modify(&group_id, Vec::new(), HashMap::new(), secrets.clone()).await.ok();
+    a.group_delete(&group_id, secrets.clone()).await.ok();
+    for spec in &member_specs {
+        rbd(&conf, &["mirror", "image", "disable", spec, "--force"]);
+        rbd(&conf, &["rm", "--no-progress", spec]);
+    }
 }
 
 fn percentile(v: &[Duration], p: usize) -> Duration {
@@ -139,6 +263,7 @@ async fn main() {
     while !socket.exists() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let rss_idle = rss_kib(server.id());
     let socket_b: PathBuf = dir.join("b.sock");
     let mut server_b = Command::new(&bin)
         .args([
@@ -169,7 +294,7 @@ async fn main() {
     // Volumes as ceph-csi names them; half enabled through the server, half by CLI.
     let mut ids = Vec::new();
     let mut specs = Vec::new();
-    for _ in 0..volumes * 2 {
+    for _ in 0..volumes * 3 {
         let u = uuid();
         let spec = format!("{pool}/csi-vol-{u}");
         assert!(rbd(&conf, &["create", &spec, "--size", "8M"]).status.success());
@@ -193,11 +318,16 @@ async fn main() {
         t.await.unwrap().expect("enable through the server");
     }
     let server_enable = started.elapsed();
+    let rss_one_connection = rss_kib(server.id());
     let started = Instant::now();
-    for spec in &specs[volumes..] {
+    for spec in &specs[volumes..volumes * 2] {
         assert!(rbd(&conf, &["mirror", "image", "enable", spec, "snapshot"]).status.success());
     }
     let cli_enable = started.elapsed();
+    let librbd_set: Vec<String> = specs[volumes * 2..].to_vec();
+    in_threads(16, &librbd_set, |spec| {
+        assert!(rbd(&conf, &["mirror", "image", "enable", spec, "snapshot"]).status.success());
+    });
 
     let mut cli_info = Vec::new();
     for _ in 0..10 {
@@ -262,7 +392,7 @@ async fn main() {
     }
     let server_failover = started.elapsed();
     let started = Instant::now();
-    for spec in &specs[volumes..] {
+    for spec in &specs[volumes..volumes * 2] {
         assert!(rbd(&conf, &["mirror", "image", "demote", spec]).status.success());
         // Right after the demote the peer's rbd-mirror still holds the image.
         while !rbd(&conf_b, &["mirror", "image", "promote", spec]).status.success() {
@@ -270,6 +400,9 @@ async fn main() {
         }
     }
     let cli_failover = started.elapsed();
+    // The same failover with librbd itself, 16 threads per site (the most a
+    // hand-written tool would run), on the third set of volumes.
+    let librbd_failover = librbd_fail_over(&lab, &librbd_set);
 
     let rss = rss_kib(server.id());
 
@@ -309,7 +442,25 @@ async fn main() {
         cli_failover.as_secs_f64(),
         cli_failover.as_secs_f64() / server_failover.as_secs_f64()
     );
-    println!("server RSS after the run: {} MiB", rss / 1024);
+    println!(
+        "librbd demote+promote x{volumes}, 16 threads: {:>8.2} s   ratio server/librbd-16 = {:.2}x",
+        librbd_failover.as_secs_f64(),
+        server_failover.as_secs_f64() / librbd_failover.as_secs_f64()
+    );
+    println!(
+        "server RSS: idle {} MiB, one connection {} MiB, after {volumes}-way load {} MiB",
+        rss_idle / 1024,
+        rss_one_connection / 1024,
+        rss / 1024
+    );
+
+    // 5. A group call on the peer site, which finds the group's members by
+    //    their mirrored metadata, with more and more other images in the pool.
+    let fillers: Vec<usize> = std::env::args()
+        .nth(2)
+        .map(|a| a.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![0, 1000, 3000]);
+    group_call_on_the_peer(&lab, &socket, &socket_b, &secrets, &fillers).await;
 
     // Every volume is primary on site-b now: disable there, delete on both.
     for spec in &specs {
