@@ -239,6 +239,23 @@ async fn refuses_to_replace_a_file_that_is_not_a_socket_and_bad_flags() {
         let out = Command::new(BIN).arg("serve").args(bad).output().unwrap();
         assert!(!out.status.success(), "{bad:?} was accepted");
     }
+    for bad in ["9690", "localhost:9690", "", "127.0.0.1:99999"] {
+        let out = Command::new(BIN).args(["serve", "--metrics-address", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--metrics-address {bad:?} was accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is not an address:port"), "{out:?}");
+    }
+    // A metrics port in use stops the start, naming the flag, before the socket exists.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let socket = dir.join("never.sock");
+    let out = Command::new(BIN)
+        .args(["serve", "--metrics-address", &busy, "--log-format", "text", "--endpoint", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started on a busy metrics port");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen for metrics") && stderr.contains("--metrics-address"), "{stderr}");
+    assert!(!socket.exists(), "a refused start leaves no socket behind");
     // Flags are also read from the environment.
     let out = Command::new(BIN).arg("serve").env("RBD_ADDONS_ENDPOINT", "tcp://x:1").output().unwrap();
     assert!(!out.status.success());

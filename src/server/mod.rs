@@ -162,6 +162,14 @@ async fn shutdown_signal() {
 }
 
 pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
+    // The metrics port first: a port in use must stop the start before the
+    // socket exists, or it would be left behind.
+    let metrics_listener = match cfg.metrics_address {
+        Some(address) => {
+            Some(crate::metrics::bind(address).await.map_err(|source| ServeError::MetricsListen { address, source })?)
+        }
+        None => None,
+    };
     let listener = bind(&cfg.socket_path, cfg.socket_mode)?;
     // Past bind, no other server runs on this socket: what the last one
     // recorded belongs to a process that is gone.
@@ -173,10 +181,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
     let exec = Arc::new(Executor::new(cfg.max_concurrent_ops, cfg.op_timeout));
     let metrics = exec.metrics().clone();
     let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let metrics_server = match cfg.metrics_address {
-        Some(address) => {
-            let listener =
-                crate::metrics::bind(address).await.map_err(|source| ServeError::MetricsListen { address, source })?;
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
             let pool = connections.clone();
             let scrape = crate::metrics::Scrape {
                 metrics: metrics.clone(),
