@@ -127,8 +127,11 @@ async fn group_call_on_the_peer(
     let group_id = group["group_id"].as_str().unwrap().to_owned();
     let subject = Subject::Group(group_id.clone());
     a.enable(&subject, HashMap::new(), secrets.clone()).await.expect("enable the group");
+    // Timed once the peer's copies carry the group's membership metadata,
+    // which arrives with their first completed sync; before that the peer
+    // finds members by a scan of the pool (correct, not fast).
     for spec in &member_specs {
-        while !rbd(&conf_b, &["info", spec]).status.success() {
+        while !rbd(&conf_b, &["image-meta", "get", spec, "rbd-addons.group-members"]).status.success() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

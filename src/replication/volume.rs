@@ -196,6 +196,7 @@ pub(super) fn apply_schedule(
 /// a secondary and replaced on the next promote.
 pub(super) fn remove_schedule(vol: &ResolvedVolume, image: &Image<'_>) -> Result<(), Error> {
     if image.mirror_mode().map_err(Error::ceph("cannot read the image's mirroring mode"))? == MirrorImageMode::Snapshot
+        && may_have_image_schedule(vol, image)
     {
         let cmd = json!({"prefix": "rbd mirror snapshot schedule remove", "level_spec": vol.spec()}).to_string();
         if let Err((e, status)) = vol.io.cluster().mgr_command(&cmd) {
@@ -204,6 +205,29 @@ pub(super) fn remove_schedule(vol: &ResolvedVolume, image: &Image<'_>) -> Result
     }
     Ok(())
 }
+
+/// The mgr's rbd_support module keeps image-level schedules as omap keys
+/// `<pool id>/<namespace>/<image id>` of `rbd_mirror_snapshot_schedule` in
+/// the pool's default namespace. Reading that key is one OSD round trip;
+/// the mgr command it spares goes through the mgr's one Python thread, where
+/// a hundred demotes at once queue behind each other. When the key cannot be
+/// read for any other reason than absence, the command is sent anyway.
+fn may_have_image_schedule(vol: &ResolvedVolume, image: &Image<'_>) -> bool {
+    let key = match image.id() {
+        Ok(id) => format!("{}/{}/{id}", vol.io.pool_id(), vol.io.namespace()),
+        Err(_) => return true,
+    };
+    let schedules = match IoCtx::open(vol.io.cluster(), vol.io.pool_id(), "") {
+        Ok(io) => io.omap_get(SCHEDULE_OBJECT, &[&key]),
+        Err(e) => Err(e),
+    };
+    match schedules {
+        Ok(found) => found.contains_key(&key),
+        Err(e) => !e.is(libc::ENOENT),
+    }
+}
+
+const SCHEDULE_OBJECT: &str = "rbd_mirror_snapshot_schedule";
 
 pub fn disable(vol: &ResolvedVolume, params: &DisableParams) -> Result<(), Error> {
     let image = open(&vol.io, vol)?;
