@@ -319,6 +319,15 @@ async fn group_planned_failover_and_failback_lose_nothing() {
         }
     };
     assert!(info.last_sync_time.unwrap().seconds > 0);
+    // The metrics say what Info said: the group is primary (as Ceph says of
+    // every member), and its newest complete generation is Info's time.
+    let (_, page) = http_get(&sites.a.metrics_address(), "/metrics");
+    let series = |name: &str, extra: &str| metric(&page, &format!(r#"rbd_addons_group_{name}{{id="{gid}"{extra}}}"#));
+    assert_eq!(series("replication_state", r#",state="primary""#), Some(1.0), "{page}");
+    assert_eq!(series("last_sync_timestamp_seconds", ""), Some(info.last_sync_time.unwrap().seconds as f64));
+    for v in &vols {
+        assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true));
+    }
     assert_eq!(code(group_info(&mut b, &lab, &gid).await), Code::FailedPrecondition, "info on the secondary");
 
     // While the group is worked on, a call on one of its members is refused

@@ -4,31 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
 const SYNC_LIMIT: Duration = Duration::from_secs(120);
-
-/// One HTTP/1.0 GET: (status code, body).
-fn get(address: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(address).expect("connect to the metrics port");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let code = reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (code, body)
-}
-
-/// The value of the one series `name{labels}` (labels as written, in order).
-fn value(page: &str, series: &str) -> Option<f64> {
-    page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
-}
 
 /// What site-a's rbd-mirror reports of the peer's newest synced snapshot:
 /// the JSON tail of the peer site's description.
@@ -44,43 +25,44 @@ async fn probes_answer_and_volume_metrics_match_cephs_view() {
     let lab = Lab::load();
     let server = Server::start(&lab.csi_config(Site::A), &[]).await;
     let address = server.metrics_address();
-    assert_eq!(get(&address, "/healthz").0, 200);
-    assert_eq!(get(&address, "/readyz").0, 200);
-    assert_eq!(get(&address, "/nothing-here").0, 404);
+    assert_eq!(http_get(&address, "/healthz").0, 200);
+    assert_eq!(http_get(&address, "/readyz").0, 200);
+    assert_eq!(http_get(&address, "/nothing-here").0, 404);
 
     let mut c = server.replication().await;
     let vol = lab.create_volume(VolumeOpts::default());
     write_data(&lab, Site::A, &vol.spec);
     enable(&mut c, &lab, &vol.id).await.expect("enable");
     let synced = info_once_synced(&mut c, &lab, &vol.id, SYNC_LIMIT).await;
-    let (_, page) = get(&address, "/metrics");
+    let (_, page) = http_get(&address, "/metrics");
     let id = format!(r#"{{id="{}""#, vol.id);
-    let state = |page: &str, s: &str| value(page, &format!(r#"rbd_addons_volume_replication_state{id},state="{s}"}}"#));
+    let state =
+        |page: &str, s: &str| metric(page, &format!(r#"rbd_addons_volume_replication_state{id},state="{s}"}}"#));
     assert_eq!(state(&page, "primary"), Some(1.0), "{page}");
     // The series' last sync is Info's, and Info's is rbd-mirror's.
-    let exported = value(&page, &format!("rbd_addons_volume_last_sync_timestamp_seconds{id}}}")).unwrap();
+    let exported = metric(&page, &format!("rbd_addons_volume_last_sync_timestamp_seconds{id}}}")).unwrap();
     assert_eq!(exported as i64, synced.last_sync_time.unwrap().seconds);
     assert_eq!(Some(exported as i64), ceph_last_sync(&lab, &vol.spec), "Ceph's own view");
     assert_eq!(
-        value(&page, &format!("rbd_addons_volume_last_sync_bytes{id}}}")).map(|b| b as i64),
+        metric(&page, &format!("rbd_addons_volume_last_sync_bytes{id}}}")).map(|b| b as i64),
         Some(synced.last_sync_bytes)
     );
     let ok = |page: &str, method: &str| {
-        value(page, &format!(r#"rbd_addons_rpc_requests_total{{method="{method}",code="OK"}}"#)).unwrap_or(0.0)
+        metric(page, &format!(r#"rbd_addons_rpc_requests_total{{method="{method}",code="OK"}}"#)).unwrap_or(0.0)
     };
     assert_eq!(ok(&page, "EnableVolumeReplication"), 1.0, "{page}");
     assert!(ok(&page, "GetVolumeReplicationInfo") >= 1.0);
     assert!(page.contains("rbd_addons_ceph_op_duration_seconds_count{op=\"GetVolumeReplicationInfo\"}"), "{page}");
-    assert_eq!(value(&page, "rbd_addons_ceph_connections"), Some(1.0), "one cluster, one connection");
+    assert_eq!(metric(&page, "rbd_addons_ceph_connections"), Some(1.0), "one cluster, one connection");
     assert!(page.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
 
     // A bad request is counted by its code.
     let err = info(&mut c, &lab, "not-a-volume-id").await.unwrap_err();
-    let (_, page) = get(&address, "/metrics");
+    let (_, page) = http_get(&address, "/metrics");
     let code = format!("{:?}", err.code());
     assert_eq!(code, "InvalidArgument");
     assert_eq!(
-        value(&page, r#"rbd_addons_rpc_requests_total{method="GetVolumeReplicationInfo",code="INVALID_ARGUMENT"}"#),
+        metric(&page, r#"rbd_addons_rpc_requests_total{method="GetVolumeReplicationInfo",code="INVALID_ARGUMENT"}"#),
         Some(1.0),
         "{page}"
     );
@@ -88,17 +70,17 @@ async fn probes_answer_and_volume_metrics_match_cephs_view() {
     // Demote: the series says secondary, as Ceph does.
     demote(&mut c, &lab, &vol.id).await.expect("demote");
     assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(false));
-    let (_, page) = get(&address, "/metrics");
+    let (_, page) = http_get(&address, "/metrics");
     assert_eq!(state(&page, "secondary"), Some(1.0), "{page}");
     assert_eq!(state(&page, "primary"), None, "one state per volume");
 
     // Promote back and disable: the volume's series are gone.
     promote(&mut c, &lab, &vol.id, false).await.expect("promote");
-    let (_, page) = get(&address, "/metrics");
+    let (_, page) = http_get(&address, "/metrics");
     assert_eq!(state(&page, "primary"), Some(1.0), "{page}");
     disable(&mut c, &lab, &vol.id).await.expect("disable");
     assert_eq!(lab.mirror_info(Site::A, &vol.spec).unwrap()["state"], "disabled");
-    let (_, page) = get(&address, "/metrics");
+    let (_, page) = http_get(&address, "/metrics");
     assert!(!page.contains(&vol.id), "a disabled volume drops out: {page}");
     cleanup(&lab, &vol.spec);
 }

@@ -256,6 +256,22 @@ async fn refuses_to_replace_a_file_that_is_not_a_socket_and_bad_flags() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot listen for metrics") && stderr.contains("--metrics-address"), "{stderr}");
     assert!(!socket.exists(), "a refused start leaves no socket behind");
+    // "off" serves the socket and no HTTP port at all.
+    let log = dir.join("off.log");
+    let mut off = Command::new(BIN)
+        .args(["serve", "--metrics-address", "off", "--log-format", "text", "--endpoint", socket.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until("the socket with metrics off", Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .await;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(off.id() as i32, libc::SIGTERM) };
+    assert!(off.wait().unwrap().success());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("serving") && !said.contains("metrics"), "{said}");
     // Flags are also read from the environment.
     let out = Command::new(BIN).arg("serve").env("RBD_ADDONS_ENDPOINT", "tcp://x:1").output().unwrap();
     assert!(!out.status.success());
