@@ -14,7 +14,9 @@
 //!    promote on b), in parallel through the two sites' servers, vs the same
 //!    with `rbd mirror image demote/promote`, one volume after another (with
 //!    the retries a promote needs right after the peer's demote).
-//!    Then the same failover with librbd itself, 16 threads per site.
+//!    Then the same failover with librbd itself, 16 threads per site. The
+//!    servers and librbd each fail over three times (a to b, back, to b),
+//!    taking turns, and their medians are compared.
 //! 4. The server's resident memory: idle, with one connection, after all that.
 //! 5. A group call on the peer site with 0, 1,000 and 3,000 other images in the
 //!    pool (second argument: a comma-separated list of counts).
@@ -69,14 +71,14 @@ fn connect_site(lab: &Value, site: &str) -> std::sync::Arc<rbd_addons::ceph::Clu
     .expect("connect")
 }
 
-/// A planned failover with librbd alone: demote every image on site-a,
-/// then promote each on site-b, retrying while site-b's rbd-mirror still
-/// holds it (as the server does), 16 threads per site.
-fn librbd_fail_over(lab: &Value, specs: &[String]) -> Duration {
+/// A planned failover with librbd alone: demote every image on `from`,
+/// then promote each on `to`, retrying while `to`'s rbd-mirror still holds
+/// it (as the server does), 16 threads per site. Returns (demotes, total).
+fn librbd_fail_over(lab: &Value, specs: &[String], from: &str, to: &str) -> (Duration, Duration) {
     use rbd_addons::ceph::{Image, IoCtx};
-    let (a, b) = (connect_site(lab, "a"), connect_site(lab, "b"));
+    let (a, b) = (connect_site(lab, from), connect_site(lab, to));
     let (pool_a, pool_b) =
-        (lab["sites"]["a"]["pool_id"].as_i64().unwrap(), lab["sites"]["b"]["pool_id"].as_i64().unwrap());
+        (lab["sites"][from]["pool_id"].as_i64().unwrap(), lab["sites"][to]["pool_id"].as_i64().unwrap());
     let names: Vec<&str> = specs.iter().map(|s| s.rsplit('/').next().unwrap()).collect();
     let started = Instant::now();
     // An I/O context per call (local, no round trip): they are not shared across threads.
@@ -84,6 +86,7 @@ fn librbd_fail_over(lab: &Value, specs: &[String]) -> Duration {
         let io = IoCtx::open(&a, pool_a, "").unwrap();
         Image::open(&io, name).unwrap().mirror_demote().unwrap()
     });
+    let demoted = started.elapsed();
     in_threads(16, &names, |name| {
         let io = IoCtx::open(&b, pool_b, "").unwrap();
         let image = Image::open(&io, name).unwrap();
@@ -93,7 +96,67 @@ fn librbd_fail_over(lab: &Value, specs: &[String]) -> Duration {
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    started.elapsed()
+    (demoted, started.elapsed())
+}
+
+/// A planned failover through the servers: every Demote at once on `from`,
+/// then every Promote at once on `to`. Returns (demotes, total).
+async fn server_fail_over(
+    from: &ControllerClient<tonic::transport::Channel>,
+    to: &ControllerClient<tonic::transport::Channel>,
+    ids: &[String],
+    secrets: &HashMap<String, String>,
+) -> (Duration, Duration) {
+    let started = Instant::now();
+    let demotes: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let mut c = from.clone();
+            let req =
+                DemoteVolumeRequest { secrets: secrets.clone(), replication_source: source(id), ..Default::default() };
+            tokio::spawn(async move { c.demote_volume(req).await.map(drop) })
+        })
+        .collect();
+    for t in demotes {
+        t.await.unwrap().expect("demote through the server");
+    }
+    let demoted = started.elapsed();
+    let promotes: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let mut c = to.clone();
+            let req =
+                PromoteVolumeRequest { secrets: secrets.clone(), replication_source: source(id), ..Default::default() };
+            tokio::spawn(async move { c.promote_volume(req).await.map(drop) })
+        })
+        .collect();
+    for t in promotes {
+        t.await.unwrap().expect("promote through the server");
+    }
+    (demoted, started.elapsed())
+}
+
+/// Waits (at most three minutes) until `site`'s rbd-mirror replays every
+/// one of `specs`: the next failover then starts from a settled secondary,
+/// as a planned one does.
+async fn wait_replaying(conf: &str, pool: &str, specs: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = rbd(conf, &["mirror", "pool", "status", pool, "--verbose", "--format", "json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let replaying: std::collections::HashSet<&str> = status["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["state"] == "up+replaying")
+            .filter_map(|i| i["name"].as_str())
+            .collect();
+        if specs.iter().all(|s| replaying.contains(s.rsplit('/').next().unwrap())) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the secondaries did not settle into replaying");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Times one group call on the peer (Demote of a group that is secondary
@@ -344,11 +407,14 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // Info is the steady-state load: measured once site-b's rbd-mirror has
+    // taken up every image, not while it bootstraps 300 of them.
+    wait_replaying(&conf_b, &pool, &specs).await;
     // 1. Info, warm, as the controller asks it: every enabled volume in turn,
     //    ROUNDS times, through the server; then librbd itself on the same
     //    volumes: the status call on an image opened once (the floor), and
     //    open + status + mode (what answering one Info costs without a view).
-    const ROUNDS: usize = 20;
+    const ROUNDS: usize = 50;
     let mut server_info = Vec::with_capacity(ROUNDS * volumes);
     for _ in 0..ROUNDS {
         for id in &ids[..volumes] {
@@ -368,32 +434,29 @@ async fn main() {
     }
     let (librbd_status, librbd_open) = librbd_info_costs(&lab, &specs[..volumes], ROUNDS);
 
-    let started = Instant::now();
-    let demotes: Vec<_> = ids[..volumes]
-        .iter()
-        .map(|id| {
-            let mut c = client.clone();
-            let req =
-                DemoteVolumeRequest { secrets: secrets.clone(), replication_source: source(id), ..Default::default() };
-            tokio::spawn(async move { c.demote_volume(req).await.map(drop) })
-        })
-        .collect();
-    for t in demotes {
-        t.await.unwrap().expect("demote through the server");
+    // Three failovers each way of measuring (a to b, back, to b again), the
+    // two ways taking turns, each from settled secondaries: the medians are
+    // compared, as one failover on a 2-core lab varies by a third.
+    let (conf_of, sides) =
+        (|site: &str| lab["sites"][site]["conf"].as_str().unwrap().to_owned(), [("a", "b"), ("b", "a"), ("a", "b")]);
+    let (mut server_runs, mut librbd_runs) = (Vec::new(), Vec::new());
+    for (from, to) in sides {
+        let (c_from, c_to) = if from == "a" { (&client, &client_b) } else { (&client_b, &client) };
+        server_runs.push(server_fail_over(c_from, c_to, &ids[..volumes], &secrets).await);
+        librbd_runs.push(librbd_fail_over(&lab, &librbd_set, from, to));
+        wait_replaying(&conf_of(from), &pool, &specs[..volumes]).await;
+        wait_replaying(&conf_of(from), &pool, &librbd_set).await;
     }
-    let promotes: Vec<_> = ids[..volumes]
-        .iter()
-        .map(|id| {
-            let mut c = client_b.clone();
-            let req =
-                PromoteVolumeRequest { secrets: secrets.clone(), replication_source: source(id), ..Default::default() };
-            tokio::spawn(async move { c.promote_volume(req).await.map(drop) })
-        })
-        .collect();
-    for t in promotes {
-        t.await.unwrap().expect("promote through the server");
-    }
-    let server_failover = started.elapsed();
+    let median_run = |mut runs: Vec<(Duration, Duration)>| {
+        runs.sort_by_key(|r| r.1);
+        runs[runs.len() / 2]
+    };
+    let all_runs = |runs: &[(Duration, Duration)]| {
+        runs.iter().map(|r| format!("{:.2}", r.1.as_secs_f64())).collect::<Vec<_>>().join(" / ")
+    };
+    let (server_list, librbd_list) = (all_runs(&server_runs), all_runs(&librbd_runs));
+    let ((server_demoted, server_failover), (librbd_demoted, librbd_failover)) =
+        (median_run(server_runs), median_run(librbd_runs));
     let started = Instant::now();
     for spec in &specs[volumes..volumes * 2] {
         assert!(rbd(&conf, &["mirror", "image", "demote", spec]).status.success());
@@ -403,9 +466,6 @@ async fn main() {
         }
     }
     let cli_failover = started.elapsed();
-    // The same failover with librbd itself, 16 threads per site (the most a
-    // hand-written tool would run), on the third set of volumes.
-    let librbd_failover = librbd_fail_over(&lab, &librbd_set);
 
     let rss = rss_kib(server.id());
 
@@ -439,14 +499,19 @@ async fn main() {
         cli_enable.as_secs_f64(),
         cli_enable.as_secs_f64() / server_enable.as_secs_f64()
     );
-    println!("Failover of {volumes} volumes via the servers:    {:>8.2} s", server_failover.as_secs_f64());
+    println!(
+        "Failover of {volumes} volumes via the servers:    {:>8.2} s   median of {server_list} s (its demotes {:.2} s; librbd-16's {:.2} s)",
+        server_failover.as_secs_f64(),
+        server_demoted.as_secs_f64(),
+        librbd_demoted.as_secs_f64()
+    );
     println!(
         "rbd demote+promote x{volumes}, sequential:     {:>8.2} s   ratio CLI/server = {:.1}x",
         cli_failover.as_secs_f64(),
         cli_failover.as_secs_f64() / server_failover.as_secs_f64()
     );
     println!(
-        "librbd demote+promote x{volumes}, 16 threads: {:>8.2} s   ratio server/librbd-16 = {:.2}x",
+        "librbd demote+promote x{volumes}, 16 threads: {:>8.2} s   median of {librbd_list} s   ratio server/librbd-16 = {:.2}x",
         librbd_failover.as_secs_f64(),
         server_failover.as_secs_f64() / librbd_failover.as_secs_f64()
     );

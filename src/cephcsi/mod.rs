@@ -8,8 +8,9 @@ mod secrets;
 pub mod snapshot;
 mod volume_id;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use config::{ClusterInfo, ConfigError};
 pub use secrets::{Credentials, KeyType, SecretsError};
@@ -103,11 +104,23 @@ pub struct Resolver {
     config_path: PathBuf,
     mapping_path: Option<PathBuf>,
     connections: Arc<ConnectionPool>,
+    /// Image names read from ceph-csi's journal. ceph-csi writes a volume's
+    /// name once, under a UUID never used again, so a name once read stays
+    /// right; a deleted volume's stale entry names an image that is gone,
+    /// which every caller then reports as it would without the entry. This
+    /// spares Info its only OSD round trip when the pool's view answers.
+    names: Mutex<HashMap<NameKey, String>>,
 }
+
+/// (cluster ID, pool ID, RADOS namespace, volume UUID).
+type NameKey = (String, i64, String, String);
+
+/// Names kept at most; past that the cache starts again empty.
+const NAMES_KEPT: usize = 65_536;
 
 impl Resolver {
     pub fn new(config_path: PathBuf, mapping_path: Option<PathBuf>, connections: Arc<ConnectionPool>) -> Self {
-        Self { config_path, mapping_path, connections }
+        Self { config_path, mapping_path, connections, names: Mutex::default() }
     }
 
     /// Blocking: reads config.json, may connect, reads the journal omap. When
@@ -273,15 +286,29 @@ impl Resolver {
         creds: &Credentials,
     ) -> Result<ResolvedVolume, Error> {
         let io = self.open_pool(cluster_id, pool_id, creds)?;
+        let key = (cluster_id.to_owned(), pool_id, io.namespace().to_owned(), uuid.to_owned());
+        let known = self.names.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        if let Some(image) = known {
+            return Ok(ResolvedVolume { io, image, cluster_id: cluster_id.to_owned() });
+        }
         let object = format!("csi.volume.{uuid}");
         // ceph-csi records a custom image name (volumeNamePrefix) in the journal;
-        // a volume without a journal entry uses the default name.
-        let image = match io.omap_get(&object, &[IMAGE_NAME_KEY]) {
+        // a volume without a journal entry uses the default name (not kept: its
+        // entry may be about to be written).
+        let recorded = match io.omap_get(&object, &[IMAGE_NAME_KEY]) {
             Ok(vals) => vals.get(IMAGE_NAME_KEY).map(|v| String::from_utf8_lossy(v).into_owned()),
             Err(e) if e.is(libc::ENOENT) => None,
             Err(source) => return Err(Error::Journal { object, source }),
         };
-        let image = image.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("csi-vol-{uuid}"));
+        let recorded = recorded.filter(|n| !n.is_empty());
+        if let Some(name) = &recorded {
+            let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            if names.len() >= NAMES_KEPT {
+                names.clear();
+            }
+            names.insert(key, name.clone());
+        }
+        let image = recorded.unwrap_or_else(|| format!("csi-vol-{uuid}"));
         Ok(ResolvedVolume { io, image, cluster_id: cluster_id.to_owned() })
     }
 }
