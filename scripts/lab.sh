@@ -14,15 +14,30 @@
 # never collide. The daemons run chrooted in it on the same loopback; lab.json
 # then names the root, and the tests run the server and the CLI inside it.
 #
+# --netns (or CEPHLAB_NETNS=1, pacific only): each site runs in a network
+# namespace of its own, reachable from here through a link of its own, and
+# the two sites talk only through a third namespace, the WAN. Then
+#
+#   scripts/lab.sh partition  cut the WAN (both sites' links to it): every
+#                             daemon keeps running, packets between the
+#                             sites are dropped, as in a real partition
+#   scripts/lab.sh heal       restore it
+#
+# Addresses are from the benchmarking range 198.18.0.0/15, on links this
+# script makes: site-a 198.18.10.1, site-b 198.18.10.2. `down` deletes the
+# namespaces it made (and with them their links).
+#
 # Knobs: CEPHLAB_DIR (/tmp/cephlab[-<release>]), CEPHLAB_PORT_BASE (13300,
 # 14300 reef, 15300 tentacle), CEPHLAB_OSD_BYTES (4 GiB), CEPHLAB_TIMEOUT
 # (120 s, bound of every wait), CEPHLAB_ROOTS (/var/tmp/rbd-addons-roots).
 set -euo pipefail
 
 RELEASE=${CEPHLAB_RELEASE:-pacific}
+NETNS=${CEPHLAB_NETNS:-}
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --netns) NETNS=1; shift ;;
     --release) RELEASE=${2:?--release needs pacific, reef or tentacle}; shift 2 ;;
     --release=*) RELEASE=${1#*=}; shift ;;
     *) args+=("$1"); shift ;;
@@ -56,7 +71,95 @@ site_dir() { echo "$LAB/$1"; }
 site_name() { echo "site-$1"; }
 peer_of() { if [ "$1" = a ]; then echo b; else echo a; fi; }
 port_base() { if [ "$1" = a ]; then echo "$PORT_BASE"; else echo $((PORT_BASE + 100)); fi; }
-mon_host() { local p; p=$(port_base "$1"); echo "[v2:127.0.0.1:$p,v1:127.0.0.1:$((p + 1))]"; }
+# A namespaced lab says so in its directory, so that later commands (down,
+# partition, heal) need no flag.
+if [ -e "$LAB/netns" ]; then NETNS=1; fi
+if [ -n "$NETNS" ] && [ "$RELEASE" != pacific ]; then
+  echo "--netns is for the pacific lab only" >&2; exit 2
+fi
+# Namespace names carry a tag of the lab's directory: labs in other
+# directories never touch each other's.
+NS_TAG=rl$(printf '%s' "$LAB" | md5sum | cut -c1-6)
+ns_of() { echo "$NS_TAG-$1"; }
+WAN=$(ns_of w)
+site_ip() {
+  if [ -z "$NETNS" ]; then echo 127.0.0.1; elif [ "$1" = a ]; then echo 198.18.10.1; else echo 198.18.10.2; fi
+}
+mon_host() {
+  local p ip; p=$(port_base "$1"); ip=$(site_ip "$1")
+  echo "[v2:$ip:$p,v1:$ip:$((p + 1))]"
+}
+
+# Site S: lo holds its address; `m0` is its link to this host (198.18.S.0/30,
+# S = 1 for a, 2 for b); `w0` its link to the WAN (198.18.0.0/30 for a,
+# 198.18.0.4/30 for b). Routes to the other site go only through the WAN.
+net_up() {
+  local s n host_if
+  if ip netns list | grep -q "^$NS_TAG-"; then net_down; fi
+  if ip route show 198.18.10.0/24 | grep -v "dev $NS_TAG-" | grep -q .; then
+    die "198.18.10.0/24 is routed by something else (another namespaced lab?): $(ip route show 198.18.10.0/24)"
+  fi
+  ip netns add "$WAN"
+  ip netns exec "$WAN" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward'
+  ip -n "$WAN" link set lo up
+  for s in a b; do
+    n=$([ "$s" = a ] && echo 1 || echo 2)
+    local ns w_site w_wan m_site m_here
+    ns=$(ns_of "$s")
+    # /30 pairs: WAN side .1/.5, site side .2/.6.
+    w_wan=198.18.0.$(((n - 1) * 4 + 1)); w_site=198.18.0.$(((n - 1) * 4 + 2))
+    m_here=198.18.$n.1; m_site=198.18.$n.2
+    host_if=$NS_TAG-$s
+    ip netns add "$ns"
+    echo "$ns" >>"$LAB/netns"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "$(site_ip "$s")/32" dev lo
+    ip link add "$host_if" type veth peer name m0 netns "$ns"
+    ip addr add "$m_here/30" dev "$host_if"
+    ip link set "$host_if" up
+    ip -n "$ns" addr add "$m_site/30" dev m0
+    ip -n "$ns" link set m0 up
+    ip route replace "$(site_ip "$s")/32" via "$m_site" dev "$host_if"
+    ip -n "$WAN" link add "w$s" type veth peer name w0 netns "$ns"
+    ip -n "$WAN" addr add "$w_wan/30" dev "w$s"
+    ip -n "$ns" addr add "$w_site/30" dev w0
+    ip -n "$ns" link set w0 up
+    # The site's own address as the source: the peer knows only that one.
+    ip -n "$ns" route add "$(site_ip "$(peer_of "$s")")/32" via "$w_wan" dev w0 src "$(site_ip "$s")"
+  done
+  heal
+}
+
+# The WAN's two links come up and their routes back; idempotent.
+heal() {
+  local s n
+  for s in a b; do
+    n=$([ "$s" = a ] && echo 1 || echo 2)
+    ip -n "$WAN" link set "w$s" up
+    ip -n "$WAN" route replace "$(site_ip "$s")/32" via "198.18.0.$(((n - 1) * 4 + 2))" dev "w$s"
+  done
+}
+
+# Both WAN links go down: each site still has its route to the other, on a
+# link without carrier, so what it sends is dropped without an error (a
+# partition, not a refusal); this host still reaches both sites.
+partition() {
+  ip -n "$WAN" link set wa down
+  ip -n "$WAN" link set wb down
+}
+
+# Deletes exactly the links and namespaces this lab made (the host's routes
+# to the sites go with their links). A namespace's own veth ends go with it.
+net_down() {
+  local s ns
+  for s in a b; do
+    if ip link show "$NS_TAG-$s" >/dev/null 2>&1; then ip link delete "$NS_TAG-$s"; fi
+  done
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$NS_TAG-" || true); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    ip netns delete "$ns"
+  done
+}
 
 # Every CLI call is bounded: a cluster that is not up must not hang the script.
 ceph_at() { local s=$1; shift; timeout 60 ceph --connect-timeout 20 -c "$(site_dir "$s")/ceph.conf" "$@"; }
@@ -93,7 +196,9 @@ start_daemon() {
   local d; d=$(site_dir "$s")
   local pidfile="$d/run/$name.pid"
   # setsid -f forks, so no shell of ours stays behind holding the caller's pipes.
-  (cd "$cwd" && exec setsid -f sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" \
+  local netns=()
+  if [ -n "$NETNS" ]; then netns=(ip netns exec "$(ns_of "$s")"); fi
+  (cd "$cwd" && exec setsid -f "${netns[@]}" sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" \
     >"$d/log/$name.stdout" 2>&1 </dev/null)
   local deadline=$((SECONDS + 10))
   until [ -s "$pidfile" ]; do
@@ -111,8 +216,8 @@ write_conf() {
 [global]
 fsid = $fsid
 mon_host = $(mon_host "$s")
-public_addr = 127.0.0.1
-cluster_addr = 127.0.0.1
+public_addr = $(site_ip "$s")
+cluster_addr = $(site_ip "$s")
 ms_bind_ipv6 = false
 ms_bind_port_min = $((p + 10))
 ms_bind_port_max = $((p + 99))
@@ -271,7 +376,9 @@ write_facts() {
     --arg key "$key" --arg cid "$CLUSTER_ID" --arg release "$RELEASE" \
     --arg amon "$(mon_host a)" --arg bmon "$(mon_host b)" \
     --argjson apool "$(pool_id a)" --argjson bpool "$(pool_id b)" \
+    --argjson netns "$(if [ -n "$NETNS" ]; then jq -n --arg a "$(ns_of a)" --arg b "$(ns_of b)" '{a: $a, b: $b}'; else echo null; fi)" \
     '{dir: $dir, release: $release, pool: $pool, namespace: $ns, user: $user, key: $key, cluster_id: $cid,
+      netns: $netns,
       sites: {
         a: {name: "site-a", conf: ($dir + "/a/ceph.conf"), mon_host: $amon, pool_id: $apool,
             csi_config: ($dir + "/a/csi-config.json"), cluster_mapping: ($dir + "/a/cluster-mapping.json")},
@@ -314,6 +421,7 @@ cmd_down() {
       if owned "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
     done
   fi
+  if [ -n "$NETNS" ]; then net_down; fi
   if [ "${1:-}" != --keep ]; then rm -rf "$LAB"; fi
   log "down"
 }
@@ -326,6 +434,10 @@ cmd_up() {
   mkdir -p "$LAB"
   chmod 700 "$LAB"
   : >"$LAB/pids"
+  if [ -n "$NETNS" ]; then
+    : >"$LAB/netns"
+    net_up
+  fi
   ceph-authtool "$LAB/client.$CSI_USER.keyring" --create-keyring --gen-key -n "client.$CSI_USER" \
     --cap mon 'profile rbd, allow command "osd blocklist"' --cap osd "profile rbd pool=$POOL" --cap mgr 'allow rw' >/dev/null
   for s in "${SITES[@]}"; do create_site "$s" "$(uuidgen)"; done
@@ -462,5 +574,10 @@ case "${1:-}" in
   up) cmd_up ;;
   down) shift; cmd_down "$@" ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down [--keep]|env [--release pacific|reef|tentacle]" >&2; exit 2 ;;
+  partition | heal)
+    [ -n "$NETNS" ] || die "$1: the lab at $LAB is not namespaced (scripts/lab.sh up --netns)"
+    "$1"
+    log "$1"
+    ;;
+  *) echo "usage: $0 up [--netns]|down [--keep]|env|partition|heal [--release pacific|reef|tentacle]" >&2; exit 2 ;;
 esac
