@@ -92,6 +92,21 @@ pub fn peer_copy(status: &GlobalStatus) -> PeerCopy {
     if status.remotes().any(has_copy) { PeerCopy::Reported } else { PeerCopy::NoneKnown }
 }
 
+/// Info's message when the peer's report has gone down: Ceph's own words
+/// and when the peer last spoke.
+pub fn peer_silent(remote: &SiteStatus) -> String {
+    let since = u64::try_from(remote.last_update)
+        .ok()
+        .filter(|s| *s > 0)
+        .map(|s| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)));
+    format!(
+        "the peer site is unreachable or its rbd-mirror is down: rbd-mirror reports the peer {}{}; the last sync \
+         time is the peer's last report",
+        report(remote),
+        since.map_or_else(String::new, |t| format!(", last heard at {t}"))
+    )
+}
+
 /// One site's report as `up+error (split-brain)`; the JSON tail is left out.
 fn report(s: &SiteStatus) -> String {
     let text = s.description.split(", {").next().unwrap_or_default().trim();

@@ -6,7 +6,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::params::{DisableParams, EnableParams, FlattenMode, Schedule};
-use super::status::{Health, PeerCopy, ReplayDescription, describe, health, peer_copy};
+use super::status::{Health, PeerCopy, ReplayDescription, describe, health, peer_copy, peer_silent};
 use crate::Error;
 use crate::ceph::{GlobalStatus, Image, IoCtx, MirrorImageMode, MirrorInfo, MirrorState, PoolMirrorMode, SiteState};
 use crate::cephcsi::ResolvedVolume;
@@ -315,10 +315,18 @@ pub(super) fn info_of(spec: &str, status: &GlobalStatus, mode: MirrorImageMode) 
     if !status.info.primary {
         return Err(Error::WrongState(format!("{spec} is not primary on this site; ask the primary site")));
     }
-    let (health, status_message) = health(status.local());
+    let (mut health, mut status_message) = health(status.local());
     let Some(remote) = status.remotes().next() else {
         return Err(Error::NoInfoYet(format!("no peer site has reported on {spec} yet")));
     };
+    // The peer's rbd-mirror writes its report into this site's pool and
+    // keeps a watch there; when the sites are cut apart (or that daemon
+    // stops) the watch expires and rbd-mirror shows the report as down. The
+    // last sync time below is still the peer's last word.
+    if !remote.up && health != Health::Error {
+        health = Health::Degraded;
+        status_message = peer_silent(remote);
+    }
     let desc = ReplayDescription::parse(&remote.description).unwrap_or_default();
     let info = match mode {
         MirrorImageMode::Snapshot => match desc.local_snapshot_timestamp {
@@ -336,7 +344,7 @@ pub(super) fn info_of(spec: &str, status: &GlobalStatus, mode: MirrorImageMode) 
         // Journal mode has no snapshots: the peer is in sync as of its last
         // status update when it has replayed every entry.
         MirrorImageMode::Journal => match desc.entries_behind_primary {
-            Some(0) if remote.up && remote.state == SiteState::Replaying && remote.last_update > 0 => ReplicationInfo {
+            Some(0) if remote.state == SiteState::Replaying && remote.last_update > 0 => ReplicationInfo {
                 last_sync_time: remote.last_update,
                 last_sync_duration_secs: None,
                 last_sync_bytes: 0,
@@ -349,4 +357,45 @@ pub(super) fn info_of(spec: &str, status: &GlobalStatus, mode: MirrorImageMode) 
         },
     };
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ceph::SiteStatus;
+
+    const SYNCED: &str = r#"replaying, {"last_snapshot_bytes":65536,"last_snapshot_sync_seconds":2,"local_snapshot_timestamp":1795304186,"remote_snapshot_timestamp":1795304186,"replay_state":"idle"}"#;
+
+    fn site(uuid: &str, state: SiteState, up: bool, description: &str) -> SiteStatus {
+        SiteStatus { mirror_uuid: uuid.into(), state, description: description.into(), last_update: 1795304190, up }
+    }
+
+    fn primary(remote: SiteStatus) -> GlobalStatus {
+        let info = MirrorInfo { global_id: String::new(), state: MirrorState::Enabled, primary: true };
+        GlobalStatus { info, sites: vec![site("", SiteState::Stopped, true, "local image is primary"), remote] }
+    }
+
+    #[test]
+    fn info_says_when_the_peer_has_gone_silent_and_keeps_its_last_sync() {
+        let up = info_of("p/i", &primary(site("peer", SiteState::Replaying, true, SYNCED)), MirrorImageMode::Snapshot)
+            .unwrap();
+        assert_eq!((up.health, up.last_sync_time, up.last_sync_bytes), (Health::Healthy, 1795304186, 65536));
+        assert_eq!(up.status_message, "local image is primary");
+
+        // Cut off: the same report, shown down.
+        let down =
+            info_of("p/i", &primary(site("peer", SiteState::Replaying, false, SYNCED)), MirrorImageMode::Snapshot)
+                .unwrap();
+        assert_eq!((down.health, down.last_sync_time), (Health::Degraded, 1795304186));
+        assert!(down.status_message.starts_with("the peer site is unreachable"), "{}", down.status_message);
+        assert!(down.status_message.contains("down+replaying (replaying)"), "{}", down.status_message);
+        assert!(down.status_message.contains("last heard at 2026-"), "{}", down.status_message);
+
+        // Journal mode: caught up at its last report, which gives the time.
+        let caught_up = r#"replaying, {"entries_behind_primary":0,"primary_position":{},"non_primary_position":{}}"#;
+        let j =
+            info_of("p/i", &primary(site("peer", SiteState::Replaying, false, caught_up)), MirrorImageMode::Journal)
+                .unwrap();
+        assert_eq!((j.health, j.last_sync_time), (Health::Degraded, 1795304190));
+    }
 }
