@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{debug, info};
 
 use super::params::Schedule;
 use super::status::{PeerCopy, ReplayDescription, describe, peer_copy};
@@ -197,6 +197,26 @@ pub fn demote_image(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Res
     Ok(())
 }
 
+/// Resync requests this process has sent, by image and the creation time of
+/// the image they were for. librbd's resync flag is kept in Ceph and setting
+/// it again changes nothing, so a repeat (the controller asks every 30 s, or
+/// again as a flapping link comes and goes) is not sent; after a restart it
+/// is sent once more, harmlessly. Bounded: past 10,000 it starts again empty.
+static RESYNCS_SENT: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn already_requested(request: &str) -> bool {
+    RESYNCS_SENT.lock().unwrap_or_else(|p| p.into_inner()).contains(request)
+}
+
+fn remember_request(request: String) {
+    let mut sent = RESYNCS_SENT.lock().unwrap_or_else(|p| p.into_inner());
+    if sent.len() >= 10_000 {
+        sent.clear();
+    }
+    sent.insert(request);
+}
+
 /// Resync of a secondary: issued only with force, only when rbd-mirror reports
 /// a split-brain, never while a sync runs, and at most once per demotion.
 /// Returns whether the secondary is in sync with the peer.
@@ -247,9 +267,16 @@ pub fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
                 vol.spec()
             )));
         };
-        if saved == creation_time(&image)? {
-            image.mirror_resync().map_err(Error::ceph(format!("cannot flag {} for resync", vol.spec())))?;
-            info!(image = %vol.spec(), "resync from the peer requested");
+        let created = creation_time(&image)?;
+        if saved == created {
+            let request = format!("{}/{}@{created}", vol.io.pool_id(), vol.spec());
+            if already_requested(&request) {
+                debug!(image = %vol.spec(), "resync already requested; rbd-mirror has not re-created the image yet");
+            } else {
+                image.mirror_resync().map_err(Error::ceph(format!("cannot flag {} for resync", vol.spec())))?;
+                info!(image = %vol.spec(), "resync from the peer requested");
+                remember_request(request);
+            }
         }
         return Ok(false);
     }
