@@ -13,13 +13,23 @@ cd "$(dirname "$0")/.."
 
 start=$SECONDS
 release=pacific
+# The partition drills' lab: each site in its own network namespace.
+NETNS_LAB=${RBD_ADDONS_NETNS_LAB:-/tmp/cephlab-netns}
 times=()
 finish() {
   local rc=$?
-  if [ "${KEEP_LAB:-0}" != 1 ]; then scripts/lab.sh down >/dev/null 2>&1 || true; fi
   if [ "$rc" != 0 ]; then
     echo "== FAILED on Ceph $release (exit $rc) after $((SECONDS - start)) s" >&2
-    grep -l "Caught signal" "${CEPHLAB_DIR:-/tmp/cephlab}"/*/log/*.log 2>/dev/null | sed 's/^/== a Ceph daemon crashed, see /' >&2 || true
+    # Before the labs (and their logs) go.
+    local f
+    for f in $(grep -l "Caught signal" "${CEPHLAB_DIR:-/tmp/cephlab}"/*/log/*.log "$NETNS_LAB"/*/log/*.log 2>/dev/null); do
+      echo "== a Ceph daemon crashed: $f" >&2
+      grep -m1 -A25 "Caught signal" "$f" >&2 || true
+    done
+  fi
+  if [ "${KEEP_LAB:-0}" != 1 ]; then
+    scripts/lab.sh down >/dev/null 2>&1 || true
+    CEPHLAB_DIR=$NETNS_LAB scripts/lab.sh down >/dev/null 2>&1 || true
   fi
 }
 trap finish EXIT
@@ -44,6 +54,14 @@ times+=("pacific $((SECONDS - start)) s (build, lints, full suite)")
 echo "== Ceph pacific: passed in $((SECONDS - start)) s"
 # One lab at a time on a small machine.
 if [ "${KEEP_LAB:-0}" != 1 ]; then scripts/lab.sh down >/dev/null; fi
+
+echo "== partition drills (each site in its own network namespace, Ceph pacific)"
+release="pacific, namespaced"
+t=$SECONDS
+CEPHLAB_DIR=$NETNS_LAB scripts/lab.sh up --netns >/dev/null
+CEPHLAB_DIR=$NETNS_LAB cargo test --locked --test partition_drills -- --ignored --test-threads 1 --nocapture
+if [ "${KEEP_LAB:-0}" != 1 ]; then CEPHLAB_DIR=$NETNS_LAB scripts/lab.sh down >/dev/null; fi
+times+=("partition drills $((SECONDS - t)) s (namespaced lab, drills)")
 
 for release in ${RBD_ADDONS_RELEASES-reef tentacle}; do
   echo "== compatibility subset on Ceph $release"

@@ -58,6 +58,20 @@ pub fn lab_root() -> Option<String> {
     serde_json::from_str::<Value>(&text).ok()?["root"].as_str().map(str::to_owned)
 }
 
+/// The network namespace a namespaced lab (`scripts/lab.sh up --netns`) runs
+/// the site whose ceph-csi config.json is `config` in: the server for that
+/// site runs there too. None on the loopback lab.
+fn site_netns(config: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(lab_json_path()).ok()?;
+    let facts: Value = serde_json::from_str(&text).ok()?;
+    ["a", "b"].into_iter().find_map(|s| {
+        let site = &facts["sites"][s];
+        (site["csi_config"].as_str().map(Path::new) == Some(config))
+            .then(|| facts["netns"][s].as_str().map(str::to_owned))
+            .flatten()
+    })
+}
+
 /// What runs a program on the lab's release: `chroot ROOT` for a reef or
 /// tentacle lab seen from the host, nothing otherwise.
 fn root_prefix() -> Vec<String> {
@@ -126,6 +140,35 @@ impl Lab {
 
     pub fn secrets(&self) -> HashMap<String, String> {
         HashMap::from([("userID".into(), self.user()), ("userKey".into(), self.key())])
+    }
+
+    /// Whether the sites run in network namespaces joined by a WAN that
+    /// `partition` and `heal` cut and restore.
+    pub fn is_namespaced(&self) -> bool {
+        self.facts["netns"].is_object()
+    }
+
+    /// Cuts the link between the sites; every daemon keeps running and this
+    /// process still reaches both sites.
+    pub fn partition(&self) {
+        self.lab_script("partition");
+    }
+
+    /// Restores the link `partition` cut.
+    pub fn heal(&self) {
+        self.lab_script("heal");
+    }
+
+    fn lab_script(&self, command: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab.sh");
+        let out = Command::new("timeout")
+            .args(["30", "bash"])
+            .arg(script)
+            .arg(command)
+            .env("CEPHLAB_DIR", self.facts["dir"].as_str().unwrap())
+            .output()
+            .expect("run scripts/lab.sh");
+        assert!(out.status.success(), "lab.sh {command}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Runs the rbd CLI as the site's admin; panics with its stderr on failure.
@@ -305,6 +348,9 @@ impl Server {
         // In a reef or tentacle lab the server runs in its root, on that
         // release's librbd (the binary is on a path bind-mounted there).
         let mut argv = root_prefix();
+        if let Some(ns) = site_netns(config) {
+            argv.extend(["ip".to_owned(), "netns".to_owned(), "exec".to_owned(), ns]);
+        }
         argv.push(BIN.to_owned());
         let mut command = Command::new(&argv[0]);
         command.args(&argv[1..]);
