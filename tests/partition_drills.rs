@@ -234,7 +234,12 @@ async fn partition_forced_promote_two_primaries_then_resync_and_failback() {
     drill.step("forced resync brings site-a back as a secondary with b's data");
     let started = Instant::now();
     resync_until_ready(&mut a, &lab, &vol.id, LIMIT).await;
-    println!("resync after the partition took {:?}", started.elapsed());
+    let used = lab.rbd_json(Site::B, &["du", &vol.spec]).ok().and_then(|d| d["images"][0]["used_size"].as_u64());
+    println!(
+        "resync after the partition took {:.1?} for {:.1} MiB in use",
+        started.elapsed(),
+        used.unwrap_or(0) as f64 / 1048576.0
+    );
     assert_eq!(checksum(&lab, Site::A, &vol.spec).as_deref(), Some(sum_b.as_str()), "a does not hold b's data");
     assert_eq!(state_of(&lab.mirror_status(Site::A, &vol.spec)), "up+replaying");
 
