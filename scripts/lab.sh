@@ -265,6 +265,11 @@ osd_fast_shutdown = false
 # The drills thaw a frozen lone OSD by marking it down (its PGs stay "laggy"
 # otherwise); past 5 marks in 10 minutes an OSD shuts itself down for good.
 osd_max_markdown_count = 1000
+# Memstore's omap iterators are not safe against a concurrent erase: two PGs
+# trimming snapshots at once (both walk and erase the OSD's one SnapMapper
+# object) crashed a Pacific OSD in MemStore::OmapIteratorImpl::value (seen
+# once in a rehearsal, in the freeze drills). One trimming PG at a time.
+osd_max_trimming_pgs = 1
 
 [client]
 # Without these a client waits forever on a cluster whose PGs are not active.

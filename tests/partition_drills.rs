@@ -435,7 +435,6 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
     let newest_b = on_b.iter().next_back().copied().unwrap_or(0);
     assert!(newest_b <= at_cut + 1, "site-b holds record {newest_b}, written after the cut ({at_cut})");
     let after_promote = written.load(Ordering::Relaxed);
-    assert!(after_promote > at_cut, "site-a's application stopped writing when the link was cut");
     println!(
         "group: {at_cut} records when the link was cut, gap-free prefix 1..{newest_b} on site-b after a forced \
          promote of {promote_took:.1?} ({attempts} attempts); site-a wrote {} more meanwhile",
@@ -449,7 +448,9 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
     let sums_b: Vec<String> = vols.iter().map(|v| checksum(&lab, Site::B, &v.spec).unwrap()).collect();
     stop.store(true, Ordering::Relaxed);
     join_writer(w, Duration::from_secs(120));
-    println!("site-a's application wrote {} records during the partition", written.load(Ordering::Relaxed) - at_cut);
+    let during = written.load(Ordering::Relaxed) - at_cut;
+    println!("site-a's application wrote {during} records during the partition");
+    assert!(during > 0, "site-a's application stopped writing when the link was cut");
 
     drill.step("heal; demote site-a's group; forced group resync until ready");
     lab.heal();
