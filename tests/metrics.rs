@@ -56,6 +56,11 @@ async fn probes_answer_and_volume_metrics_match_cephs_view() {
     assert_eq!(metric(&page, "rbd_addons_ceph_connections"), Some(1.0), "one cluster, one connection");
     assert!(page.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
 
+    // The sidecar's probes are calls too: counted, though they touch no Ceph.
+    server.identity().await.probe(rbd_addons::proto::identity::ProbeRequest {}).await.expect("probe");
+    let (_, page) = http_get(&address, "/metrics");
+    assert_eq!(ok(&page, "Probe"), 1.0, "{page}");
+
     // A bad request is counted by its code.
     let err = info(&mut c, &lab, "not-a-volume-id").await.unwrap_err();
     let (_, page) = http_get(&address, "/metrics");

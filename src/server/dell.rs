@@ -64,7 +64,7 @@ impl VolumeGroupSnapshot for DellService {
             manifest: HashMap::new(),
             ready: Some(true),
         };
-        Envelope::answer("ProbeController", Ok(answer)).map(Response::new)
+        Envelope::answer(self.snapshots.metrics(), "ProbeController", Ok(answer)).map(Response::new)
     }
 
     async fn create_volume_group_snapshot(
@@ -103,6 +103,6 @@ impl VolumeGroupSnapshot for DellService {
             CsiId::decode(&handle).map_err(|e| Error::Malformed(format!("invalid volume handle: it {e}"))).map(|id| {
                 VolumeHandleResponse { array_id: id.cluster_id, volume_id: handle.clone(), protocol: "rbd".into() }
             });
-        Envelope::answer("ParseVolumeHandle", parsed).map(Response::new)
+        Envelope::answer(self.snapshots.metrics(), "ParseVolumeHandle", parsed).map(Response::new)
     }
 }

@@ -199,14 +199,16 @@ impl Envelope {
         }))
     }
 
-    /// An RPC that needs no Ceph (identity): the same mapping, and its log
-    /// line at debug level, since kubelet and the sidecar probe often.
-    pub(crate) fn answer<T>(method: &'static str, result: Result<T, Error>) -> Result<T, Status> {
+    /// An RPC that needs no Ceph (identity): the same mapping and metrics,
+    /// and its log line at debug level, since kubelet and the sidecar probe
+    /// often.
+    pub(crate) fn answer<T>(metrics: &Metrics, method: &'static str, result: Result<T, Error>) -> Result<T, Status> {
         let started = Instant::now();
         let result = finish_quietly(method, &About::Nothing, started, result);
         if result.is_ok() {
             debug!(method, "call succeeded");
         }
+        metrics.rpc(method, result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok), started.elapsed());
         result
     }
 }

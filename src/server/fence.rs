@@ -105,6 +105,7 @@ impl FenceController for FenceService {
         _: Request<GetFenceClientsRequest>,
     ) -> Result<Response<GetFenceClientsResponse>, Status> {
         Envelope::answer(
+            self.envelope.metrics(),
             "GetFenceClients",
             Err(Error::NotSupported(
                 "GetFenceClients is not served for RBD: Ceph keeps no list of RBD client sessions to fence by; \

@@ -36,6 +36,10 @@ impl GroupSnapshots {
         Self { envelope: Envelope::new(exec, resolver) }
     }
 
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        self.envelope.metrics()
+    }
+
     /// Creates (or finds, by name) a group snapshot; waits a bounded time for
     /// copies still running, then answers with what is ready.
     pub(crate) async fn create(
@@ -191,8 +195,12 @@ impl GroupController for GroupControllerService {
         use group_controller_service_capability::{Rpc, Type, rpc};
         let rpc = Rpc { r#type: rpc::Type::CreateDeleteGetVolumeGroupSnapshot as i32 };
         let capabilities = vec![GroupControllerServiceCapability { r#type: Some(Type::Rpc(rpc)) }];
-        Envelope::answer("GroupControllerGetCapabilities", Ok(GroupControllerGetCapabilitiesResponse { capabilities }))
-            .map(Response::new)
+        Envelope::answer(
+            self.snapshots.metrics(),
+            "GroupControllerGetCapabilities",
+            Ok(GroupControllerGetCapabilitiesResponse { capabilities }),
+        )
+        .map(Response::new)
     }
 
     async fn create_volume_group_snapshot(

@@ -1,7 +1,10 @@
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::envelope::Envelope;
 use crate::ceph::Library;
+use crate::metrics::Metrics;
 use crate::proto::identity::capability::{self, NetworkFence, ReclaimSpace, Service, VolumeGroup, VolumeReplication};
 use crate::proto::identity::identity_server::Identity;
 use crate::proto::identity::{
@@ -14,11 +17,12 @@ use crate::proto::identity::{
 pub struct IdentityService {
     driver_name: String,
     library: Library,
+    metrics: Arc<Metrics>,
 }
 
 impl IdentityService {
-    pub fn new(driver_name: String, library: Library) -> Self {
-        Self { driver_name, library }
+    pub fn new(driver_name: String, library: Library, metrics: Arc<Metrics>) -> Self {
+        Self { driver_name, library, metrics }
     }
 }
 
@@ -78,18 +82,22 @@ impl Identity for IdentityService {
             vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
             manifest: self.library.manifest(),
         };
-        Envelope::answer("GetIdentity", Ok(Response::new(identity)))
+        Envelope::answer(&self.metrics, "GetIdentity", Ok(Response::new(identity)))
     }
 
     async fn get_capabilities(
         &self,
         _: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
-        Envelope::answer("GetCapabilities", Ok(Response::new(GetCapabilitiesResponse { capabilities: capabilities() })))
+        Envelope::answer(
+            &self.metrics,
+            "GetCapabilities",
+            Ok(Response::new(GetCapabilitiesResponse { capabilities: capabilities() })),
+        )
     }
 
     // Ready without any cluster: a Ceph outage must not restart the pod.
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
-        Envelope::answer("Probe", Ok(Response::new(ProbeResponse { ready: Some(true) })))
+        Envelope::answer(&self.metrics, "Probe", Ok(Response::new(ProbeResponse { ready: Some(true) })))
     }
 }

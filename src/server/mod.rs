@@ -263,7 +263,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
         .add_service(health_service)
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?)
-        .add_service(IdentityServer::new(identity::IdentityService::new(cfg.driver_name.clone(), library)))
+        .add_service(IdentityServer::new(identity::IdentityService::new(
+            cfg.driver_name.clone(),
+            library,
+            metrics.clone(),
+        )))
         .add_service(ControllerServer::new(replication::ReplicationService::new(
             exec.clone(),
             resolver.clone(),
