@@ -343,9 +343,27 @@ fn remove_journal(journal: &rbd_addons::ceph::IoCtx, specs: &[String]) {
     }
 }
 
+/// A server process of the bench's, stopped when dropped, so that a failed
+/// assertion does not leave it running.
+struct ServerProcess(std::process::Child);
+
+impl ServerProcess {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child, which has not been waited for yet.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        self.0.wait().ok();
+    }
+}
+
 /// The server for one site (site-b's with the cluster mapping), once its
 /// socket exists.
-async fn spawn_server(lab: &Value, site: &str, socket: &std::path::Path) -> std::process::Child {
+async fn spawn_server(lab: &Value, site: &str, socket: &std::path::Path) -> ServerProcess {
     let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("rbd-addons");
     assert!(bin.exists(), "build the binary first: cargo build --release");
     let mut cmd = Command::new(&bin);
@@ -356,7 +374,7 @@ async fn spawn_server(lab: &Value, site: &str, socket: &std::path::Path) -> std:
     if site == "b" {
         cmd.arg("--cluster-mapping").arg(lab["sites"]["b"]["cluster_mapping"].as_str().unwrap());
     }
-    let server = cmd.stderr(Stdio::null()).spawn().unwrap();
+    let server = ServerProcess(cmd.stderr(Stdio::null()).spawn().unwrap());
     while !socket.exists() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -367,12 +385,6 @@ async fn controller(socket: &std::path::Path) -> ControllerClient<tonic::transpo
     ControllerClient::new(
         Endpoint::from_shared(format!("unix://{}", socket.display())).unwrap().connect().await.unwrap(),
     )
-}
-
-fn stop(server: &mut std::process::Child) {
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    server.wait().ok();
 }
 
 /// `--scale N`: enable N volumes through the server at once, wait until the
@@ -391,7 +403,7 @@ async fn at_scale(lab: &Value, volumes: usize) {
     let dir = std::env::temp_dir().join(format!("rbd-addons-bench-{}", uuid()));
     std::fs::create_dir_all(&dir).unwrap();
     let (socket, socket_b) = (dir.join("a.sock"), dir.join("b.sock"));
-    let (mut server, mut server_b) = (spawn_server(lab, "a", &socket).await, spawn_server(lab, "b", &socket_b).await);
+    let (server, server_b) = (spawn_server(lab, "a", &socket).await, spawn_server(lab, "b", &socket_b).await);
     let (client, client_b) = (controller(&socket).await, controller(&socket_b).await);
 
     let started = Instant::now();
@@ -449,8 +461,7 @@ async fn at_scale(lab: &Value, volumes: usize) {
         rbd(conf_b, &["rm", "--no-progress", spec]);
     });
     remove_journal(&journal, &specs);
-    stop(&mut server);
-    stop(&mut server_b);
+    drop((server, server_b));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -480,10 +491,10 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("rbd-addons-bench-{}", uuid()));
     std::fs::create_dir_all(&dir).unwrap();
     let socket: PathBuf = dir.join("s.sock");
-    let mut server = spawn_server(&lab, "a", &socket).await;
+    let server = spawn_server(&lab, "a", &socket).await;
     let rss_idle = rss_kib(server.id());
     let socket_b: PathBuf = dir.join("b.sock");
-    let mut server_b = spawn_server(&lab, "b", &socket_b).await;
+    let server_b = spawn_server(&lab, "b", &socket_b).await;
     let (client, client_b) = (controller(&socket).await, controller(&socket_b).await);
 
     // Volumes as ceph-csi makes them: the image and its journal entry (which
@@ -686,7 +697,6 @@ async fn main() {
         rbd(&conf, &["rm", "--no-progress", spec]);
     }
     remove_journal(&journal, &specs);
-    stop(&mut server);
-    stop(&mut server_b);
+    drop((server, server_b));
     std::fs::remove_dir_all(&dir).ok();
 }
