@@ -387,28 +387,13 @@ async fn controller(socket: &std::path::Path) -> ControllerClient<tonic::transpo
     )
 }
 
-/// `--scale N`: enable N volumes through the server at once, wait until the
-/// peer replays them all, then fail them over to site-b through the servers
-/// and back to site-a with librbd (16 threads per site), and print both.
-async fn at_scale(lab: &Value, volumes: usize) {
-    let secrets: HashMap<String, String> = HashMap::from([
-        ("userID".into(), lab["user"].as_str().unwrap().into()),
-        ("userKey".into(), lab["key"].as_str().unwrap().into()),
-    ]);
-    let (conf, conf_b) = (lab["sites"]["a"]["conf"].as_str().unwrap(), lab["sites"]["b"]["conf"].as_str().unwrap());
-    let pool = lab["pool"].as_str().unwrap();
-    let journal =
-        rbd_addons::ceph::IoCtx::open(&connect_site(lab, "a"), lab["sites"]["a"]["pool_id"].as_i64().unwrap(), "")
-            .expect("open the pool");
-    let dir = std::env::temp_dir().join(format!("rbd-addons-bench-{}", uuid()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (socket, socket_b) = (dir.join("a.sock"), dir.join("b.sock"));
-    let (server, server_b) = (spawn_server(lab, "a", &socket).await, spawn_server(lab, "b", &socket_b).await);
-    let (client, client_b) = (controller(&socket).await, controller(&socket_b).await);
-
-    let started = Instant::now();
-    let (ids, specs) = create_volumes(lab, &journal, volumes);
-    println!("{volumes} volumes created (rbd CLI, 16 at a time) in {:.1} s", started.elapsed().as_secs_f64());
+/// Enable of every one of `ids` through the server, all sent at once (the
+/// controller sends up to 100 reconciles in parallel). Returns how long.
+async fn enable_all(
+    client: &ControllerClient<tonic::transport::Channel>,
+    ids: &[String],
+    secrets: &HashMap<String, String>,
+) -> Duration {
     let started = Instant::now();
     let enables: Vec<_> = ids
         .iter()
@@ -425,7 +410,37 @@ async fn at_scale(lab: &Value, volumes: usize) {
     for t in enables {
         t.await.unwrap().expect("enable through the server");
     }
-    let enabled = started.elapsed();
+    started.elapsed()
+}
+
+/// The CSI user's credentials, as a request's secrets.
+fn lab_secrets(lab: &Value) -> HashMap<String, String> {
+    HashMap::from([
+        ("userID".into(), lab["user"].as_str().unwrap().into()),
+        ("userKey".into(), lab["key"].as_str().unwrap().into()),
+    ])
+}
+
+/// `--scale N`: enable N volumes through the server at once, wait until the
+/// peer replays them all, then fail them over to site-b through the servers
+/// and back to site-a with librbd (16 threads per site), and print both.
+async fn at_scale(lab: &Value, volumes: usize) {
+    let secrets = lab_secrets(lab);
+    let (conf, conf_b) = (lab["sites"]["a"]["conf"].as_str().unwrap(), lab["sites"]["b"]["conf"].as_str().unwrap());
+    let pool = lab["pool"].as_str().unwrap();
+    let journal =
+        rbd_addons::ceph::IoCtx::open(&connect_site(lab, "a"), lab["sites"]["a"]["pool_id"].as_i64().unwrap(), "")
+            .expect("open the pool");
+    let dir = std::env::temp_dir().join(format!("rbd-addons-bench-{}", uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (socket, socket_b) = (dir.join("a.sock"), dir.join("b.sock"));
+    let (server, server_b) = (spawn_server(lab, "a", &socket).await, spawn_server(lab, "b", &socket_b).await);
+    let (client, client_b) = (controller(&socket).await, controller(&socket_b).await);
+
+    let started = Instant::now();
+    let (ids, specs) = create_volumes(lab, &journal, volumes);
+    println!("{volumes} volumes created (rbd CLI, 16 at a time) in {:.1} s", started.elapsed().as_secs_f64());
+    let enabled = enable_all(&client, &ids, &secrets).await;
     println!("Enable of {volumes} volumes, all at once, via the server: {:.2} s", enabled.as_secs_f64());
     let started = Instant::now();
     wait_replaying(conf_b, pool, &specs).await;
@@ -480,10 +495,7 @@ async fn main() {
     let conf = lab["sites"]["a"]["conf"].as_str().unwrap().to_owned();
     let pool = lab["pool"].as_str().unwrap().to_owned();
     let pool_id = lab["sites"]["a"]["pool_id"].as_i64().unwrap();
-    let secrets: HashMap<String, String> = HashMap::from([
-        ("userID".into(), lab["user"].as_str().unwrap().into()),
-        ("userKey".into(), lab["key"].as_str().unwrap().into()),
-    ]);
+    let secrets = lab_secrets(&lab);
 
     let conf_b = lab["sites"]["b"]["conf"].as_str().unwrap().to_owned();
     let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("rbd-addons");
@@ -505,21 +517,7 @@ async fn main() {
     let (ids, specs) = create_volumes(&lab, &journal, volumes * 3);
 
     // 2. Mass enable.
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for id in &ids[..volumes] {
-        let mut c = client.clone();
-        let req = EnableVolumeReplicationRequest {
-            secrets: secrets.clone(),
-            replication_source: source(id),
-            ..Default::default()
-        };
-        tasks.push(tokio::spawn(async move { c.enable_volume_replication(req).await.map(drop) }));
-    }
-    for t in tasks {
-        t.await.unwrap().expect("enable through the server");
-    }
-    let server_enable = started.elapsed();
+    let server_enable = enable_all(&client, &ids[..volumes], &secrets).await;
     let rss_one_connection = rss_kib(server.id());
     let started = Instant::now();
     for spec in &specs[volumes..volumes * 2] {

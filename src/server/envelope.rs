@@ -158,8 +158,7 @@ impl Envelope {
         }
         .await;
         let answer = finish(method, &about, started, result);
-        let code = answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.exec.metrics().rpc(method, code, started.elapsed());
+        count(self.exec.metrics(), method, started, &answer);
         answer
     }
 
@@ -208,9 +207,15 @@ impl Envelope {
         if result.is_ok() {
             debug!(method, "call succeeded");
         }
-        metrics.rpc(method, result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok), started.elapsed());
+        count(metrics, method, started, &result);
         result
     }
+}
+
+/// Every answer's one count: by method and code, with its latency.
+fn count<T>(metrics: &Metrics, method: &'static str, started: Instant, answer: &Result<T, Status>) {
+    let code = answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+    metrics.rpc(method, code, started.elapsed());
 }
 
 /// The outcome's one log line and Status.
