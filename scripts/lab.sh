@@ -279,12 +279,18 @@ rbd_mirror_image_state_check_interval = 1
 rbd_mirror_pool_replayers_refresh_interval = 5
 rbd_mirror_delete_retry_interval = 5
 rbd_mirror_journal_poll_age = 1
+
+# rbd-mirror itself runs at Ceph's defaults, as in production: no op timeouts
+# on its own cluster, nor (below) on the peer's. After a site loss its
+# replayers then wait on the lost site for ever, and a forced promote has to
+# take a member from it (the server breaks its lock; see the README).
+[client.rbd-mirror.$s]
+rados_mon_op_timeout = 0
+rados_osd_op_timeout = 0
 EOF
   # rbd-mirror opens the peer cluster under the peer's site name and reads
   # ./<site-name>.conf from its working directory: keep its sockets in the lab.
-  # Its operations on the peer are bounded too: after a site loss, a journal
-  # replayer only lets go of a promoted image once they have failed.
-  printf '[global]\nrun_dir = %s/run\nlog_file = %s/log/peer-$name.log\nrados_osd_op_timeout = 10\nrados_mon_op_timeout = 10\n' \
+  printf '[global]\nrun_dir = %s/run\nlog_file = %s/log/peer-$name.log\n' \
     "$d" "$d" >"$d/$(site_name "$(peer_of "$s")").conf"
 }
 
