@@ -106,3 +106,81 @@ async fn resync_with_the_rbd_mirror_daemon_down_is_an_error_not_progress() {
     }
     cleanup(&lab, &vol.spec);
 }
+
+/// After a site loss this site's rbd-mirror may never let go of a promoted
+/// image by itself (it runs with no op timeout and waits on the lost site).
+/// Here site-b's rbd-mirror is frozen outright, so it cannot let go: a
+/// forced promote must take the image from it (breaking its lock, which
+/// blocklists that rbd-mirror client on site-b) and answer only once the
+/// image takes writes, well before the OSD would drop the frozen daemon's
+/// watch (30 s). Afterwards rbd-mirror recovers by itself: it replays
+/// another image again, and, after the failback, this one.
+#[tokio::test]
+async fn a_forced_promote_takes_the_image_from_a_stuck_rbd_mirror() {
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::load();
+    let sites = SitePair::start(&lab, &[]).await;
+    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let journal = || std::collections::HashMap::from([("mirroringMode".to_owned(), "journal".to_owned())]);
+    let mut vols = Vec::new();
+    for _ in 0..2 {
+        let v = lab.create_volume(VolumeOpts::default());
+        write_data(&lab, Site::A, &v.spec);
+        enable_with(&mut a, &lab, &v.id, journal()).await.expect("enable in journal mode");
+        let sum = checksum(&lab, Site::A, &v.spec).unwrap();
+        wait_same_data(&lab, &v.spec, &sum, Site::B, LIMIT).await;
+        vols.push(v);
+    }
+    let (x, y) = (&vols[0], &vols[1]);
+    wait_until("site-b's rbd-mirror to hold the lock of x", LIMIT, || {
+        lab.rbd_try(Site::B, &["lock", "ls", &x.spec]).is_ok_and(|o| o.contains("client."))
+    })
+    .await;
+
+    let took = {
+        let _site_a = Frozen::daemons(&lab, "site-a", &[]);
+        let _mirror_b = Frozen::daemons(&lab, "site-b", &["rbd-mirror"]);
+        let started = Instant::now();
+        promote(&mut b, &lab, &x.id, true).await.expect("forced promote with site-a lost and rbd-mirror stuck");
+        let took = started.elapsed();
+        // Answered only once the image takes writes.
+        lab.rbd(Site::B, &["bench", "--io-type", "write", "--io-size", "4K", "--io-total", "64K", &x.spec]);
+        took
+    };
+    println!("forced promote took the image from the frozen rbd-mirror in {took:?}");
+    assert!(took < Duration::from_secs(25), "the forced promote waited {took:?}: it did not take the image");
+    assert_eq!(is_primary(&lab, Site::B, &x.spec), Some(true));
+
+    // rbd-mirror comes back blocklisted and restarts its replayers: y
+    // replays again.
+    write_data(&lab, Site::A, &y.spec);
+    let sum_y = checksum(&lab, Site::A, &y.spec).unwrap();
+    wait_same_data(&lab, &y.spec, &sum_y, Site::B, LIMIT).await;
+
+    // Fail x back to site-a; site-b's rbd-mirror then replays it again.
+    write_data(&lab, Site::B, &x.spec);
+    demote(&mut a, &lab, &x.id).await.expect("demote the returning site-a");
+    resync_until_ready(&mut a, &lab, &x.id, LIMIT).await;
+    let sum_b = checksum(&lab, Site::B, &x.spec).unwrap();
+    wait_same_data(&lab, &x.spec, &sum_b, Site::A, LIMIT).await;
+    demote(&mut b, &lab, &x.id).await.expect("planned failback: demote b");
+    let started = Instant::now();
+    loop {
+        match promote(&mut a, &lab, &x.id, false).await {
+            Ok(()) => break,
+            Err(e) if matches!(e.code(), Code::Unavailable | Code::FailedPrecondition) && started.elapsed() < LIMIT => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Err(e) => panic!("planned failback: promote a: {e:?}"),
+        }
+    }
+    write_data(&lab, Site::A, &x.spec);
+    let sum_a = checksum(&lab, Site::A, &x.spec).unwrap();
+    wait_same_data(&lab, &x.spec, &sum_a, Site::B, LIMIT).await;
+
+    for v in &vols {
+        disable(&mut a, &lab, &v.id).await.ok();
+        lab.rbd_try(Site::B, &["rm", "--no-progress", &v.spec]).ok();
+        cleanup(&lab, &v.spec);
+    }
+}

@@ -49,7 +49,14 @@ fn require_enabled(info: &MirrorInfo, vol: &ResolvedVolume) -> Result<(), Error>
 }
 
 pub fn promote(vol: &ResolvedVolume, force: bool, schedule: Option<&Schedule>) -> Result<(), Error> {
-    promote_image(&open(&vol.io, vol)?, vol, force, schedule)
+    let since = Instant::now();
+    promote_image(&open(&vol.io, vol)?, vol, force, schedule)?;
+    if force {
+        // After a site loss this site's rbd-mirror may never let go of the
+        // image by itself: answer only once it takes writes (a retry too).
+        drop(super::hold_all(&[vol], true, since)?);
+    }
+    Ok(())
 }
 
 /// Promote through an image the caller already opened (a group call opens

@@ -2,6 +2,7 @@
 //! typed values; gRPC types and codes stay in `server`.
 
 mod failover;
+mod hold;
 mod params;
 mod status;
 mod status_cache;
@@ -10,6 +11,7 @@ mod volume;
 pub use failover::{
     CREATION_TIME_KEY, PEER_REPORT_WAIT, demote, demote_image, promote, promote_image, require_peer_copy, resync,
 };
+pub use hold::{MIRROR_RELEASE_GRACE, hold_all};
 pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
 pub use params::{MIRRORING_MODE, SCHEDULING_INTERVAL};
 pub use status::{Health, ReplayDescription, health};
