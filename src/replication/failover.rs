@@ -19,10 +19,13 @@ const PROMOTE_SETTLE: Duration = Duration::from_secs(10);
 
 /// How long a non-forced promote keeps retrying EBUSY ("the peer is primary")
 /// before believing it: right after the peer's demote this site answers EBUSY
-/// until its rbd-mirror has copied the demotion snapshot (measured up to
-/// 0.9 s). Giving up at once would make the controller force-promote and lose
-/// the writes that snapshot carries.
+/// until its rbd-mirror has copied or replayed the demotion (measured up to
+/// 0.9 s on an idle lab). Giving up at once would make the controller
+/// force-promote and lose the writes the demotion carries.
 const PEER_DEMOTE_SETTLE: Duration = Duration::from_secs(5);
+/// ...and while the peer no longer calls its copy primary (its demotion is on
+/// its way here; a busy machine was seen to take more than 5 s), up to this.
+const PEER_DEMOTED_SETTLE: Duration = Duration::from_secs(30);
 
 /// How long a non-forced demote waits for the peer's first report on its
 /// copy: rbd-mirror flushes statuses every 30 s, so a copy made a moment ago
@@ -141,6 +144,12 @@ fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Resu
             }
             Err(e) if e.is(libc::EBUSY) && !force => {
                 let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
+                let peer_primary = status.remotes().any(|s| s.description == "local image is primary");
+                if !peer_primary && started.elapsed() + pause < PEER_DEMOTED_SETTLE {
+                    std::thread::sleep(pause);
+                    pause = next_pause(started.elapsed(), pause);
+                    continue;
+                }
                 return Err(Error::WrongState(format!(
                     "{}: librbd refuses a non-forced promote because this copy's newest mirror snapshot is not its \
                      own demotion: the peer is or was primary after it ({}). Demote the peer first, or promote \
