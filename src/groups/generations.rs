@@ -19,8 +19,14 @@ use crate::ceph::{CephError, Image, IoCtx, SnapInfo, SnapKind};
 
 pub const PRE_PREFIX: &str = "rbd-addons.pre.";
 pub const GEN_PREFIX: &str = "rbd-addons.gen.";
-/// Generations kept on the primary (and, through replay, on the peer).
+/// Generations kept on the primary (and, through replay, on the peer)...
 pub const KEEP: usize = 3;
+/// ...and every generation taken less than this before the newest. The peer
+/// replays each member's journal on its own, so one member may lag another
+/// by several generations at a short interval; a lagging member must still
+/// find a generation that the others have not pruned yet, or no cut is common
+/// to all of them after a site loss.
+pub const RETAIN: Duration = Duration::from_secs(60);
 /// Revert copies at most this much per read/write.
 const CHUNK: u64 = 4 << 20;
 
@@ -156,7 +162,10 @@ pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>]) -> Re
 /// site's group, older fence posts, and group snapshots replayed from the
 /// peer's group before a failover (their group does not exist here).
 fn prune(group_io: &IoCtx, rbd_group: &str, images: &[&Image<'_>], newest: u64) -> Result<(), Error> {
-    let Some(oldest_kept) = newest.checked_sub(KEEP as u64 - 1).filter(|n| *n > 0) else { return Ok(()) };
+    let oldest_kept = oldest_kept(images[0], newest)?;
+    if oldest_kept <= 1 {
+        return Ok(());
+    }
     let ours = group_io.group_snap_list(rbd_group).map_err(Error::ceph("cannot list group snapshots"))?;
     for name in ours {
         if let Some(n) = name.strip_prefix(GEN_PREFIX).and_then(|n| n.parse::<u64>().ok())
@@ -186,6 +195,30 @@ fn prune(group_io: &IoCtx, rbd_group: &str, images: &[&Image<'_>], newest: u64) 
         }
     }
     Ok(())
+}
+
+/// The oldest generation to keep (see `oldest_to_keep`), by the first
+/// member's fence posts.
+fn oldest_kept(first: &Image<'_>, newest: u64) -> Result<u64, Error> {
+    let mut taken = Vec::new();
+    for (n, cut) in cuts_of(first)? {
+        taken.push((n, first.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?));
+    }
+    Ok(oldest_to_keep(&taken, newest))
+}
+
+/// The KEEP newest generations, and all taken within RETAIN of the newest;
+/// `taken` is (number, Unix seconds), oldest first.
+fn oldest_to_keep(taken: &[(u64, i64)], newest: u64) -> u64 {
+    let by_count = newest.saturating_sub(KEEP as u64 - 1).max(1);
+    let Some(&(_, newest_at)) = taken.iter().find(|(n, _)| *n == newest) else { return by_count };
+    taken
+        .iter()
+        .rev()
+        .skip_while(|(n, _)| *n >= by_count)
+        .take_while(|(_, at)| newest_at - at <= RETAIN.as_secs() as i64)
+        .last()
+        .map_or(by_count, |(n, _)| *n)
 }
 
 /// Removes every generation of the group (on Disable).
@@ -218,78 +251,89 @@ pub struct Reverted {
 
 /// Brings every member back to generation `n`: the extents changed since its
 /// fence post are read from the group snapshot and written to the member's
-/// writable head (`heads`, in member order). The members must be primary.
-/// Safe to repeat.
+/// head, then read back: every extent changed since the fence post must now
+/// equal the group snapshot, or the call fails and the next one reverts
+/// again. `heads` (in member order) hold the members' exclusive locks, so
+/// nothing else writes to them meanwhile. Safe to repeat.
 pub fn revert(members: &[OpenMember<'_>], heads: &[Image<'_>], n: u64, cuts: &[MemberCut]) -> Result<Reverted, Error> {
     let mut bytes = 0;
     for ((m, head), cut) in members.iter().zip(heads).zip(cuts) {
         let Some(snap_id) = cut.group_snap_id else { continue };
-        bytes += revert_member(m.member, head, n, snap_id)?;
+        let at_cut = open_at(m.member, snap_id, n)?;
+        let copied = copy_back(m.member, head, &at_cut, n)?;
+        let checked = check_at(m.member, head, &at_cut, n)?;
+        info!(member = %m.member.volume_id, generation = n, bytes = copied, checked_bytes = checked,
+            "member reverted to the generation and checked");
+        bytes += copied;
     }
     info!(generation = n, bytes, members = members.len(), "members reverted to their newest common generation");
     Ok(Reverted { generation: n, bytes })
 }
 
-fn revert_member(m: &Member, head: &Image<'_>, n: u64, snap_id: u64) -> Result<u64, Error> {
-    // A second handle, set to the group snapshot: the head keeps writing.
+/// A second handle on the member, reading the group snapshot.
+fn open_at<'m>(m: &'m Member, snap_id: u64, n: u64) -> Result<Image<'m>, Error> {
     let at_cut = Image::open_read_only(&m.vol.io, &m.vol.image)
         .map_err(Error::ceph(format!("cannot open member {} to revert it", m.vol.spec())))?;
     at_cut.read_snapshot(snap_id).map_err(Error::ceph(format!("cannot read generation {n} of {}", m.vol.spec())))?;
+    Ok(at_cut)
+}
+
+fn changed(m: &Member, head: &Image<'_>, n: u64) -> Result<Vec<crate::ceph::Extent>, Error> {
     let pre = format!("{PRE_PREFIX}{n}");
-    let extents = head.changed_since(&pre).map_err(Error::ceph(format!("cannot diff {} since {pre}", m.vol.spec())))?;
+    head.changed_since(&pre).map_err(Error::ceph(format!("cannot diff {} since {pre}", m.vol.spec())))
+}
+
+/// Calls `each(offset, len)` for every chunk of every extent changed since
+/// generation n's fence post; returns the bytes covered.
+fn each_chunk(
+    m: &Member,
+    head: &Image<'_>,
+    n: u64,
+    mut each: impl FnMut(u64, usize) -> Result<(), Error>,
+) -> Result<u64, Error> {
     let mut bytes = 0;
-    let mut buf = Vec::new();
-    for e in extents {
+    for e in changed(m, head, n)? {
         let mut offset = e.offset;
         let end = e.offset + e.len;
         while offset < end {
             let len = (end - offset).min(CHUNK) as usize;
-            buf.resize(len, 0);
-            at_cut.read_at(offset, &mut buf).map_err(revert_err(m))?;
-            head.write_at(offset, &buf).map_err(revert_err(m))?;
+            each(offset, len)?;
             offset += len as u64;
             bytes += len as u64;
         }
     }
+    Ok(bytes)
+}
+
+fn copy_back(m: &Member, head: &Image<'_>, at_cut: &Image<'_>, n: u64) -> Result<u64, Error> {
+    let mut buf = Vec::new();
+    let bytes = each_chunk(m, head, n, |offset, len| {
+        buf.resize(len, 0);
+        at_cut.read_at(offset, &mut buf).map_err(revert_err(m))?;
+        head.write_at(offset, &buf).map_err(revert_err(m))
+    })?;
     head.flush().map_err(revert_err(m))?;
     Ok(bytes)
 }
 
-/// How long a just-promoted member may stay read-only: this site's rbd-mirror
-/// lets go of the image (its exclusive lock) once its replayer has stopped,
-/// usually within 0.1 s. After a forced promote with the peer site gone, the
-/// replayer's stop waits for its operations on the lost peer to time out
-/// (`rados_osd_op_timeout` of rbd-mirror's peer connection; see the README).
-const WRITABLE_SETTLE: Duration = Duration::from_secs(45);
-
-/// Opens the member's head for writing once it accepts writes: a flush of an
-/// empty write set does not take the lock, so probe with a rewrite of the
-/// first sector's own content.
-pub(super) fn writable_head(m: &Member) -> Result<Image<'_>, Error> {
-    let deadline = Instant::now() + WRITABLE_SETTLE;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let head = Image::open(&m.vol.io, &m.vol.image)
-            .map_err(Error::ceph(format!("cannot open member {} to revert it", m.vol.spec())))?;
-        let mut sector = vec![0u8; 512];
-        // Both the read and the write may meet the lock still held elsewhere.
-        match head.read_at(0, &mut sector).and_then(|()| head.write_at(0, &sector)) {
-            Ok(()) => return Ok(head),
-            Err(e) if e.is(libc::EROFS) && Instant::now() + pause < deadline => {
-                drop(head);
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-            Err(e) if e.is(libc::EROFS) => {
-                return Err(Error::NotReady(format!(
-                    "member {} is still read-only after its promote: this site's rbd-mirror still holds it \
-                     (after a site loss it lets go once its operations on the lost site time out); retry",
-                    m.vol.spec()
-                )));
-            }
-            Err(e) => return Err(revert_err(m)(e)),
+/// Every extent changed since the fence post, diffed afresh, equals the
+/// group snapshot.
+fn check_at(m: &Member, head: &Image<'_>, at_cut: &Image<'_>, n: u64) -> Result<u64, Error> {
+    let (mut want, mut have) = (Vec::new(), Vec::new());
+    each_chunk(m, head, n, |offset, len| {
+        want.resize(len, 0);
+        have.resize(len, 0);
+        at_cut.read_at(offset, &mut want).map_err(revert_err(m))?;
+        head.read_at(offset, &mut have).map_err(revert_err(m))?;
+        if want != have {
+            return Err(Error::NotReady(format!(
+                "member {} still differs from generation {n} at offset {offset} after its revert; retry (the \
+                 promote reverts again)",
+                m.vol.spec()
+            )));
         }
-    }
+        Ok(())
+    })
 }
 
 fn revert_err(m: &Member) -> impl FnOnce(CephError) -> Error + '_ {
@@ -322,6 +366,19 @@ mod tests {
         assert_eq!(cuts[&2].group_snap_id, None, "generation 2's group snapshot never came");
         assert_eq!(cuts[&3].group_snap_id, Some(10));
         assert_eq!(next_number(&[cuts]), 4);
+    }
+
+    #[test]
+    fn generations_are_kept_by_count_and_by_age() {
+        // One a second: the last minute is kept, not just the three newest.
+        let every_second: Vec<(u64, i64)> = (1..=100).map(|n| (n, 1000 + n as i64)).collect();
+        assert_eq!(oldest_to_keep(&every_second, 100), 40);
+        // One an hour: the three newest.
+        let hourly: Vec<(u64, i64)> = (1..=10).map(|n| (n, n as i64 * 3600)).collect();
+        assert_eq!(oldest_to_keep(&hourly, 10), 8);
+        // Few, or the newest not listed (a member that lags): by count.
+        assert_eq!(oldest_to_keep(&every_second[..2], 2), 1);
+        assert_eq!(oldest_to_keep(&[], 7), 5);
     }
 
     #[test]

@@ -26,6 +26,11 @@ const INTERVAL_KEY: &str = "generation-interval";
 /// primary and reverted: a promote interrupted in between is finished by the
 /// next call, revert included.
 const PROMOTING_KEY: &str = "promoting";
+/// The first generation taken once the peer replays every member: the
+/// peer's initial image sync copies fence posts but no group snapshot, so
+/// only generations taken after it can ever be a cut there. Cleared when
+/// this site's role changes.
+const SEEDED_KEY: &str = "seeded";
 
 /// The group parameter for how often a primary group takes a generation
 /// (its RPO in journal mode).
@@ -55,7 +60,7 @@ pub fn parse_interval(params: &HashMap<String, String>) -> Result<Option<Duratio
 }
 
 fn read_state(io: &IoCtx, uuid: &str) -> Result<HashMap<String, String>, Error> {
-    match io.omap_get(&state_object(uuid), &[INTERVAL_KEY, PROMOTING_KEY]) {
+    match io.omap_get(&state_object(uuid), &[INTERVAL_KEY, PROMOTING_KEY, SEEDED_KEY]) {
         Ok(v) => Ok(v.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect()),
         Err(e) if e.is(libc::ENOENT) => Ok(HashMap::new()),
         Err(e) => Err(Error::ceph("cannot read the group's state")(e)),
@@ -167,7 +172,7 @@ pub fn disable(group: &Group, members: &[Member], params: &DisableParams) -> Res
     for m in &present {
         replication::disable(&m.vol, params).map_err(on_member(m))?;
     }
-    clear_state(&group.io, group.uuid(), &[INTERVAL_KEY, PROMOTING_KEY])?;
+    clear_state(&group.io, group.uuid(), &[INTERVAL_KEY, PROMOTING_KEY, SEEDED_KEY])?;
     info!(group = %group.id, members = present.len(), "group replication disabled");
     Ok(())
 }
@@ -194,6 +199,8 @@ pub fn demote(group: &Group, members: &[Member], force: bool) -> Result<(), Erro
         ensure_rbd_group_members(group, &opened)?;
         take_generation(group, &opened)?;
     }
+    // Once this site is primary again, its peer bootstraps anew.
+    clear_state(&group.io, group.uuid(), &[SEEDED_KEY])?;
     for m in &opened {
         // Every member's peer copy was checked above.
         replication::demote_image(&m.image, &m.member.vol, true).map_err(on_member(m.member))?;
@@ -234,7 +241,11 @@ pub fn promote(
     if !opened.iter().all(OpenMember::is_primary) && !state.contains_key(PROMOTING_KEY) {
         write_state(&group.io, group.uuid(), &[(PROMOTING_KEY, "1")])?;
         state.insert(PROMOTING_KEY.into(), "1".into());
+        // The old primary must bootstrap from this site before any
+        // generation taken here can be a cut there.
+        clear_state(&group.io, group.uuid(), &[SEEDED_KEY])?;
     }
+    let since = Instant::now();
     for m in &opened {
         if !m.is_primary() {
             replication::promote_image(&m.image, &m.member.vol, force, schedule).map_err(on_member(m.member))?;
@@ -247,7 +258,7 @@ pub fn promote(
     let mut done = Promoted::default();
     if state.contains_key(PROMOTING_KEY) {
         if mode == Some(MirrorImageMode::Journal) {
-            done.reverted = revert_to_newest_common(group, &opened)?;
+            done.reverted = Some(revert_to_newest_common(group, &opened, force, since)?);
             ensure_rbd_group_members(group, &opened)?;
         }
         if let Some(i) = interval {
@@ -264,23 +275,63 @@ pub fn promote(
     Ok(done)
 }
 
-/// Just promoted, a member stays read-only until this site's rbd-mirror lets
-/// go of it; the revert and the next generation both write, so first wait
-/// for every member's head to take writes.
-fn revert_to_newest_common(group: &Group, members: &[OpenMember<'_>]) -> Result<Option<Reverted>, Error> {
-    let heads: Vec<_> = members
+/// Just promoted, a member may still be written by this site's rbd-mirror
+/// (a replayer applying what it had fetched) until it lets go of the
+/// member's lock. So first hold every member's lock, taking it from
+/// rbd-mirror if `force` and it does not let go; only then read which
+/// generation every member holds and revert to it, with nothing able to
+/// write in between. The locks go when the heads are dropped, after the check.
+fn revert_to_newest_common(
+    group: &Group,
+    members: &[OpenMember<'_>],
+    force: bool,
+    since: Instant,
+) -> Result<Reverted, Error> {
+    let vols: Vec<_> = members.iter().map(|m| &m.member.vol).collect();
+    let heads = replication::hold_all(&vols, force, since)?;
+    let cuts: Vec<_> = members
         .iter()
-        .map(|m| generations::writable_head(m.member).map_err(on_member(m.member)))
+        .zip(&heads)
+        .map(|(m, head)| generations::cuts_of(head).map_err(on_member(m.member)))
         .collect::<Result<_, _>>()?;
-    let cuts: Vec<_> = members.iter().map(|m| generations::cuts_of(&m.image)).collect::<Result<_, _>>()?;
     match generations::newest_common(&cuts) {
-        Some((n, member_cuts)) => Ok(Some(generations::revert(members, &heads, n, &member_cuts)?)),
+        Some((n, member_cuts)) => generations::revert(members, &heads, n, &member_cuts),
         None => {
-            warn!(group = %group.id,
-                "no consistency generation reached every member; the members are promoted as they are and may not show one instant");
-            Ok(None)
+            let newest: Vec<String> = members
+                .iter()
+                .zip(&cuts)
+                .map(|(m, c)| {
+                    let complete = c.iter().rev().find(|(_, cut)| cut.group_snap_id.is_some()).map(|(n, _)| *n);
+                    format!("{}: {}", m.member.volume_id, complete.map_or("none".to_owned(), |n| format!("generation {n}")))
+                })
+                .collect();
+            Err(Error::WrongState(format!(
+                "no consistency generation of volume group {} reached every member on this site (newest complete \
+                 generation per member: {}), so no instant is common to all of them. Its members are primary here as \
+                 rbd-mirror left them, NOT reverted, and may show different instants. To use them as they are, \
+                 disable the group's replication on this site and enable it again",
+                group.id,
+                newest.join("; ")
+            )))
         }
     }
+}
+
+/// Whether a promote of the group is unfinished on this site (its members
+/// are, or are being, promoted but not yet reverted): no generation may be
+/// taken then, or it would record the members' unreverted state as a cut.
+pub fn promote_unfinished(group: &Group) -> Result<bool, Error> {
+    Ok(read_state(&group.io, group.uuid())?.contains_key(PROMOTING_KEY))
+}
+
+/// Whether a generation was taken since the peer replays every member.
+pub fn seeded(group: &Group) -> Result<bool, Error> {
+    Ok(read_state(&group.io, group.uuid())?.contains_key(SEEDED_KEY))
+}
+
+/// Records that generation `n` was taken while the peer replayed every member.
+pub fn mark_seeded(group: &Group, n: u64) -> Result<(), Error> {
+    write_state(&group.io, group.uuid(), &[(SEEDED_KEY, &n.to_string())])
 }
 
 /// Every member must have a destination on the peer before any is given:

@@ -16,13 +16,15 @@ use tracing::{debug, warn};
 
 use super::{Group, OpenMember, find, generations, members_unguarded, open_members, state_object};
 use crate::Error;
-use crate::ceph::MirrorImageMode;
+use crate::ceph::{MirrorImageMode, SiteState};
 use crate::cephcsi::{Credentials, CsiId, Resolver};
 use crate::exec::Executor;
 
 const LOCK_NAME: &str = "rbd-addons.generations";
 /// How often the watch list is looked at.
 const TICK: Duration = Duration::from_millis(500);
+/// How often a group whose peer does not replay every member yet is looked at.
+const SEED_POLL: Duration = Duration::from_secs(2);
 /// A watch not refreshed by any call for this long is dropped.
 const WATCH_EXPIRY: Duration = Duration::from_secs(3600);
 
@@ -136,6 +138,11 @@ fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> R
         Err(Error::Missing(_)) => return Ok(Outcome::Forget),
         Err(e) => return Err(e),
     };
+    if super::replicate::promote_unfinished(&group)? {
+        // Taken now, a generation would record the members' unreverted
+        // state as a cut, and the promote's retry would revert to it.
+        return Ok(Outcome::Next(Duration::from_secs(1)));
+    }
     let interval = super::replicate::interval_of(&group)?;
     let members = members_unguarded(resolver, &group, creds)?;
     let members = open_members(&members)?;
@@ -149,21 +156,45 @@ fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> R
         Err(e) if e.is(libc::EBUSY) || e.is(libc::EEXIST) => return Ok(Outcome::Next(interval)),
         Err(e) => return Err(Error::ceph("cannot lock the group's state")(e)),
     }
+    let seeded = super::replicate::seeded(&group)?;
+    if !seeded && peer_replays_all(&members)? {
+        // Until the peer replays every member, no generation reaches it as a
+        // cut (its initial sync copies no group snapshot): take one as soon
+        // as it does, written to or not.
+        let taken = super::replicate::take_generation(&group, &members)?;
+        super::replicate::mark_seeded(&group, taken.number)?;
+        debug!(group = %group.id, generation = taken.number, "first generation since the peer replays every member");
+        return Ok(Outcome::Next(interval));
+    }
+    // Not seeded yet: look again soon.
+    let next = if seeded { interval } else { SEED_POLL.min(interval) };
     let age = newest_age(&group, &members)?;
     if let Some(age) = age
         && age < interval
     {
-        return Ok(Outcome::Next(interval - age));
+        return Ok(Outcome::Next((interval - age).min(next)));
     }
     if unchanged_since_newest(&members)? {
         // Nothing written since the last cut: another would add journal
         // traffic (and keep the peer from ever reporting itself caught up)
         // without moving the recovery point.
-        return Ok(Outcome::Next(interval));
+        return Ok(Outcome::Next(next));
     }
     let taken = super::replicate::take_generation(&group, &members)?;
     debug!(group = %group.id, generation = taken.number, "scheduled generation taken");
-    Ok(Outcome::Next(interval))
+    Ok(Outcome::Next(next))
+}
+
+/// Whether the peer's rbd-mirror reports every member replaying (its
+/// initial sync done).
+fn peer_replays_all(members: &[OpenMember<'_>]) -> Result<bool, Error> {
+    for m in members {
+        let status = m.image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
+        if !status.remotes().any(|s| s.up && s.state == SiteState::Replaying) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn all_primary_journal(members: &[OpenMember<'_>]) -> bool {

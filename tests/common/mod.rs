@@ -825,18 +825,22 @@ pub async fn group_promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> 
 }
 
 /// A forced group promote with the other site lost, retried as the
-/// csi-addons controller retries UNAVAILABLE: a just-promoted member stays
-/// read-only until this site's rbd-mirror lets go of it, which after a site
-/// loss waits for its operations on the lost site to time out (usually well
-/// inside one call's 45 s; under load sometimes not: one clean-clone run saw
-/// it hold a member for more than 150 s). Returns the attempts.
+/// csi-addons controller retries UNAVAILABLE. A just-promoted member is
+/// held by this site's rbd-mirror until it lets go, or until the server takes
+/// it from rbd-mirror (after `MIRROR_RELEASE_GRACE`); rbd-mirror runs at
+/// Ceph's defaults in the lab, with no op timeout. Bounded: the whole
+/// failover must answer OK within 60 s. Returns the attempts.
 pub async fn group_promote_after_site_loss(c: &mut Client, lab: &Lab, id: &str) -> Result<u32, tonic::Status> {
     let started = Instant::now();
     let mut attempts = 1;
     loop {
         match group_promote(c, lab, id, true).await {
-            Ok(()) => return Ok(attempts),
-            Err(e) if e.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(300) => {
+            Ok(()) => {
+                let took = started.elapsed();
+                assert!(took < Duration::from_secs(60), "the forced group promote took {took:?} (bound: 60 s)");
+                return Ok(attempts);
+            }
+            Err(e) if e.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(60) => {
                 println!("forced group promote, attempt {attempts}: {}", e.message());
                 attempts += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -844,6 +848,44 @@ pub async fn group_promote_after_site_loss(c: &mut Client, lab: &Lab, id: &str) 
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Waits until every member on site `s` holds a complete generation (a
+/// group snapshot) of the same group snapshot: a recovery point the group
+/// can fail over to. The peer's initial sync copies no group snapshot.
+pub async fn wait_group_cut(lab: &Lab, s: Site, specs: &[&str], limit: Duration) {
+    wait_until("a consistency generation on every member", limit, || {
+        let mut keys = Vec::new();
+        for spec in specs {
+            let snaps = lab.rbd_json(s, &["snap", "ls", "--all", spec]).unwrap_or_default();
+            let mine: Vec<String> = snaps
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| v["namespace"]["type"] == "group")
+                .filter_map(|v| v["name"].as_str()?.rsplit('_').next().map(str::to_owned))
+                .collect();
+            keys.push(mine);
+        }
+        keys.first().is_some_and(|first| first.iter().any(|k| keys.iter().all(|m| m.contains(k))))
+    })
+    .await;
+}
+
+/// Enable with the class parameters (e.g. `mirroringMode`).
+pub async fn enable_with(
+    c: &mut Client,
+    lab: &Lab,
+    id: &str,
+    parameters: HashMap<String, String>,
+) -> Result<(), tonic::Status> {
+    let req = EnableVolumeReplicationRequest {
+        parameters,
+        secrets: lab.secrets(),
+        replication_source: source(id),
+        ..Default::default()
+    };
+    c.enable_volume_replication(req).await.map(drop)
 }
 
 pub async fn group_demote(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
