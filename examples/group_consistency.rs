@@ -2,7 +2,21 @@
 //! two-site lab. Prints figures and ratios:
 //!
 //!   scripts/lab.sh up
-//!   cargo build --release && cargo run --release --example group_consistency [CUTS] [--no-quiesce]
+//!   cargo build --release && cargo run --release --example group_consistency [CUTS] [--no-quiesce] [--load] [--kill]
+//!
+//! --no-quiesce: the writer does not register librbd's quiesce watch (as an
+//!   application on krbd): it only cooperates on the exclusive lock.
+//! --load: two CPU busy loops (both cores) and a second writer on two other
+//!   journal-mirrored images of the pool run throughout.
+//! --kill: the site-b server is SIGKILLed at a random instant of the forced
+//!   promote, started again, and the promote sent again until it answers OK.
+//!
+//! RBD_ADDONS_BIN=<path> runs another build of the server (e.g. an older
+//! commit's, to compare).
+//!
+//! Every cut leaves a folder (printed) with both servers' logs at debug,
+//! `rbd snap ls --all` and `rbd mirror image status` of every member on both
+//! sites, before and after the promote; it is removed when the cut was whole.
 //!
 //! 1. Journal mode's write overhead: the interleaved writer (one 4 KiB write at
 //!    a time, each acknowledged before the next) on three unmirrored volumes,
@@ -143,6 +157,7 @@ fn signal(pids: &[i32], sig: i32) {
 
 struct Server {
     child: Child,
+    command: Vec<String>,
     socket: PathBuf,
     log: PathBuf,
 }
@@ -151,25 +166,53 @@ impl Server {
     fn start(bin: &Path, lab: &Lab, site: &str, dir: &Path) -> Self {
         let socket = dir.join(format!("{site}.sock"));
         let log = dir.join(format!("{site}.log"));
-        let child = Command::new(bin)
-            .args(["serve", "--endpoint", socket.to_str().unwrap(), "--log-format", "json", "--ceph-timeout", "10s"])
-            .args(["--metrics-address", "127.0.0.1:0"])
-            .arg("--ceph-csi-config")
-            .arg(lab.site(site, "csi_config"))
-            .arg("--cluster-mapping")
-            .arg(lab.site(site, "cluster_mapping"))
-            .stderr(std::fs::File::create(&log).unwrap())
+        let mut command: Vec<String> = [bin.to_str().unwrap(), "serve", "--endpoint", socket.to_str().unwrap()]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        command.extend(
+            ["--log-format", "json", "--ceph-timeout", "10s", "--log-level", "info,rbd_addons=debug"]
+                .into_iter()
+                .chain(["--metrics-address", "127.0.0.1:0"])
+                .map(str::to_owned),
+        );
+        command.extend(["--ceph-csi-config".to_owned(), lab.site(site, "csi_config")]);
+        command.extend(["--cluster-mapping".to_owned(), lab.site(site, "cluster_mapping")]);
+        let child = Self::spawn(&command, &socket, &log);
+        Self { child, command, socket, log }
+    }
+    fn spawn(command: &[String], socket: &Path, log: &Path) -> Child {
+        // A killed server leaves its socket behind.
+        std::fs::remove_file(socket).ok();
+        let child = Command::new(&command[0])
+            .args(&command[1..])
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
             .spawn()
             .unwrap();
         let started = Instant::now();
         while !socket.exists() {
-            assert!(started.elapsed() < Duration::from_secs(10), "server did not start");
+            assert!(started.elapsed() < Duration::from_secs(30), "server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, socket, log }
+        child
+    }
+    /// SIGKILL, then a new server on the same socket (its start fences the
+    /// killed one's Ceph client, as after a crash in production).
+    fn kill_and_restart(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        self.child = Self::spawn(&self.command, &self.socket, &self.log);
     }
     async fn channel(&self) -> Channel {
         Endpoint::from_shared(format!("unix://{}", self.socket.display())).unwrap().connect().await.unwrap()
+    }
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+    /// The log from byte `from` on.
+    fn log_since(&self, from: u64) -> String {
+        let all = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(all.get(from as usize..).unwrap_or_default()).into_owned()
     }
     /// Every number the server logged under `field`.
     fn logged(&self, field: &str) -> Vec<f64> {
@@ -187,6 +230,86 @@ impl Drop for Server {
         self.child.kill().ok();
         self.child.wait().ok();
     }
+}
+
+/// Busy loops on every core, until dropped.
+struct CpuHog {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHog {
+    fn start(n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 1u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..100_000 {
+                            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        }
+                        std::hint::black_box(x);
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().ok();
+        }
+    }
+}
+
+/// 64 KiB writes at random places of other journal-mirrored images, until
+/// stopped or cut off (site-a frozen): other work on the same pool.
+fn background_writer(cluster: Arc<Cluster>, pool_id: i64, names: Vec<String>, stop: Arc<AtomicBool>) {
+    let io = rbd_addons::ceph::IoCtx::open(&cluster, pool_id, "").unwrap();
+    let images: Vec<_> = names.iter().map(|n| rbd_addons::ceph::Image::open(&io, n).unwrap()).collect();
+    let buf = vec![0x5au8; 64 << 10];
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    while !stop.load(Ordering::Relaxed) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let image = &images[(rng % images.len() as u64) as usize];
+        let offset = (rng >> 8) % ((256 << 20) / buf.len() as u64) * buf.len() as u64;
+        if image.write_at(offset, &buf).is_err() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// What Ceph says of each member on both sites, for the cut's folder.
+fn ceph_view(lab: &Lab, sites: &[&str], names: &[String]) -> String {
+    let pool = lab.facts["pool"].as_str().unwrap();
+    let mut out = String::new();
+    for &s in sites {
+        for n in names {
+            for args in [&["snap", "ls", "--all"][..], &["mirror", "image", "status"][..], &["lock", "ls"][..]] {
+                let o = Command::new("timeout")
+                    .args(["10", "rbd", "-c", &lab.site(s, "conf")])
+                    .args(args)
+                    .arg(format!("{pool}/{n}"))
+                    .output()
+                    .unwrap();
+                out += &format!(
+                    "== site-{s} rbd {} {pool}/{n}\n{}{}\n",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+    }
+    out
 }
 
 fn group(id: &str) -> Option<ReplicationSource> {
@@ -218,6 +341,8 @@ async fn main() {
     // application mapped with `rbd-nbd --quiesce` does; --no-quiesce measures
     // one that does not.
     let quiesce = !std::env::args().any(|a| a == "--no-quiesce");
+    let load = std::env::args().any(|a| a == "--load");
+    let kill = std::env::args().any(|a| a == "--kill");
     let lab_dir = std::env::var("CEPHLAB_DIR").unwrap_or_else(|_| "/tmp/cephlab".into());
     let lab = Lab {
         facts: serde_json::from_str(
@@ -225,11 +350,16 @@ async fn main() {
         )
         .unwrap(),
     };
-    let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("rbd-addons");
+    // RBD_ADDONS_BIN: another build of the server (an older commit, to
+    // compare); by default the one built beside this example.
+    let bin = std::env::var_os("RBD_ADDONS_BIN").map_or_else(
+        || std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("rbd-addons"),
+        PathBuf::from,
+    );
     assert!(bin.exists(), "build the binary first: cargo build --release");
     let dir = std::env::temp_dir().join(format!("rbd-addons-groupbench-{}", uuid()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (a, b) = (Server::start(&bin, &lab, "a", &dir), Server::start(&bin, &lab, "b", &dir));
+    let (a, mut b) = (Server::start(&bin, &lab, "a", &dir), Server::start(&bin, &lab, "b", &dir));
     let pool = lab.facts["pool"].as_str().unwrap().to_owned();
     let pool_a: i64 = lab.site("a", "pool_id").parse().unwrap();
     let pool_b: i64 = lab.site("b", "pool_id").parse().unwrap();
@@ -256,11 +386,29 @@ async fn main() {
     lab.remove(&journaled);
 
     // 2. Forced failovers at random instants.
+    let _hog = load.then(|| CpuHog::start(2));
+    let busy_stop = Arc::new(AtomicBool::new(false));
+    let (busy, _) = lab.volumes();
+    let busy_writer = load.then(|| {
+        for n in &busy {
+            assert!(lab.rbd("a", &["mirror", "image", "enable", &format!("{pool}/{n}"), "journal"]));
+        }
+        let (cluster, names, stop) = (cluster_a.clone(), busy.clone(), busy_stop.clone());
+        std::thread::spawn(move || background_writer(cluster, pool_a, names, stop))
+    });
     let mut rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    let (mut kept_all, mut broken, mut lost, mut promotes) = (true, 0usize, Vec::new(), Vec::new());
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (mut kept_all, mut broken, mut lost, mut promotes, mut attempts_all) =
+        (true, 0usize, Vec::new(), Vec::new(), Vec::new());
     let latencies = Arc::new(Mutex::new(Vec::new()));
     for round in 0..cuts {
         let (names, ids) = lab.volumes();
+        let logs_from = (a.log_len(), b.log_len());
         let req = CreateVolumeGroupRequest {
             name: format!("bench-{}", uuid()),
             parameters: HashMap::from([
@@ -292,16 +440,14 @@ async fn main() {
                 (cluster_a.clone(), stop.clone(), written.clone(), names.clone(), latencies.clone());
             std::thread::spawn(move || writer(cluster, pool_a, names, stop, written, Some(l), quiesce))
         };
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        tokio::time::sleep(Duration::from_millis(3000 + rng % 7000)).await;
+        tokio::time::sleep(Duration::from_millis(3000 + next() % 7000)).await;
         let pids = lab.site_a_pids();
         signal(&pids, libc::SIGSTOP);
         let frozen_at = Instant::now();
         stop.store(true, Ordering::Relaxed);
         let acked = written.load(Ordering::Relaxed);
         let control = records_on(&cluster_b, pool_b, &names, acked + 64);
+        let before = ceph_view(&lab, &["b"], &names);
         let started = Instant::now();
         let promote = PromoteVolumeRequest {
             force: true,
@@ -309,25 +455,93 @@ async fn main() {
             replication_source: group(&gid),
             ..Default::default()
         };
-        let r = rep_b.promote_volume(promote).await;
+        // The controller sends the promote again after UNAVAILABLE, ABORTED
+        // or a broken connection; so does this loop, for up to 5 minutes.
+        let mut attempts = 0;
+        let mut killed_after = None;
+        let r = loop {
+            attempts += 1;
+            let call = {
+                let mut c = rep_b.clone();
+                let req = promote.clone();
+                tokio::spawn(async move { c.promote_volume(req).await })
+            };
+            let r = if kill && killed_after.is_none() {
+                let after = Duration::from_millis(next() % 2500);
+                tokio::time::sleep(after).await;
+                killed_after = Some(after);
+                b.kill_and_restart();
+                rep_b = ControllerClient::new(b.channel().await);
+                call.await.unwrap()
+            } else {
+                call.await.unwrap()
+            };
+            match r {
+                Ok(_) => break Ok(()),
+                Err(e)
+                    if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::Unknown)
+                        && started.elapsed() < Duration::from_secs(300) =>
+                {
+                    println!("cut {round:2}: promote attempt {attempts}: {:?} {}", e.code(), e.message());
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
         promotes.push(started.elapsed());
+        attempts_all.push(attempts);
         let after = records_on(&cluster_b, pool_b, &names, acked + 64);
+        // Nothing may change a member once the promote answered: no replayer
+        // still applying what it had fetched.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let later = records_on(&cluster_b, pool_b, &names, acked + 64);
+        let after_view = ceph_view(&lab, &["b"], &names);
         signal(&pids, libc::SIGCONT);
         heal_lone_osd(&lab.site("a", "conf"), frozen_at.elapsed());
         join_writer(w, Duration::from_secs(600));
         let prefix = after.iter().next_back().copied().unwrap_or(0);
-        let ok = r.is_ok() && first_gap(&after).is_none();
+        let whole = first_gap(&after).is_none() && after == later && prefix <= acked + 1;
+        let ok = r.is_ok() && whole;
         kept_all &= ok;
         broken += usize::from(first_gap(&control).is_some());
         lost.push(acked.saturating_sub(prefix));
         println!(
-            "cut {round:2}: {acked:5} acknowledged, per-volume failover {}, group failover {} (prefix 1..{prefix}, {:.1}s)",
+            "cut {round:2}: {acked:5} acknowledged, per-volume failover {}, group failover {} (prefix 1..{prefix}, {:.1}s, \
+             {attempts} attempt(s){})",
             first_gap(&control).map_or("consistent".to_owned(), |g| format!("BROKEN (record {g} missing)")),
-            if ok { "consistent" } else { "FAILED" },
+            match (&r, whole) {
+                (Ok(()), true) => "consistent".to_owned(),
+                (Ok(()), false) if after != later => format!("CHANGED after OK ({} then {} records)", after.len(), later.len()),
+                (Ok(()), false) => format!("SPLIT (record {:?} missing)", first_gap(&after)),
+                (Err(e), _) => format!("FAILED ({:?}: {})", e.code(), e.message()),
+            },
             promotes.last().unwrap().as_secs_f64(),
+            killed_after.map_or(String::new(), |k| format!(", server killed {:.1}s in", k.as_secs_f64())),
         );
+        let cut_dir = dir.join(format!("cut-{round:02}"));
+        std::fs::create_dir_all(&cut_dir).unwrap();
+        std::fs::write(cut_dir.join("a.log"), a.log_since(logs_from.0)).unwrap();
+        std::fs::write(cut_dir.join("b.log"), b.log_since(logs_from.1)).unwrap();
+        std::fs::write(cut_dir.join("ceph-before-promote.txt"), before).unwrap();
+        std::fs::write(cut_dir.join("ceph-after-promote.txt"), after_view).unwrap();
+        std::fs::write(cut_dir.join("ceph-after-thaw.txt"), ceph_view(&lab, &["a", "b"], &names)).unwrap();
+        std::fs::write(
+            cut_dir.join("records.txt"),
+            format!("acknowledged {acked}\ncontrol {:?}\nafter {:?}\nlater {:?}\n", control.len(), after, later),
+        )
+        .unwrap();
+        if ok {
+            std::fs::remove_dir_all(&cut_dir).ok();
+        } else {
+            println!("cut {round:2}: evidence kept in {}", cut_dir.display());
+        }
         lab.remove(&names);
     }
+    busy_stop.store(true, Ordering::Relaxed);
+    if let Some(w) = busy_writer {
+        w.join().ok();
+    }
+    lab.remove(&busy);
 
     // 3. What it cost.
     let mut l = latencies.lock().unwrap().clone();
@@ -340,8 +554,16 @@ async fn main() {
     lost.sort();
     promotes.sort();
     println!(
-        "\n{cuts} forced failovers at random instants, the writer {} librbd's quiesce:",
-        if quiesce { "honouring" } else { "ignoring" }
+        "\n{cuts} forced failovers at random instants, the writer {} librbd's quiesce{}{}:",
+        if quiesce { "honouring" } else { "ignoring" },
+        if load { ", both cores busy and a second writer on the pool" } else { "" },
+        if kill { ", site-b's server SIGKILLed during each promote" } else { "" },
+    );
+    attempts_all.sort();
+    println!(
+        "  promote attempts until OK (median / max): {} / {}",
+        attempts_all[attempts_all.len() / 2],
+        attempts_all.last().unwrap()
     );
     println!(
         "  group failover kept a gap-free prefix: {}; plain per-volume failover broke it in {broken} of {cuts} ({:.0}%)",
@@ -373,5 +595,9 @@ async fn main() {
         percentile(&l, 1.0).as_secs_f64() * 1e3,
         percentile(&l, 1.0).as_secs_f64() / percentile(&l, 0.5).as_secs_f64().max(1e-9)
     );
-    std::fs::remove_dir_all(&dir).ok();
+    if kept_all {
+        std::fs::remove_dir_all(&dir).ok();
+    } else {
+        println!("  evidence of the failed cuts: {}", dir.display());
+    }
 }
