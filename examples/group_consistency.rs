@@ -511,7 +511,8 @@ async fn main() {
             first_gap(&control).map_or("consistent".to_owned(), |g| format!("BROKEN (record {g} missing)")),
             match (&r, whole) {
                 (Ok(()), true) => "consistent".to_owned(),
-                (Ok(()), false) if after != later => format!("CHANGED after OK ({} then {} records)", after.len(), later.len()),
+                (Ok(()), false) if after != later =>
+                    format!("CHANGED after OK ({} then {} records)", after.len(), later.len()),
                 (Ok(()), false) => format!("SPLIT (record {:?} missing)", first_gap(&after)),
                 (Err(e), _) => format!("FAILED ({:?}: {})", e.code(), e.message()),
             },

@@ -85,9 +85,8 @@ impl Image<'_> {
         if count == 0 {
             return Ok(None);
         }
-        let first = |buf: &[u8]| {
-            String::from_utf8_lossy(buf.split(|b| *b == 0).next().unwrap_or_default()).into_owned()
-        };
+        let first =
+            |buf: &[u8]| String::from_utf8_lossy(buf.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
         Ok(Some(LockOwner { entity: first(&clients), address: first(&addrs) }))
     }
 

@@ -302,7 +302,11 @@ fn revert_to_newest_common(
                 .zip(&cuts)
                 .map(|(m, c)| {
                     let complete = c.iter().rev().find(|(_, cut)| cut.group_snap_id.is_some()).map(|(n, _)| *n);
-                    format!("{}: {}", m.member.volume_id, complete.map_or("none".to_owned(), |n| format!("generation {n}")))
+                    format!(
+                        "{}: {}",
+                        m.member.volume_id,
+                        complete.map_or("none".to_owned(), |n| format!("generation {n}"))
+                    )
                 })
                 .collect();
             Err(Error::WrongState(format!(
