@@ -6,6 +6,7 @@
 #   scripts/lab.sh up     install what is missing, start both sites (idempotent)
 #   scripts/lab.sh down   stop what this script started and delete the lab
 #   scripts/lab.sh env    print the lab's facts (also in $CEPHLAB_DIR/lab.json)
+#   scripts/lab.sh restart-mirror a|b   kill a site's rbd-mirror and start it again
 #
 # --release pacific|reef|tentacle (or CEPHLAB_RELEASE): pacific is the host's
 # Debian 12 packages; reef (Debian 13) and tentacle (Debian sid) run from a
@@ -453,13 +454,7 @@ cmd_up() {
     --cap mon 'profile rbd, allow command "osd blocklist"' --cap osd "profile rbd pool=$POOL" --cap mgr 'allow rw' >/dev/null
   for s in "${SITES[@]}"; do create_site "$s" "$(uuidgen)"; done
 
-  for s in "${SITES[@]}"; do
-    local d; d=$(site_dir "$s")
-    # CEPH_CONF too: Tentacle's rbd-mirror connects to its local cluster through
-    # a context of its own that does not inherit -c, and then looks for
-    # /etc/ceph/ceph.conf ("init_rados: error connecting to local cluster: (2)").
-    start_daemon "$s" rbd-mirror "$d" env CEPH_CONF="$d/ceph.conf" rbd-mirror -c "$d/ceph.conf" --id "rbd-mirror.$s" -f
-  done
+  for s in "${SITES[@]}"; do start_mirror "$s"; done
   rbd_at a mirror pool peer bootstrap create --site-name site-a "$POOL" >"$LAB/bootstrap-token"
   rbd_at b mirror pool peer bootstrap import --site-name site-b --direction rx-tx \
     "$POOL" "$LAB/bootstrap-token" 2>>"$LAB/b/log/bootstrap.log"
@@ -467,6 +462,32 @@ cmd_up() {
   write_facts
   log "up in $((SECONDS - start)) s"
   cmd_env
+}
+
+start_mirror() {
+  local s=$1 d; d=$(site_dir "$1")
+  # CEPH_CONF too: Tentacle's rbd-mirror connects to its local cluster through
+  # a context of its own that does not inherit -c, and then looks for
+  # /etc/ceph/ceph.conf ("init_rados: error connecting to local cluster: (2)").
+  start_daemon "$s" rbd-mirror "$d" env CEPH_CONF="$d/ceph.conf" rbd-mirror -c "$d/ceph.conf" --id "rbd-mirror.$s" -f
+}
+
+# A site's rbd-mirror killed and started again, as an admin restarts a daemon
+# that no longer works (rbd-mirror 16.2.15 can deadlock when its client is
+# blocklisted while it deletes an image; see the README).
+cmd_restart_mirror() {
+  local s=${1:?usage: lab.sh restart-mirror a|b} pid
+  [ -s "$LAB/pids" ] || die "no lab at $LAB"
+  pid=$(awk -v n="$(site_name "$s")" '$1 == n && $2 == "rbd-mirror" {print $3}' "$LAB/pids")
+  if [ -n "$pid" ] && owned "$pid"; then
+    kill -KILL "$pid"
+    while owned "$pid"; do sleep 0.1; done
+  fi
+  sed -i "/^$(site_name "$s") rbd-mirror /d" "$LAB/pids"
+  rm -f "$(site_dir "$s")"/run/ceph-client.rbd-mirror."$s".*.asok
+  start_mirror "$s"
+  wait_for "rbd-mirror leader on site-$s" mirror_ready "$s"
+  log "rbd-mirror on site-$s restarted"
 }
 
 cmd_env() {
@@ -576,7 +597,8 @@ if [ -n "$SUITE" ] && [ -z "${CEPHLAB_IN_ROOT:-}" ]; then
       umount_root
       ;;
     env) cmd_env ;;
-    *) echo "usage: $0 up|down [--keep]|env [--release pacific|reef|tentacle]" >&2; exit 2 ;;
+    restart-mirror) in_root "$@" ;;
+    *) echo "usage: $0 up|down [--keep]|env|restart-mirror a|b [--release pacific|reef|tentacle]" >&2; exit 2 ;;
   esac
   exit 0
 fi
@@ -585,10 +607,11 @@ case "${1:-}" in
   up) cmd_up ;;
   down) shift; cmd_down "$@" ;;
   env) cmd_env ;;
+  restart-mirror) cmd_restart_mirror "${2:-}" ;;
   partition | heal)
     [ -n "$NETNS" ] || die "$1: the lab at $LAB is not namespaced (scripts/lab.sh up --netns)"
     "$1"
     log "$1"
     ;;
-  *) echo "usage: $0 up [--netns]|down [--keep]|env|partition|heal [--release pacific|reef|tentacle]" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--netns]|down [--keep]|env|restart-mirror a|b|partition|heal [--release pacific|reef|tentacle]" >&2; exit 2 ;;
 esac

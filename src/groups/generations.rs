@@ -21,12 +21,14 @@ pub const PRE_PREFIX: &str = "rbd-addons.pre.";
 pub const GEN_PREFIX: &str = "rbd-addons.gen.";
 /// Generations kept on the primary (and, through replay, on the peer)...
 pub const KEEP: usize = 3;
-/// ...and every generation taken less than this before the newest. The peer
-/// replays each member's journal on its own, so one member may lag another
-/// by several generations at a short interval; a lagging member must still
-/// find a generation that the others have not pruned yet, or no cut is common
-/// to all of them after a site loss.
-pub const RETAIN: Duration = Duration::from_secs(60);
+/// ...and every generation taken less than `retention(interval)` before the
+/// newest. The peer replays each member's journal on its own, so one member
+/// may lag another by several generations at a short interval; a lagging
+/// member must still find a generation that the others have not pruned yet,
+/// or no cut is common to all of them after a site loss.
+pub fn retention(interval: Duration) -> Duration {
+    (interval * 10).min(Duration::from_secs(60))
+}
 /// Revert copies at most this much per read/write.
 const CHUNK: u64 = 4 << 20;
 
@@ -131,7 +133,7 @@ pub struct Taken {
 
 /// Takes generation n on a primary group and prunes old ones. Idempotent per
 /// number: an existing fence post or group snapshot is reused.
-pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>]) -> Result<Taken, Error> {
+pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>], interval: Duration) -> Result<Taken, Error> {
     let images: Vec<&Image<'_>> = members.iter().map(|m| &m.image).collect();
     let cuts: Vec<_> = images.iter().map(|i| cuts_of(i)).collect::<Result<_, _>>()?;
     let n = next_number(&cuts);
@@ -154,15 +156,15 @@ pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>]) -> Re
         .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
         .map_err(Error::ceph(format!("cannot take group snapshot {GEN_PREFIX}{n} of {rbd_group}")))?;
     let pause = started.elapsed();
-    prune(group_io, rbd_group, &images, n)?;
+    prune(group_io, rbd_group, &images, n, retention(interval))?;
     Ok(Taken { number: n, pause })
 }
 
 /// Keeps the newest KEEP generations; removes older group snapshots of this
 /// site's group, older fence posts, and group snapshots replayed from the
 /// peer's group before a failover (their group does not exist here).
-fn prune(group_io: &IoCtx, rbd_group: &str, images: &[&Image<'_>], newest: u64) -> Result<(), Error> {
-    let oldest_kept = oldest_kept(images[0], newest)?;
+fn prune(group_io: &IoCtx, rbd_group: &str, images: &[&Image<'_>], newest: u64, keep: Duration) -> Result<(), Error> {
+    let oldest_kept = oldest_kept(images[0], newest, keep)?;
     if oldest_kept <= 1 {
         return Ok(());
     }
@@ -199,24 +201,24 @@ fn prune(group_io: &IoCtx, rbd_group: &str, images: &[&Image<'_>], newest: u64) 
 
 /// The oldest generation to keep (see `oldest_to_keep`), by the first
 /// member's fence posts.
-fn oldest_kept(first: &Image<'_>, newest: u64) -> Result<u64, Error> {
+fn oldest_kept(first: &Image<'_>, newest: u64, keep: Duration) -> Result<u64, Error> {
     let mut taken = Vec::new();
     for (n, cut) in cuts_of(first)? {
         taken.push((n, first.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?));
     }
-    Ok(oldest_to_keep(&taken, newest))
+    Ok(oldest_to_keep(&taken, newest, keep))
 }
 
-/// The KEEP newest generations, and all taken within RETAIN of the newest;
+/// The KEEP newest generations, and all taken within `keep` of the newest;
 /// `taken` is (number, Unix seconds), oldest first.
-fn oldest_to_keep(taken: &[(u64, i64)], newest: u64) -> u64 {
+fn oldest_to_keep(taken: &[(u64, i64)], newest: u64, keep: Duration) -> u64 {
     let by_count = newest.saturating_sub(KEEP as u64 - 1).max(1);
     let Some(&(_, newest_at)) = taken.iter().find(|(n, _)| *n == newest) else { return by_count };
     taken
         .iter()
         .rev()
         .skip_while(|(n, _)| *n >= by_count)
-        .take_while(|(_, at)| newest_at - at <= RETAIN.as_secs() as i64)
+        .take_while(|(_, at)| newest_at - at <= keep.as_secs() as i64)
         .last()
         .map_or(by_count, |(n, _)| *n)
 }
@@ -371,14 +373,19 @@ mod tests {
     #[test]
     fn generations_are_kept_by_count_and_by_age() {
         // One a second: the last minute is kept, not just the three newest.
+        let minute = Duration::from_secs(60);
         let every_second: Vec<(u64, i64)> = (1..=100).map(|n| (n, 1000 + n as i64)).collect();
-        assert_eq!(oldest_to_keep(&every_second, 100), 40);
+        assert_eq!(oldest_to_keep(&every_second, 100, minute), 40);
         // One an hour: the three newest.
         let hourly: Vec<(u64, i64)> = (1..=10).map(|n| (n, n as i64 * 3600)).collect();
-        assert_eq!(oldest_to_keep(&hourly, 10), 8);
+        assert_eq!(oldest_to_keep(&hourly, 10, minute), 8);
         // Few, or the newest not listed (a member that lags): by count.
-        assert_eq!(oldest_to_keep(&every_second[..2], 2), 1);
-        assert_eq!(oldest_to_keep(&[], 7), 5);
+        assert_eq!(oldest_to_keep(&every_second[..2], 2, minute), 1);
+        assert_eq!(oldest_to_keep(&[], 7, minute), 5);
+        // Ten intervals, at most a minute.
+        assert_eq!(retention(Duration::from_secs(1)), Duration::from_secs(10));
+        assert_eq!(retention(Duration::from_secs(5)), Duration::from_secs(50));
+        assert_eq!(retention(Duration::from_secs(60)), minute);
     }
 
     #[test]

@@ -313,6 +313,9 @@ pub fn modify(
     let wanted = check_ids(volume_ids)?;
     let group = find(resolver, id, creds)?;
     require_record(&group)?;
+    // A generation holds every member's lock while it snapshots them: a
+    // member's metadata cannot change meanwhile (EBUSY).
+    let _generations = super::claim_waiting(claims, &super::generations_key(id))?;
     // How the group replicates here is read from its members, not recorded:
     // an admin may have changed it behind our back.
     let current: Vec<Member> = group

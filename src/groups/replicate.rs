@@ -148,7 +148,7 @@ fn ensure_rbd_group_members(group: &Group, members: &[OpenMember<'_>]) -> Result
 
 /// Takes one generation now (the group must be primary here, in journal mode).
 pub fn take_generation(group: &Group, members: &[OpenMember<'_>]) -> Result<Taken, Error> {
-    let taken = generations::take(&group.io, &group.rbd_group, members)?;
+    let taken = generations::take(&group.io, &group.rbd_group, members, interval_of(group)?)?;
     info!(group = %group.id, generation = taken.number, pause_ms = taken.pause.as_millis() as u64,
         "consistency generation taken");
     Ok(taken)
