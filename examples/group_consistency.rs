@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use interleave::{MEMBERS, first_gap, heal_lone_osd, join_writer, records_on, writer};
+use interleave::{CpuHog, MEMBERS, first_gap, heal_lone_osd, join_writer, records_on, writer};
 use rbd_addons::ceph::{Cluster, ConnectOptions};
 use rbd_addons::proto::replication::controller_client::ControllerClient;
 use rbd_addons::proto::replication::replication_source::{Type, VolumeGroupSource};
@@ -229,42 +229,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
-    }
-}
-
-/// Busy loops on every core, until dropped.
-struct CpuHog {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl CpuHog {
-    fn start(n: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..n)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut x = 1u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        for _ in 0..100_000 {
-                            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                        }
-                        std::hint::black_box(x);
-                    }
-                })
-            })
-            .collect();
-        Self { stop, threads }
-    }
-}
-
-impl Drop for CpuHog {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            t.join().ok();
-        }
     }
 }
 

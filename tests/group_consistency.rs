@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::interleave::{MEMBERS, first_gap, join_writer, records_on, writer};
+use common::interleave::{CpuHog, MEMBERS, first_gap, join_writer, records_on, writer};
 use common::*;
 use tonic::Code;
 
@@ -40,39 +40,6 @@ struct Cut {
     acknowledged: u64,
     on_b: u64,
     control_gap: Option<u64>,
-}
-
-/// Busy loops on both cores, until dropped: the guarantee must hold on a
-/// busy machine, not only on an idle lab.
-struct CpuHog(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
-
-impl CpuHog {
-    fn start() -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..2)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut x = 1u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        for _ in 0..100_000 {
-                            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                        }
-                    }
-                })
-            })
-            .collect();
-        Self(stop, threads)
-    }
-}
-
-impl Drop for CpuHog {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-        for t in self.1.drain(..) {
-            t.join().ok();
-        }
-    }
 }
 
 async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64, honour_quiesce: bool) -> Cut {
@@ -164,7 +131,7 @@ async fn forced_group_failover_at_random_instants_keeps_a_gap_free_prefix() {
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &["--ceph-timeout", "10s"]).await;
     let mut rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    let _hog = CpuHog::start();
+    let _hog = CpuHog::start(2);
     let mut cuts = Vec::new();
     for round in 0..cut_count() {
         cuts.push(one_cut(&lab, &sites, round, &mut rng, round % 2 == 0).await);

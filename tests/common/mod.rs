@@ -595,9 +595,7 @@ pub type Client = ControllerClient<Channel>;
 // minted on site-a and the lab's replication secret.
 
 pub async fn enable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    let req =
-        EnableVolumeReplicationRequest { secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
-    c.enable_volume_replication(req).await.map(drop)
+    enable_source(c, lab, source(id), HashMap::new()).await
 }
 
 pub async fn disable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
@@ -759,14 +757,11 @@ pub fn mirror_answers(lab: &Lab, s: Site) -> bool {
     let run = format!("{dir}/{}/run", s.key());
     // The running daemon's own socket: its name carries its PID.
     let pids = std::fs::read_to_string(format!("{dir}/pids")).unwrap_or_default();
-    let Some(pid) = pids
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 3 && f[0] == format!("site-{}", s.key()) && f[1] == "rbd-mirror").then(|| f[2].to_owned())
-        })
-        .last()
-    else {
+    // The newest line: a restarted daemon's is appended.
+    let Some(pid) = pids.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() == 3 && f[0] == format!("site-{}", s.key()) && f[1] == "rbd-mirror").then(|| f[2].to_owned())
+    }) else {
         return false;
     };
     let name = format!("ceph-client.rbd-mirror.{}.{pid}.", s.key());
@@ -880,13 +875,7 @@ pub async fn group_enable(
     id: &str,
     parameters: HashMap<String, String>,
 ) -> Result<(), tonic::Status> {
-    let req = EnableVolumeReplicationRequest {
-        parameters,
-        secrets: lab.secrets(),
-        replication_source: group_source(id),
-        ..Default::default()
-    };
-    c.enable_volume_replication(req).await.map(drop)
+    enable_source(c, lab, group_source(id), parameters).await
 }
 
 pub async fn group_promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<(), tonic::Status> {
@@ -954,12 +943,17 @@ pub async fn enable_with(
     id: &str,
     parameters: HashMap<String, String>,
 ) -> Result<(), tonic::Status> {
-    let req = EnableVolumeReplicationRequest {
-        parameters,
-        secrets: lab.secrets(),
-        replication_source: source(id),
-        ..Default::default()
-    };
+    enable_source(c, lab, source(id), parameters).await
+}
+
+async fn enable_source(
+    c: &mut Client,
+    lab: &Lab,
+    replication_source: Option<ReplicationSource>,
+    parameters: HashMap<String, String>,
+) -> Result<(), tonic::Status> {
+    let req =
+        EnableVolumeReplicationRequest { parameters, secrets: lab.secrets(), replication_source, ..Default::default() };
     c.enable_volume_replication(req).await.map(drop)
 }
 
