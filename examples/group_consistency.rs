@@ -135,6 +135,31 @@ impl Lab {
             }
         }
     }
+    /// Whether every member on site-b holds one same group snapshot.
+    fn has_cut(&self, names: &[String]) -> bool {
+        let pool = self.facts["pool"].as_str().unwrap();
+        let keys: Vec<Vec<String>> = names
+            .iter()
+            .map(|n| {
+                let out = Command::new("rbd")
+                    .arg("-c")
+                    .arg(self.site("b", "conf"))
+                    .args(["snap", "ls", "--all", "--format", "json", &format!("{pool}/{n}")])
+                    .stderr(Stdio::null())
+                    .output()
+                    .unwrap();
+                let snaps: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                snaps
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|v| v["namespace"]["type"] == "group")
+                    .filter_map(|v| v["name"].as_str()?.rsplit('_').next().map(str::to_owned))
+                    .collect()
+            })
+            .collect();
+        keys.first().is_some_and(|first| first.iter().any(|k| keys.iter().all(|m| m.contains(k))))
+    }
     fn site_a_pids(&self) -> Vec<i32> {
         let dir = self.facts["dir"].as_str().unwrap();
         std::fs::read_to_string(format!("{dir}/pids"))
@@ -405,6 +430,13 @@ async fn main() {
             std::thread::spawn(move || writer(cluster, pool_a, names, stop, written, Some(l), quiesce))
         };
         tokio::time::sleep(Duration::from_millis(3000 + next() % 7000)).await;
+        // Cut only once the group has a recovery point on site-b (a generation
+        // every member replayed): before that a forced promote refuses.
+        let cut_on_b = Instant::now();
+        while !lab.has_cut(&names) {
+            assert!(cut_on_b.elapsed() < Duration::from_secs(60), "no generation reached every member on site-b");
+            std::thread::sleep(Duration::from_millis(250));
+        }
         let pids = lab.site_a_pids();
         signal(&pids, libc::SIGSTOP);
         let frozen_at = Instant::now();

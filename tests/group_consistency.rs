@@ -77,6 +77,10 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64, honou
     *rng ^= *rng << 17;
     let run_for = Duration::from_millis(4000 + *rng % 6000);
     tokio::time::sleep(run_for).await;
+    // The group has a recovery point on site-b once a generation replayed on
+    // every member (before that a forced promote refuses, saying so).
+    let specs: Vec<&str> = vols.iter().map(|v| v.spec.as_str()).collect();
+    wait_group_cut(lab, Site::B, &specs, Duration::from_secs(60)).await;
 
     let frozen = Frozen::daemons(lab, "site-a", &[]);
     stop.store(true, Ordering::Relaxed);

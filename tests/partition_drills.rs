@@ -418,6 +418,11 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
         std::thread::spawn(move || writer(cluster, pool, names, stop, written, None, true))
     };
     tokio::time::sleep(Duration::from_secs(8)).await;
+    // A forced promote answers OK only with a recovery point on site-b (a
+    // generation every member replayed); site-b's replay may lag the writer
+    // by several seconds here, so cut the link once it has one.
+    let specs: Vec<&str> = vols.iter().map(|v| v.spec.as_str()).collect();
+    wait_group_cut(&lab, Site::B, &specs, LIMIT).await;
     lab.partition();
     let at_cut = written.load(Ordering::Relaxed);
 
