@@ -529,6 +529,12 @@ async fn one_server_takes_the_generations_and_old_ones_are_pruned_on_both_sites(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let taken = |s: &Server| s.log_text().matches("consistency generation taken").count();
+    // One generation is taken, written to or not, once the peer reports every
+    // member replaying (its report may come late, as on Tentacle).
+    wait_until("the first generation since site-b replays every member", LIMIT, || {
+        sites.a.log_text().contains("first generation since the peer replays every member")
+    })
+    .await;
     // Once writes stop, one more generation may take the last of them; then
     // an idle group takes none.
     tokio::time::sleep(Duration::from_secs(4)).await;

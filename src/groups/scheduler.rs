@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{Group, OpenMember, find, generations, members_unguarded, open_members, state_object};
 use crate::Error;
@@ -163,7 +163,7 @@ fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> R
         // as it does, written to or not.
         let taken = super::replicate::take_generation(&group, &members)?;
         super::replicate::mark_seeded(&group, taken.number)?;
-        debug!(group = %group.id, generation = taken.number, "first generation since the peer replays every member");
+        info!(group = %group.id, generation = taken.number, "first generation since the peer replays every member");
         return Ok(Outcome::Next(interval));
     }
     // Not seeded yet: look again soon.
