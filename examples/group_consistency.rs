@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use interleave::{CpuHog, MEMBERS, first_gap, heal_lone_osd, join_writer, records_on, writer};
+use interleave::{CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on};
 use rbd_addons::ceph::{Cluster, ConnectOptions};
 use rbd_addons::proto::replication::controller_client::ControllerClient;
 use rbd_addons::proto::replication::replication_source::{Type, VolumeGroupSource};
@@ -313,10 +313,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn write_for(cluster: Arc<Cluster>, pool_id: i64, names: Vec<String>, run_for: Duration) -> u64 {
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
-    let w = {
-        let (stop, written) = (stop.clone(), written.clone());
-        std::thread::spawn(move || writer(cluster, pool_id, names, stop, written, None, true))
-    };
+    let w = arm_writer(cluster, pool_id, names, stop.clone(), written.clone(), None, true).start();
     std::thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
     join_writer(w, Duration::from_secs(600));
@@ -414,6 +411,18 @@ async fn main() {
             replication_source: group(&gid),
             ..Default::default()
         };
+        // The writer is armed before the first generation can quiesce its images.
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let armed = arm_writer(
+            cluster_a.clone(),
+            pool_a,
+            names.clone(),
+            stop.clone(),
+            written.clone(),
+            Some(latencies.clone()),
+            quiesce,
+        );
         rep_a.enable_volume_replication(enable).await.unwrap();
         for n in &names {
             let started = Instant::now();
@@ -422,13 +431,7 @@ async fn main() {
                 std::thread::sleep(Duration::from_millis(250));
             }
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let written = Arc::new(AtomicU64::new(0));
-        let w = {
-            let (cluster, stop, written, names, l) =
-                (cluster_a.clone(), stop.clone(), written.clone(), names.clone(), latencies.clone());
-            std::thread::spawn(move || writer(cluster, pool_a, names, stop, written, Some(l), quiesce))
-        };
+        let w = armed.start();
         tokio::time::sleep(Duration::from_millis(3000 + next() % 7000)).await;
         // Cut only once the group has a recovery point on site-b (a generation
         // every member replayed): before that a forced promote refuses.

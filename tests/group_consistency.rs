@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::interleave::{CpuHog, MEMBERS, first_gap, join_writer, records_on, writer};
+use common::interleave::{CpuHog, MEMBERS, arm_writer, first_gap, join_writer, records_on};
 use common::*;
 use tonic::Code;
 
@@ -53,6 +53,12 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64, honou
         .await
         .expect("create group");
     let gid = group.volume_group_id;
+    // The writer is armed before the first generation can quiesce its images.
+    let cluster_a = connect(lab, Site::A);
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let armed =
+        arm_writer(cluster_a, lab.pool_id(Site::A), names.clone(), stop.clone(), written.clone(), None, honour_quiesce);
     let params = HashMap::from([("generationInterval".to_owned(), "2s".to_owned())]);
     group_enable(&mut a, lab, &gid, params).await.expect("enable group replication");
     // Site-b holds every member, replaying.
@@ -63,14 +69,7 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64, honou
         .await;
     }
 
-    let cluster_a = connect(lab, Site::A);
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let w = {
-        let (stop, written, names) = (stop.clone(), written.clone(), names.clone());
-        let pool = lab.pool_id(Site::A);
-        std::thread::spawn(move || writer(cluster_a, pool, names, stop, written, None, honour_quiesce))
-    };
+    let w = armed.start();
     // A random instant 4 to 10 s into the writes: several generations in.
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::interleave::{MEMBERS, first_gap, join_writer, records_on, writer};
+use common::interleave::{MEMBERS, arm_writer, first_gap, join_writer, records_on};
 use common::*;
 use rbd_addons::ceph::IoCtx;
 use rbd_addons::client::{ClientError, Connection};
@@ -141,11 +141,16 @@ async fn group_snapshots_restore_as_ceph_csi_does_and_hold_one_instant() {
     let cluster = connect(&lab, Site::A);
     let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let w = {
-        let (stop, written, names, latencies) = (stop.clone(), written.clone(), names.clone(), latencies.clone());
-        let pool = lab.pool_id(Site::A);
-        std::thread::spawn(move || writer(cluster, pool, names, stop, written, Some(latencies), true))
-    };
+    let w = arm_writer(
+        cluster,
+        lab.pool_id(Site::A),
+        names.clone(),
+        stop.clone(),
+        written.clone(),
+        Some(latencies.clone()),
+        true,
+    )
+    .start();
     let cluster = connect(&lab, Site::A);
     let pool = lab.pool_id(Site::A);
     let mut rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
@@ -582,17 +587,23 @@ async fn a_replicated_volume_groups_rbd_group_is_reused_beside_its_generations()
     let group = create_group(&mut groups_a, &lab, &format!("vgs-beside-{}", new_uuid()), &refs).await.unwrap();
     let gid = group.volume_group_id;
     let params_2s = HashMap::from([("generationInterval".to_owned(), "2s".to_owned())]);
+    // Generations are taken while the members change: the writer changes
+    // them. It is armed before the first generation can quiesce its images.
+    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let armed = arm_writer(
+        connect(&lab, Site::A),
+        lab.pool_id(Site::A),
+        names.clone(),
+        stop.clone(),
+        written.clone(),
+        None,
+        true,
+    );
     group_enable(&mut a, &lab, &gid, params_2s).await.expect("enable group replication");
     let rbd_group = format!("{}/csi-vol-group-{}", lab.pool(), uuid_of(&gid));
     let generations =
         |lab: &Lab| snap_names(lab, Site::A, &vols[0].spec).iter().filter(|n| n.starts_with("rbd-addons.pre.")).count();
-    // Generations are taken while the members change: the writer changes them.
-    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let w = {
-        let (stop, written, names) = (stop.clone(), written.clone(), names.clone());
-        let (cluster, pool) = (connect(&lab, Site::A), lab.pool_id(Site::A));
-        std::thread::spawn(move || writer(cluster, pool, names, stop, written, None, true))
-    };
+    let w = armed.start();
     wait_until("two generations", LIMIT, || generations(&lab) >= 2).await;
     for v in &vols {
         wait_until(&format!("{} on site-b", v.spec), LIMIT, || {

@@ -383,7 +383,7 @@ async fn a_flapping_link_during_resync_finishes_it_once() {
 #[tokio::test]
 #[ignore = "needs the namespaced lab: scripts/lab.sh up --netns (scripts/test.sh runs it)"]
 async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary() {
-    use common::interleave::{MEMBERS, first_gap, join_writer, records_on, writer};
+    use common::interleave::{MEMBERS, arm_writer, first_gap, join_writer, records_on};
     use std::sync::atomic::AtomicU64;
 
     let lab = Lab::load();
@@ -401,6 +401,17 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
         .await
         .expect("create group")
         .volume_group_id;
+    // The writer is armed before the first generation can quiesce its images.
+    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let armed = arm_writer(
+        connect(&lab, Site::A),
+        lab.pool_id(Site::A),
+        names.clone(),
+        stop.clone(),
+        written.clone(),
+        None,
+        true,
+    );
     let params = std::collections::HashMap::from([("generationInterval".to_owned(), "2s".to_owned())]);
     group_enable(&mut a, &lab, &gid, params).await.expect("enable group replication");
     for v in &vols {
@@ -411,12 +422,7 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
     }
 
     drill.step("the interleaved writer runs on site-a; the link is cut mid-write");
-    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let w = {
-        let (cluster, pool) = (connect(&lab, Site::A), lab.pool_id(Site::A));
-        let (stop, written, names) = (stop.clone(), written.clone(), names.clone());
-        std::thread::spawn(move || writer(cluster, pool, names, stop, written, None, true))
-    };
+    let w = armed.start();
     tokio::time::sleep(Duration::from_secs(8)).await;
     // A forced promote answers OK only with a recovery point on site-b (a
     // generation every member replayed); site-b's replay may lag the writer

@@ -8,7 +8,9 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rbd_addons::ceph::{Cluster, Image, IoCtx, QuiesceWatch, WriteGate};
@@ -63,13 +65,25 @@ pub fn first_gap(present: &BTreeSet<u64>) -> Option<u64> {
     (1..newest).find(|k| !present.contains(k))
 }
 
-/// Writes records 1, 2, 3, ... until stopped or cut off, each after the last
-/// was acknowledged; `latencies`, when given, receives every write's time.
-/// With `honour_quiesce` it pauses while librbd snapshots a group, as an
-/// application mapped with `rbd-nbd --quiesce` does; without, librbd cannot
-/// pause it and a group snapshot may split one of its instants. Returns how
-/// many quiesce requests paused it.
-pub fn writer(
+/// How an armed writer reports that it is ready and waits to be let go.
+struct Arming {
+    ready: SyncSender<()>,
+    go: Receiver<()>,
+}
+
+/// A writer thread whose images are open and, when it honours quiesce,
+/// whose quiesce watches are registered, but which has not written yet.
+/// Arm it before anything snapshots its images: librbd 20.2 (Tentacle)
+/// aborts the process (`ceph_assert(m_blocked)` in QuiesceWatchers::notify)
+/// when a watch registered between a group snapshot's quiesce and its
+/// unquiesce receives that unquiesce.
+pub struct ArmedWriter {
+    go: SyncSender<()>,
+    thread: JoinHandle<u64>,
+}
+
+/// Starts a writer thread and waits until it is armed (bounded).
+pub fn arm_writer(
     cluster: Arc<Cluster>,
     pool_id: i64,
     images: Vec<String>,
@@ -77,6 +91,41 @@ pub fn writer(
     written: Arc<AtomicU64>,
     latencies: Option<Arc<Mutex<Vec<Duration>>>>,
     honour_quiesce: bool,
+) -> ArmedWriter {
+    let (ready_tx, ready_rx) = sync_channel(1);
+    let (go_tx, go_rx) = sync_channel(1);
+    let arming = Arming { ready: ready_tx, go: go_rx };
+    let thread =
+        std::thread::spawn(move || writer(cluster, pool_id, images, stop, written, latencies, honour_quiesce, arming));
+    ready_rx.recv_timeout(Duration::from_secs(60)).expect("the writer did not open its images within 60 s");
+    ArmedWriter { go: go_tx, thread }
+}
+
+impl ArmedWriter {
+    /// Lets the writer write; join the thread with [`join_writer`].
+    pub fn start(self) -> JoinHandle<u64> {
+        let _ = self.go.send(());
+        self.thread
+    }
+}
+
+/// Writes records 1, 2, 3, ... until stopped or cut off, each after the last
+/// was acknowledged; `latencies`, when given, receives every write's time.
+/// With `honour_quiesce` it pauses while librbd snapshots a group, as an
+/// application mapped with `rbd-nbd --quiesce` does; without, librbd cannot
+/// pause it and a group snapshot may split one of its instants. It says
+/// through `arming` when it is ready and waits to be let go (see
+/// [`arm_writer`]). Returns how many quiesce requests paused it.
+#[allow(clippy::too_many_arguments)]
+fn writer(
+    cluster: Arc<Cluster>,
+    pool_id: i64,
+    images: Vec<String>,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    latencies: Option<Arc<Mutex<Vec<Duration>>>>,
+    honour_quiesce: bool,
+    arming: Arming,
 ) -> u64 {
     let io = IoCtx::open(&cluster, pool_id, "").expect("open pool");
     let handles: Vec<Image<'_>> = images.iter().map(|n| Image::open(&io, n).expect("open member")).collect();
@@ -86,8 +135,11 @@ pub fn writer(
     } else {
         Vec::new()
     };
+    // Never let go (the caller gave up): no writes, but the watches are
+    // still dropped only once quiet.
+    let go = arming.ready.send(()).is_ok() && arming.go.recv().is_ok();
     let mut k = 1u64;
-    while !stop.load(Ordering::Relaxed) {
+    while go && !stop.load(Ordering::Relaxed) {
         let (member, offset) = place(k);
         // A quiesce pause counts in the write's latency: the application waits.
         let started = Instant::now();
