@@ -223,3 +223,67 @@ async fn group_failback_after_site_loss_through_resync() {
         remove_everywhere(&lab, &v.spec);
     }
 }
+
+/// A forced promote refuses when no generation reached every member on this
+/// site: here none did (the peer's initial sync copies no group snapshot,
+/// and site-a's server stopped before it took another). The way out the
+/// refusal names, disable the group's replication here and enable it again,
+/// leaves every member primary here with the data it held, and replicating
+/// again from here.
+#[tokio::test]
+async fn a_refused_forced_promote_and_the_way_out_it_names() {
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::load();
+    let mut sites = SitePair::start(&lab, &[]).await;
+    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let mut groups_a = sites.a.groups().await;
+    let vols: Vec<TestVolume> = (0..MEMBERS).map(|_| lab.create_volume(VolumeOpts::default())).collect();
+    for v in &vols {
+        write_data(&lab, Site::A, &v.spec);
+    }
+    let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
+    let gid = create_group(&mut groups_a, &lab, &format!("no-cut-{}", new_uuid()), &ids)
+        .await
+        .expect("create group")
+        .volume_group_id;
+    group_enable(&mut a, &lab, &gid, HashMap::new()).await.expect("enable");
+    drop((a, groups_a));
+    sites.a.stop().await;
+    let mut sums = Vec::new();
+    for v in &vols {
+        let sum = checksum(&lab, Site::A, &v.spec).unwrap();
+        wait_same_data(&lab, &v.spec, &sum, Site::B, LIMIT).await;
+        sums.push(sum);
+    }
+    {
+        let _frozen = Frozen::daemons(&lab, "site-a", &[]);
+        let refused = group_promote_after_site_loss(&mut b, &lab, &gid).await.expect_err("promote without a cut");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused.message().contains("disable the group's replication on this site and enable it again"),
+            "the refusal names no way out: {}",
+            refused.message()
+        );
+        group_disable(&mut b, &lab, &gid).await.expect("disable on site-b, as the refusal says");
+        group_enable(&mut b, &lab, &gid, HashMap::new()).await.expect("enable again on site-b");
+        for (v, sum) in vols.iter().zip(&sums) {
+            assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true), "{} is not primary on site-b", v.spec);
+            assert_eq!(checksum(&lab, Site::B, &v.spec).as_ref(), Some(sum), "{} lost data on site-b", v.spec);
+            let mirroring = lab.mirror_info(Site::B, &v.spec).unwrap_or_default();
+            assert_eq!(mirroring["state"], "enabled", "{} is not mirrored from site-b: {mirroring}", v.spec);
+        }
+        // Writable, and generations are taken here again.
+        for v in &vols {
+            write_data(&lab, Site::B, &v.spec);
+        }
+        let specs: Vec<&str> = vols.iter().map(|v| v.spec.as_str()).collect();
+        wait_group_cut(&lab, Site::B, &specs, LIMIT).await;
+    }
+    group_disable(&mut b, &lab, &gid).await.expect("disable");
+    for v in &vols {
+        remove_everywhere(&lab, &v.spec);
+    }
+    for s in [Site::A, Site::B] {
+        lab.rbd_try(s, &["group", "rm", &format!("{}/csi-vol-group-{}", lab.pool(), &gid[gid.len() - 36..])]).ok();
+    }
+}
