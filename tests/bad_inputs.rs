@@ -16,6 +16,8 @@ enum Rpc {
     Enable,
     Disable,
     Info,
+    Demote,
+    Resync,
 }
 
 struct Case {
@@ -195,6 +197,15 @@ async fn table_of_bad_inputs() {
             Code::InvalidArgument,
         ),
         base("clone of a parent that is not mirrored", Rpc::Enable, &clone_id, Code::FailedPrecondition),
+        // Demote and Resync use no parameter, yet refuse what every call refuses.
+        Case {
+            parameters: p(&[("any", &huge_value)]),
+            ..base("a 20 kB parameter value (demote)", Rpc::Demote, &plain.id, Code::InvalidArgument)
+        },
+        Case {
+            parameters: p(&[("any", &huge_value)]),
+            ..base("a 20 kB parameter value (resync)", Rpc::Resync, &plain.id, Code::InvalidArgument)
+        },
     ];
     assert!(cases.len() >= 25);
 
@@ -214,6 +225,26 @@ async fn table_of_bad_inputs() {
                 .map(drop),
             Rpc::Disable => client
                 .disable_volume_replication(DisableVolumeReplicationRequest {
+                    volume_id: case.legacy_id.clone(),
+                    parameters: case.parameters.clone(),
+                    secrets: case.secrets.clone(),
+                    replication_source: case.source.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            Rpc::Demote => client
+                .demote_volume(DemoteVolumeRequest {
+                    volume_id: case.legacy_id.clone(),
+                    parameters: case.parameters.clone(),
+                    secrets: case.secrets.clone(),
+                    replication_source: case.source.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            Rpc::Resync => client
+                .resync_volume(ResyncVolumeRequest {
                     volume_id: case.legacy_id.clone(),
                     parameters: case.parameters.clone(),
                     secrets: case.secrets.clone(),
@@ -257,6 +288,15 @@ async fn table_of_bad_inputs() {
     assert_eq!(lab.mirror_info(Site::A, &plain.spec).unwrap()["state"], "disabled");
     assert_eq!(lab.mirror_info(Site::A, &clone_spec).unwrap()["state"], "disabled");
     assert!(failures.is_empty(), "bad-input cases failed:\n{}", failures.join("\n"));
+
+    // Listing groups with a key cephx refuses is UNAUTHENTICATED, not an
+    // empty list that would say the secret was right.
+    let mut groups = server.groups().await;
+    let wrong = p(&[("userID", "csi-rbd"), ("userKey", &wrong_key)]);
+    let req = rbd_addons::proto::volumegroup::ListVolumeGroupsRequest { secrets: wrong, ..Default::default() };
+    let err = groups.list_volume_groups(req).await.expect_err("a list with a wrong key");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(!err.message().contains(&wrong_key), "the message leaks the key");
 
     cleanup(&lab, &clone_spec);
     cleanup(&lab, &parent.spec);

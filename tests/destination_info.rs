@@ -38,8 +38,7 @@ async fn destination_once_available(c: &mut Client, lab: &Lab, source: Option<Re
 }
 
 fn peer_handle_of(lab: &Lab, site_a_id: &str) -> String {
-    let uuid = &site_a_id[site_a_id.len() - 36..];
-    volume_id(&lab.cluster_id(), lab.pool_id(Site::B), uuid)
+    handle_on(lab, Site::B, site_a_id)
 }
 
 async fn promote_when_ready(c: &mut Client, lab: &Lab, source: Option<ReplicationSource>) {
@@ -140,6 +139,32 @@ async fn a_group_destination_maps_every_member_and_fails_over_on_a_peer_without_
     for (v, sum) in vols.iter().zip(&sums) {
         assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true), "{} is not primary on b", v.spec);
         assert_eq!(checksum(&lab, Site::B, &v.spec).as_deref(), Some(sum.as_str()), "{} lost data", v.spec);
+    }
+
+    // Asked on site-b after the failover, with the handles site-b holds:
+    // every key is one of them (not site-a's recorded handle), and every
+    // value names the member on site-a (through site-b's mapping) or, with
+    // no mapping, is the same handle.
+    let on_b: HashMap<String, String> = vols.iter().map(|v| (peer_handle_of(&lab, &v.id), v.id.clone())).collect();
+    let DestinationType::Volumegroup(back) =
+        destination_once_available(&mut b, &lab, group_source(&dest.volume_group_id)).await
+    else {
+        panic!("a volume destination for a group")
+    };
+    let same: HashMap<String, String> = on_b.keys().map(|k| (k.clone(), k.clone())).collect();
+    assert_eq!(back.volume_ids, same, "site-b without a mapping: its own handles, each mapped to itself");
+    let mapping_b = lab.facts["sites"]["b"]["cluster_mapping"].as_str().unwrap().to_owned();
+    let mapped_b = Server::start(&lab.csi_config(Site::B), &["--cluster-mapping", &mapping_b]).await;
+    let mut mb = mapped_b.replication().await;
+    let DestinationType::Volumegroup(back) =
+        destination_once_available(&mut mb, &lab, group_source(&dest.volume_group_id)).await
+    else {
+        panic!("a volume destination for a group")
+    };
+    assert_eq!(back.volume_group_id, gid, "site-b's mapping names the group on site-a");
+    assert_eq!(back.volume_ids, on_b, "site-b's handles, each mapped to site-a's");
+    for v in &vols {
+        assert!(lab.rbd_try(Site::A, &["info", &v.spec]).is_ok(), "{} is gone on site-a", v.spec);
     }
 
     group_disable(&mut b, &lab, &dest.volume_group_id).await.expect("group disable on b");

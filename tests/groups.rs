@@ -390,7 +390,11 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     assert_eq!(rbd_group_members(&lab, Site::B, &gid).len(), 3, "site-b's RBD group holds every member");
     let mut gb = sites.b.groups().await;
     let seen_on_b = get_group(&mut gb, &lab, &gid).await.expect("the peer's view of the group");
-    assert_eq!(seen_on_b.volumes.len(), 3);
+    let mut named: Vec<String> = seen_on_b.volumes.iter().map(|v| v.volume_id.clone()).collect();
+    named.sort();
+    let mut want: Vec<String> = vols.iter().map(|v| handle_on(&lab, Site::B, &v.id)).collect();
+    want.sort();
+    assert_eq!(named, want, "site-b names the members as it names them (its pool ID)");
 
     // Work on b, then fail back once a has replayed it.
     for v in &vols {
@@ -623,8 +627,9 @@ async fn the_peer_sees_members_join_and_leave_through_its_index() {
         .expect("create")
         .volume_group_id;
     group_enable(&mut c, &lab, &gid, HashMap::new()).await.expect("enable (journal mode)");
+    // Site-b names the members as it names them: its own pool ID.
     let want = |members: &[&str]| {
-        let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
+        let mut want: Vec<String> = members.iter().map(|id| handle_on(&lab, Site::B, id)).collect();
         want.sort();
         want
     };

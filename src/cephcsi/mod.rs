@@ -86,6 +86,16 @@ impl ResolvedVolume {
 }
 
 impl Error {
+    /// cephx refused the user or key, or the key does not decode (the
+    /// errors that answer UNAUTHENTICATED), or this library cannot read it.
+    fn refuses_credentials(&self) -> bool {
+        match self {
+            Error::Connect { source, .. } => matches!(source.errno, libc::EACCES | libc::EPERM | libc::EINVAL),
+            Error::KeyTypeUnreadable { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Errors that may only mean the handle was minted on the peer site, so
     /// that a cluster-mapping translation is worth trying (as ceph-csi does).
     fn may_be_peer_handle(&self) -> bool {
@@ -180,17 +190,26 @@ impl Resolver {
     /// Every pool of every cluster in config.json (in each clusterID's RADOS
     /// namespace), for listing groups. Clusters these credentials cannot
     /// reach are skipped with a warning: one dead site must not hide the rest.
+    /// But when no cluster accepted them and one refused them, the refusal
+    /// is the answer: an empty list would say the secret was right.
     pub fn all_pools(&self, creds: &Credentials) -> Result<Vec<(String, IoCtx)>, Error> {
         let mut out = Vec::new();
+        let (mut connected, mut refused) = (false, None);
         for cluster_id in config::cluster_ids(&self.config_path)? {
             let info = config::lookup(&self.config_path, &cluster_id)?;
             let cluster = match self.connect(&cluster_id, &info, creds) {
                 Ok(c) => c,
+                Err(e) if e.refuses_credentials() => {
+                    tracing::warn!(cluster_id, error = %e, "a cluster refused the credentials while listing groups");
+                    refused.get_or_insert(e);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(cluster_id, error = %e, "skipping a cluster while listing groups");
                     continue;
                 }
             };
+            connected = true;
             let names = IoCtx::pools(&cluster).map_err(|source| Error::OpenPool { pool_id: -1, source })?;
             for name in names {
                 let Ok(pool_id) = cluster.pool_id(&name) else { continue };
@@ -199,7 +218,10 @@ impl Resolver {
                 }
             }
         }
-        Ok(out)
+        match refused {
+            Some(e) if !connected => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// The ID that names on the peer site what `id` names here, where it was

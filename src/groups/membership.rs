@@ -10,7 +10,8 @@ use tracing::info;
 
 use super::{
     GROUP_KEY, Group, MAX_MEMBERS, Member, VOLUME_ID_KEY, ensure_rbd_group, find, in_other_group, index, link,
-    on_member, open_member, open_members, rbd_group_of, replication_of, resolve_member, sign, state_object, tag,
+    on_member, open_member, open_members, rbd_group_of, replication_of, resolve_group_member, resolve_member, sign,
+    state_object, tag,
 };
 use crate::Error;
 use crate::ceph::IoCtx;
@@ -400,16 +401,25 @@ fn view(
 ) -> Result<GroupView, Error> {
     let mut members = Vec::with_capacity(group.member_ids.len());
     for v in &group.member_ids {
-        let size = resolve_member(resolver, v, creds)
-            .and_then(|m| open_member(&m).and_then(|i| i.size().map_err(Error::ceph("cannot read the image size"))));
-        let size = match size {
-            Ok(s) => s as i64,
-            // A member whose image is gone (deleted, or being re-created by a
-            // resync) is still listed: the group says what it holds.
-            Err(Error::ImageNotFound { .. }) => 0,
+        // Named as this site names it (the handle a caller here holds),
+        // whichever site added it.
+        let (volume_id, size) = match resolve_group_member(resolver, group, v, creds) {
+            Ok(m) => {
+                let size = open_member(&m).and_then(|i| i.size().map_err(Error::ceph("cannot read the image size")));
+                let size = match size {
+                    Ok(s) => s as i64,
+                    // A member whose image is gone (deleted, or being
+                    // re-created by a resync) is still listed: the group says
+                    // what it holds.
+                    Err(Error::ImageNotFound { .. }) => 0,
+                    Err(e) => return Err(e),
+                };
+                (m.local_id()?.encode(), size)
+            }
+            Err(Error::ImageNotFound { .. }) => (v.clone(), 0),
             Err(e) => return Err(e),
         };
-        members.push(MemberView { volume_id: v.clone(), size_bytes: size });
+        members.push(MemberView { volume_id, size_bytes: size });
     }
     let mut context = context.clone();
     if group.record.is_none() {

@@ -40,8 +40,20 @@ pub fn state_object(uuid: &str) -> String {
 
 /// One member volume, resolved on this site.
 pub struct Member {
+    /// The handle recorded when the member joined, named as the site that
+    /// added it names it.
     pub volume_id: String,
     pub vol: ResolvedVolume,
+}
+
+impl Member {
+    /// The member's handle as this site names it (this site's clusterID and
+    /// pool ID, the same UUID): what a caller on this site holds, whichever
+    /// site added the member.
+    pub fn local_id(&self) -> Result<CsiId, Error> {
+        let recorded = decode_member_id(&self.volume_id)?;
+        Ok(CsiId { cluster_id: self.vol.cluster_id.clone(), pool_id: self.vol.io.pool_id(), uuid: recorded.uuid })
+    }
 }
 
 /// A group as found on this site.

@@ -363,10 +363,12 @@ impl Controller for ReplicationService {
                 Box::new(move |g, members, _, _| {
                     groups::require_destinations(g, members)?;
                     let mut volume_ids = HashMap::with_capacity(members.len());
+                    // Keyed by the handles a caller on this site holds: the
+                    // recorded ones name the site that added each member.
                     for m in members {
-                        let id = CsiId::decode(&m.volume_id).map_err(|e| Error::Resolve(e.into()))?;
-                        let peer = for_group.peer_id(&id, &m.vol.cluster_id, m.vol.io.pool_id())?;
-                        volume_ids.insert(m.volume_id.clone(), peer.encode());
+                        let here = m.local_id()?;
+                        let peer = for_group.peer_id(&here, &m.vol.cluster_id, m.vol.io.pool_id())?;
+                        volume_ids.insert(here.encode(), peer.encode());
                     }
                     let group = for_group.peer_id(&g.id, &g.cluster_id, g.io.pool_id())?;
                     Ok(DestinationType::Volumegroup(VolumeGroupDestination {
@@ -418,11 +420,13 @@ impl Controller for ReplicationService {
         // volume without a primary; the controller never sets it).
         let force = req.force;
         let id = target_id(&target);
+        // Demote uses no parameter, but refuses what every call refuses.
+        let raw = req.parameters;
         self.run(
             "DemoteVolume",
             target,
             &req.secrets,
-            |_| Ok(()),
+            move |_| refuse_oversize_map("parameter", &raw),
             move |vol, ()| replication::demote(vol, force),
             Box::new(move |g, m, _, ()| groups::demote(g, m, force)),
         )
@@ -440,12 +444,14 @@ impl Controller for ReplicationService {
         let target = target(&req.volume_id, req.replication_source.as_ref());
         let force = req.force;
         let id = target_id(&target);
+        // Resync uses no parameter, but refuses what every call refuses.
+        let raw = req.parameters;
         let ready = self
             .run(
                 "ResyncVolume",
                 target,
                 &req.secrets,
-                |_| Ok(()),
+                move |_| refuse_oversize_map("parameter", &raw),
                 move |vol, ()| replication::resync(vol, force),
                 Box::new(move |_, m, _, ()| groups::resync(m, force)),
             )

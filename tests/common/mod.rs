@@ -298,6 +298,12 @@ pub fn volume_id(cluster_id: &str, pool_id: i64, uuid: &str) -> String {
     format!("0001-{:04x}-{}-{:016x}-{}", cluster_id.len(), cluster_id, pool_id, uuid)
 }
 
+/// The handle site `s` gives the volume (or group) that `id` names: the lab's
+/// sites share the clusterID and differ in pool ID.
+pub fn handle_on(lab: &Lab, s: Site, id: &str) -> String {
+    volume_id(&lab.cluster_id(), lab.pool_id(s), &id[id.len() - 36..])
+}
+
 pub fn source(volume_id: &str) -> Option<ReplicationSource> {
     Some(ReplicationSource { r#type: Some(SourceType::Volume(VolumeSource { volume_id: volume_id.into() })) })
 }
