@@ -174,3 +174,146 @@ async fn a_group_destination_maps_every_member_and_fails_over_on_a_peer_without_
         remove_everywhere(&lab, &v.spec);
     }
 }
+
+/// site's config.json with ceph-csi's `replicationDestination` on the lab's
+/// clusterID: the peer's clusterID, and the lab pool's ID there.
+fn config_with_destination(
+    lab: &Lab,
+    site: Site,
+    dir: &std::path::Path,
+    remote_cluster: &str,
+    peer_pool: i64,
+) -> String {
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.csi_config(site)).unwrap()).unwrap();
+    for entry in cfg.as_array_mut().unwrap() {
+        if entry["clusterID"] == lab.cluster_id().as_str() {
+            entry["replicationDestination"] = serde_json::json!({
+                "remoteClusterID": remote_cluster,
+                "rbd": {"remotePoolMapping": {lab.pool(): {"poolID": peer_pool.to_string()}}},
+            });
+        }
+    }
+    let path = dir.join(format!("config-{}-{remote_cluster}-{peer_pool}.json", site.key()));
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// An admin coming from ceph-csi keeps its configuration: config.json's
+/// `replicationDestination` names the peer as the cluster mapping would,
+/// with no mapping file at all, for a volume and a group, there and back.
+/// Both files present and at odds are refused: at start for the clusterID,
+/// per call for a pool.
+#[tokio::test]
+async fn ceph_csis_replication_destination_in_config_json_names_the_peer() {
+    let lab = Lab::load();
+    let dir = std::env::temp_dir().join(format!("rbd-addons-destination-{}", new_uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cid = lab.cluster_id();
+    let cfg_a = config_with_destination(&lab, Site::A, &dir, &cid, lab.pool_id(Site::B));
+    let cfg_b = config_with_destination(&lab, Site::B, &dir, &cid, lab.pool_id(Site::A));
+    let no_mapping = ["--cluster-mapping", "/nonexistent/mapping.json"];
+    let server_a = Server::start(std::path::Path::new(&cfg_a), &no_mapping).await;
+    let server_b = Server::start(std::path::Path::new(&cfg_b), &no_mapping).await;
+    let (mut a, mut b) = (server_a.replication().await, server_b.replication().await);
+    let mut g = server_a.groups().await;
+
+    let vol = lab.create_volume(VolumeOpts::default());
+    let members: Vec<TestVolume> = (0..3).map(|_| lab.create_volume(VolumeOpts::default())).collect();
+    for v in std::iter::once(&vol).chain(&members) {
+        write_data(&lab, Site::A, &v.spec);
+    }
+    let ids: Vec<&str> = members.iter().map(|v| v.id.as_str()).collect();
+    let gid =
+        create_group(&mut g, &lab, &format!("dest-cfg-{}", new_uuid()), &ids).await.expect("group").volume_group_id;
+    enable(&mut a, &lab, &vol.id).await.expect("enable");
+    group_enable(&mut a, &lab, &gid, HashMap::new()).await.expect("group enable");
+
+    let DestinationType::Volume(v_dest) = destination_once_available(&mut a, &lab, source(&vol.id)).await else {
+        panic!("a group destination for a volume")
+    };
+    assert_eq!(v_dest.volume_id, handle_on(&lab, Site::B, &vol.id), "the pool ID from replicationDestination");
+    let DestinationType::Volumegroup(g_dest) = destination_once_available(&mut a, &lab, group_source(&gid)).await
+    else {
+        panic!("a volume destination for a group")
+    };
+    assert_eq!(g_dest.volume_group_id, handle_on(&lab, Site::B, &gid));
+    let on_b: HashMap<String, String> =
+        members.iter().map(|v| (v.id.clone(), handle_on(&lab, Site::B, &v.id))).collect();
+    assert_eq!(g_dest.volume_ids, on_b);
+
+    // Planned failover to site-b through the returned handles only.
+    let sums: Vec<String> = members.iter().map(|v| checksum(&lab, Site::A, &v.spec).unwrap()).collect();
+    for (v, sum) in members.iter().zip(&sums) {
+        wait_same_data(&lab, &v.spec, sum, Site::B, LIMIT).await;
+    }
+    let vol_sum = checksum(&lab, Site::A, &vol.spec).unwrap();
+    wait_same_data(&lab, &vol.spec, &vol_sum, Site::B, LIMIT).await;
+    demote(&mut a, &lab, &vol.id).await.expect("demote on a");
+    group_demote(&mut a, &lab, &gid).await.expect("group demote on a");
+    promote_when_ready(&mut b, &lab, source(&v_dest.volume_id)).await;
+    promote_when_ready(&mut b, &lab, group_source(&g_dest.volume_group_id)).await;
+    for v in std::iter::once(&vol).chain(&members) {
+        assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true), "{} is not primary on site-b", v.spec);
+    }
+
+    // Asked on site-b with site-b's handles: site-a's, keyed by site-b's.
+    let DestinationType::Volume(back) = destination_once_available(&mut b, &lab, source(&v_dest.volume_id)).await
+    else {
+        panic!("a group destination for a volume")
+    };
+    assert_eq!(back.volume_id, vol.id);
+    let DestinationType::Volumegroup(g_back) =
+        destination_once_available(&mut b, &lab, group_source(&g_dest.volume_group_id)).await
+    else {
+        panic!("a volume destination for a group")
+    };
+    assert_eq!(g_back.volume_group_id, gid);
+    let back_to_a: HashMap<String, String> = on_b.iter().map(|(a_id, b_id)| (b_id.clone(), a_id.clone())).collect();
+    assert_eq!(g_back.volume_ids, back_to_a, "site-b's handles, each mapped to site-a's");
+
+    // And back to site-a through those.
+    demote(&mut b, &lab, &v_dest.volume_id).await.expect("demote on b");
+    group_demote(&mut b, &lab, &g_dest.volume_group_id).await.expect("group demote on b");
+    promote_when_ready(&mut a, &lab, source(&back.volume_id)).await;
+    promote_when_ready(&mut a, &lab, group_source(&g_back.volume_group_id)).await;
+    for v in std::iter::once(&vol).chain(&members) {
+        assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true), "{} is not primary on site-a again", v.spec);
+    }
+
+    // With the lab's mapping too: agreeing, the same answer; a pool at odds,
+    // FAILED_PRECONDITION naming both files; a clusterID at odds, no start.
+    let mapping_a = lab.facts["sites"]["a"]["cluster_mapping"].as_str().unwrap().to_owned();
+    let both = Server::start(std::path::Path::new(&cfg_a), &["--cluster-mapping", &mapping_a]).await;
+    let mut both_c = both.replication().await;
+    let DestinationType::Volume(same) = destination_once_available(&mut both_c, &lab, source(&vol.id)).await else {
+        panic!("a group destination for a volume")
+    };
+    assert_eq!(same.volume_id, v_dest.volume_id);
+    let odd_pool = config_with_destination(&lab, Site::A, &dir, &cid, 77);
+    let odd = Server::start(std::path::Path::new(&odd_pool), &["--cluster-mapping", &mapping_a]).await;
+    let err = destination(&mut odd.replication().await, &lab, source(&vol.id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&odd_pool) && err.message().contains(&mapping_a), "{}", err.message());
+    let odd_cluster = config_with_destination(&lab, Site::A, &dir, "elsewhere", lab.pool_id(Site::B));
+    let socket = dir.join("never.sock");
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--log-format", "text", "--metrics-address", "off"])
+        .args(["--ceph-csi-config", &odd_cluster, "--cluster-mapping", &mapping_a])
+        .args(["--endpoint", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with the two files at odds: {stderr}");
+    assert!(stderr.contains("refusing to start") && stderr.contains("\"elsewhere\""), "{stderr}");
+    assert!(!socket.exists(), "a refused start leaves no socket behind");
+
+    disable(&mut a, &lab, &vol.id).await.expect("disable");
+    group_disable(&mut a, &lab, &gid).await.expect("group disable");
+    modify_group(&mut g, &lab, &gid, &[]).await.ok();
+    delete_group(&mut g, &lab, &gid).await.ok();
+    for v in std::iter::once(&vol).chain(&members) {
+        remove_everywhere(&lab, &v.spec);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

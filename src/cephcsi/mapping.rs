@@ -72,6 +72,32 @@ fn candidates_in(text: &str, path: &str, cluster_id: &str, pool_id: i64) -> Resu
     Ok(out)
 }
 
+/// The clusterIDs the mapping pairs with `cluster_id` (none without a file).
+pub fn peer_clusters(path: &Path, cluster_id: &str) -> Result<Vec<String>, ConfigError> {
+    let shown = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ConfigError::Unreadable { path: shown, reason: e.kind().to_string() }),
+    };
+    let entries: Vec<Entry> =
+        serde_json::from_str(&text).map_err(|e| ConfigError::Malformed { path: shown, reason: e.to_string() })?;
+    let mut out = Vec::new();
+    for (a, b) in entries.iter().flat_map(|e| &e.cluster_ids) {
+        let other = if a == cluster_id {
+            b
+        } else if b == cluster_id {
+            a
+        } else {
+            continue;
+        };
+        if !out.contains(other) {
+            out.push(other.clone());
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +124,17 @@ mod tests {
     fn same_cluster_id_on_both_sites_maps_only_the_pool() {
         assert_eq!(candidates_in(SAMPLE, "p", "rook-ceph", 2).unwrap(), [("rook-ceph".to_owned(), 3)]);
         assert!(candidates_in(SAMPLE, "p", "other", 2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pairs_cluster_ids_both_ways() {
+        let path = std::env::temp_dir().join(format!("rbd-addons-mapping-{}.json", std::process::id()));
+        std::fs::write(&path, SAMPLE).unwrap();
+        assert_eq!(peer_clusters(&path, "site-b").unwrap(), ["site-a"]);
+        assert_eq!(peer_clusters(&path, "rook-ceph").unwrap(), ["rook-ceph"]);
+        assert!(peer_clusters(&path, "other").unwrap().is_empty());
+        std::fs::remove_file(&path).ok();
+        assert!(peer_clusters(Path::new("/nonexistent/cluster-mapping.json"), "a").unwrap().is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod snapshot;
 mod volume_id;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use config::{ClusterInfo, ConfigError};
@@ -45,6 +45,34 @@ pub enum Error {
     OpenPool { pool_id: i64, source: CephError },
     #[error("cannot read the volume's journal object {object}: {source}")]
     Journal { object: String, source: CephError },
+    /// ceph-csi's `replicationDestination` and the cluster mapping both say
+    /// how the peer names a pool, and say it differently.
+    #[error("{0}: make the two agree, or keep one")]
+    DestinationConflict(String),
+}
+
+/// At start: every clusterID whose `replicationDestination` (in the ceph-csi
+/// config) names a peer clusterID that the cluster mapping does not pair it
+/// with. Pools can only be compared once a call names one (the config names
+/// them, the mapping numbers them). A file that cannot be read is no
+/// conflict: the calls will say what is wrong with it.
+pub fn destination_conflicts(config_path: &Path, mapping_path: &Path) -> Vec<String> {
+    let Ok(destinations) = config::destinations(config_path) else { return Vec::new() };
+    let mut out = Vec::new();
+    for (cluster_id, d) in destinations {
+        let peers = mapping::peer_clusters(mapping_path, &cluster_id).unwrap_or_default();
+        if !peers.is_empty() && !peers.contains(&d.cluster_id) {
+            out.push(format!(
+                "clusterID {cluster_id:?}: ceph-csi config {} names its replication destination {:?}, cluster \
+                 mapping {} pairs it with {}",
+                config_path.display(),
+                d.cluster_id,
+                mapping_path.display(),
+                peers.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    out
 }
 
 /// Removes one entry of a ceph-csi journal (groups or snapshots): its key in
@@ -231,16 +259,43 @@ impl Resolver {
     /// an entry for it, both sites are taken to share the clusterID and pool
     /// ID (as when Rook names both clusters alike and the pools were created
     /// in the same order), and the handle is returned unchanged.
-    pub fn peer_id(&self, id: &CsiId, cluster_id: &str, pool_id: i64) -> Result<CsiId, Error> {
+    ///
+    /// ceph-csi's `replicationDestination` of `cluster_id` in config.json,
+    /// where present, says it first (the peer's clusterID; the pool's peer ID
+    /// by the pool's name, else the same ID); a cluster mapping that says
+    /// otherwise is an error, not a choice.
+    pub fn peer_id(&self, id: &CsiId, cluster_id: &str, io: &IoCtx) -> Result<CsiId, Error> {
+        let pool_id = io.pool_id();
         if (id.cluster_id.as_str(), id.pool_id) != (cluster_id, pool_id) {
             return Ok(id.clone());
         }
-        let Some(mapping) = &self.mapping_path else { return Ok(id.clone()) };
-        let candidates = mapping::candidates(mapping, &id.cluster_id, id.pool_id)?;
-        Ok(match candidates.into_iter().next() {
-            Some((cluster_id, pool_id)) => CsiId { cluster_id, pool_id, uuid: id.uuid.clone() },
-            None => id.clone(),
-        })
+        let mapped = match &self.mapping_path {
+            Some(mapping) => mapping::candidates(mapping, &id.cluster_id, id.pool_id)?.into_iter().next(),
+            None => None,
+        };
+        let Some(d) = config::lookup(&self.config_path, cluster_id)?.destination else {
+            return Ok(match mapped {
+                Some((cluster_id, pool_id)) => CsiId { cluster_id, pool_id, uuid: id.uuid.clone() },
+                None => id.clone(),
+            });
+        };
+        let peer_pool = d.pool_ids.get(io.pool_name()).copied().unwrap_or(pool_id);
+        // The mapping's fallback to the same pool ID asserts nothing: only
+        // a clusterID, or a pool it maps to another ID, can disagree.
+        if let Some((mapped_cluster, mapped_pool)) = mapped
+            && (mapped_cluster != d.cluster_id || (mapped_pool != pool_id && mapped_pool != peer_pool))
+        {
+            return Err(Error::DestinationConflict(format!(
+                "the peer of pool {:?} of cluster {cluster_id:?} is clusterID {:?} pool {peer_pool} in ceph-csi \
+                 config {} (replicationDestination) but clusterID {mapped_cluster:?} pool {mapped_pool} in \
+                 cluster mapping {}",
+                io.pool_name(),
+                d.cluster_id,
+                self.config_path.display(),
+                self.mapping_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            )));
+        }
+        Ok(CsiId { cluster_id: d.cluster_id, pool_id: peer_pool, uuid: id.uuid.clone() })
     }
 
     /// A connection to the cluster `cluster_id` of config.json, for

@@ -99,6 +99,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot listen for metrics on {address}: {source}; pick another --metrics-address (or \"off\")")]
     MetricsListen { address: std::net::SocketAddr, source: std::io::Error },
+    #[error("refusing to start: {0}; make the two agree, or keep one")]
+    DestinationConflict(String),
 }
 
 /// `unix:///abs/path` or `/abs/path`; TCP and relative paths are refused.
@@ -162,6 +164,12 @@ async fn shutdown_signal() {
 }
 
 pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
+    // Two files that say differently where a volume fails over to: settled
+    // by the admin before any handle is handed out.
+    let conflicts = crate::cephcsi::destination_conflicts(&cfg.ceph_csi_config, &cfg.cluster_mapping);
+    if !conflicts.is_empty() {
+        return Err(ServeError::DestinationConflict(conflicts.join("; ")));
+    }
     // The metrics port first: a port in use must stop the start before the
     // socket exists, or it would be left behind.
     let metrics_listener = match cfg.metrics_address {

@@ -357,7 +357,7 @@ impl Controller for ReplicationService {
                 move |vol, source_id| {
                     replication::require_destination(vol)?;
                     let id = CsiId::decode(&source_id).map_err(|e| Error::Resolve(e.into()))?;
-                    let peer = for_volume.peer_id(&id, &vol.cluster_id, vol.io.pool_id())?;
+                    let peer = for_volume.peer_id(&id, &vol.cluster_id, &vol.io)?;
                     Ok(DestinationType::Volume(VolumeDestination { volume_id: peer.encode() }))
                 },
                 Box::new(move |g, members, _, _| {
@@ -367,10 +367,10 @@ impl Controller for ReplicationService {
                     // recorded ones name the site that added each member.
                     for m in members {
                         let here = m.local_id()?;
-                        let peer = for_group.peer_id(&here, &m.vol.cluster_id, m.vol.io.pool_id())?;
+                        let peer = for_group.peer_id(&here, &m.vol.cluster_id, &m.vol.io)?;
                         volume_ids.insert(here.encode(), peer.encode());
                     }
-                    let group = for_group.peer_id(&g.id, &g.cluster_id, g.io.pool_id())?;
+                    let group = for_group.peer_id(&g.id, &g.cluster_id, &g.io)?;
                     Ok(DestinationType::Volumegroup(VolumeGroupDestination {
                         volume_group_id: group.encode(),
                         volume_ids,

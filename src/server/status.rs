@@ -60,6 +60,8 @@ fn resolve_code(err: &cephcsi::Error) -> Code {
         },
         // The key is right; this build's library is too old to use it.
         cephcsi::Error::KeyTypeUnreadable { .. } => Code::FailedPrecondition,
+        // Two configuration files disagree: the admin must settle it.
+        cephcsi::Error::DestinationConflict(_) => Code::FailedPrecondition,
         cephcsi::Error::PoolNotFound { .. } => Code::NotFound,
         // A class parameter naming a pool that is not there.
         cephcsi::Error::PoolNameNotFound { .. } => Code::InvalidArgument,
