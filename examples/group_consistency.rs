@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use interleave::{CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on};
+use interleave::{CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on, revive_rbd_mirror};
 use rbd_addons::ceph::{Cluster, ConnectOptions};
 use rbd_addons::proto::replication::controller_client::ControllerClient;
 use rbd_addons::proto::replication::replication_source::{Type, VolumeGroupSource};
@@ -393,6 +393,7 @@ async fn main() {
     let (mut kept_all, mut broken, mut lost, mut promotes, mut attempts_all) =
         (true, 0usize, Vec::new(), Vec::new(), Vec::new());
     let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut revived = 0usize;
     for round in 0..cuts {
         let (names, ids) = lab.volumes();
         let logs_from = (a.log_len(), b.log_len());
@@ -502,6 +503,17 @@ async fn main() {
         let after_view = ceph_view(&lab, &["b"], &names);
         signal(&pids, libc::SIGCONT);
         heal_lone_osd(&lab.site("a", "conf"), frozen_at.elapsed());
+        // A promote that took a member from site-b's rbd-mirror blocklisted
+        // its client; the daemon may deadlock restarting (see the README).
+        let release = lab.facts["release"].as_str().unwrap_or("pacific").to_owned();
+        let plain = |secs: u32, prog: &str| {
+            let mut c = Command::new("timeout");
+            c.arg(secs.to_string()).arg(prog);
+            c
+        };
+        if revive_rbd_mirror(&lab_dir, "b", &release, &plain) {
+            revived += 1;
+        }
         let prefix = after.iter().next_back().copied().unwrap_or(0);
         let whole = first_gap(&after).is_none() && after == later && prefix <= acked + 1;
         let ok = r.is_ok() && whole;
@@ -613,6 +625,7 @@ async fn main() {
         percentile(&l, 1.0).as_secs_f64() * 1e3,
         percentile(&l, 1.0).as_secs_f64() / percentile(&l, 0.5).as_secs_f64().max(1e-9)
     );
+    println!("  site-b's rbd-mirror restarted after {revived} of {cuts} cuts (deadlocked after a lock break)");
     if kept_all {
         std::fs::remove_dir_all(&dir).ok();
     } else {

@@ -280,6 +280,18 @@ async fn ceph_csis_replication_destination_in_config_json_names_the_peer() {
     for v in std::iter::once(&vol).chain(&members) {
         assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true), "{} is not primary on site-a again", v.spec);
     }
+    // After the failback, site-a answers as it did before the failover.
+    let DestinationType::Volumegroup(again) = destination_once_available(&mut a, &lab, group_source(&gid)).await else {
+        panic!("a volume destination for a group")
+    };
+    assert_eq!((again.volume_group_id, again.volume_ids), (g_dest.volume_group_id.clone(), g_dest.volume_ids.clone()));
+    // Every value names an image that exists on the peer it names.
+    for (site, handles) in [(Site::B, g_dest.volume_ids.values()), (Site::A, g_back.volume_ids.values())] {
+        for h in handles {
+            let spec = format!("{}/csi-vol-{}", lab.pool(), &h[h.len() - 36..]);
+            assert!(lab.rbd_try(site, &["info", &spec]).is_ok(), "{h} names no image on site-{}", site.key());
+        }
+    }
 
     // With the lab's mapping too: agreeing, the same answer; a pool at odds,
     // FAILED_PRECONDITION naming both files; a clusterID at odds, no start.

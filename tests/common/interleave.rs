@@ -281,3 +281,59 @@ impl Drop for CpuHog {
         }
     }
 }
+
+/// Whether site `site` (`a` or `b`) of the lab in `lab_dir` has an rbd-mirror
+/// daemon that answers on its admin socket. Its status command takes the
+/// lock its pool replayer restarts hold, so a daemon deadlocked in such a
+/// restart does not answer. `tool(secs, program)` builds a bounded command
+/// (inside the release's root, where the lab has one).
+pub fn rbd_mirror_answers(lab_dir: &str, site: &str, tool: &dyn Fn(u32, &str) -> Command) -> bool {
+    let run = format!("{lab_dir}/{site}/run");
+    // The running daemon's own socket: its name carries its PID; the newest
+    // line is a restarted daemon's.
+    let pids = std::fs::read_to_string(format!("{lab_dir}/pids")).unwrap_or_default();
+    let Some(pid) = pids.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() == 3 && f[0] == format!("site-{site}") && f[1] == "rbd-mirror").then(|| f[2].to_owned())
+    }) else {
+        return false;
+    };
+    let name = format!("ceph-client.rbd-mirror.{site}.{pid}.");
+    let Ok(entries) = std::fs::read_dir(&run) else { return false };
+    let sockets: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&name) && n.ends_with(".asok"))
+        .map(|n| format!("{run}/{n}"))
+        .collect();
+    sockets.iter().any(|sock| {
+        tool(10, "ceph")
+            .args(["--admin-daemon", sock, "rbd", "mirror", "status", "-f", "json"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// After its client was blocklisted (a forced promote took an image from
+/// it), rbd-mirror restarts its pool replayer by itself; rbd-mirror 16.2.15
+/// can deadlock doing so when its image deleter was deleting an image at
+/// that moment (see the README). Waits up to 30 s for the daemon to answer,
+/// else restarts it as an admin would, and says so. Returns whether it had
+/// to be restarted.
+pub fn revive_rbd_mirror(lab_dir: &str, site: &str, release: &str, tool: &dyn Fn(u32, &str) -> Command) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if rbd_mirror_answers(lab_dir, site, tool) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!("site-{site}'s rbd-mirror does not answer 30 s after the freeze: restarting it");
+    let out = Command::new("scripts/lab.sh")
+        .args(["restart-mirror", site, "--release", release])
+        .env("CEPHLAB_DIR", lab_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("scripts/lab.sh restart-mirror");
+    assert!(out.status.success(), "restart-mirror: {}", String::from_utf8_lossy(&out.stderr));
+    true
+}

@@ -755,60 +755,16 @@ impl Drop for Frozen {
     }
 }
 
-/// Whether a site's rbd-mirror daemon answers on its admin socket. Its
-/// status command takes the lock its pool replayer restarts hold, so a
-/// daemon deadlocked in such a restart does not answer.
+/// Whether a site's rbd-mirror daemon answers on its admin socket (see
+/// [`interleave::rbd_mirror_answers`]).
 pub fn mirror_answers(lab: &Lab, s: Site) -> bool {
-    let dir = lab.facts["dir"].as_str().unwrap();
-    let run = format!("{dir}/{}/run", s.key());
-    // The running daemon's own socket: its name carries its PID.
-    let pids = std::fs::read_to_string(format!("{dir}/pids")).unwrap_or_default();
-    // The newest line: a restarted daemon's is appended.
-    let Some(pid) = pids.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() == 3 && f[0] == format!("site-{}", s.key()) && f[1] == "rbd-mirror").then(|| f[2].to_owned())
-    }) else {
-        return false;
-    };
-    let name = format!("ceph-client.rbd-mirror.{}.{pid}.", s.key());
-    let Ok(entries) = std::fs::read_dir(&run) else { return false };
-    let sockets: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&name) && n.ends_with(".asok"))
-        .map(|n| format!("{run}/{n}"))
-        .collect();
-    sockets.iter().any(|sock| {
-        lab_tool(10, "ceph")
-            .args(["--admin-daemon", sock, "rbd", "mirror", "status", "-f", "json"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
+    interleave::rbd_mirror_answers(lab.facts["dir"].as_str().unwrap(), s.key(), &lab_tool)
 }
 
-/// After its client was blocklisted (a forced promote took an image from
-/// it), rbd-mirror restarts its pool replayer by itself; rbd-mirror 16.2.15
-/// can deadlock doing so when its image deleter was deleting an image at
-/// that moment (see the README). Waits up to 30 s for the daemon to answer,
-/// else restarts it as an admin would, and says so. Returns whether it had
-/// to be restarted.
+/// Restarts a site's rbd-mirror that stopped answering (see
+/// [`interleave::revive_rbd_mirror`]). Returns whether it had to.
 pub fn revive_mirror(lab: &Lab, s: Site) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        if mirror_answers(lab, s) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    println!("site-{}'s rbd-mirror does not answer 30 s after the freeze: restarting it", s.key());
-    let release = lab.release();
-    let out = Command::new("scripts/lab.sh")
-        .args(["restart-mirror", s.key(), "--release", &release])
-        .env("CEPHLAB_DIR", lab.facts["dir"].as_str().unwrap())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("scripts/lab.sh restart-mirror");
-    assert!(out.status.success(), "restart-mirror: {}", String::from_utf8_lossy(&out.stderr));
-    true
+    interleave::revive_rbd_mirror(lab.facts["dir"].as_str().unwrap(), s.key(), &lab.release(), &lab_tool)
 }
 
 // Volume groups: the VolumeGroup service and group replication, as the
