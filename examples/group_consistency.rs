@@ -429,7 +429,21 @@ async fn main() {
             Some(latencies.clone()),
             quiesce,
         );
-        rep_a.enable_volume_replication(enable).await.unwrap();
+        // Sent again after UNAVAILABLE or ABORTED, as the controller does.
+        let enabling = Instant::now();
+        loop {
+            match rep_a.enable_volume_replication(enable.clone()).await {
+                Ok(_) => break,
+                Err(e)
+                    if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Aborted)
+                        && enabling.elapsed() < Duration::from_secs(120) =>
+                {
+                    println!("cut {round:2}: enable: {:?} {}", e.code(), e.message());
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => panic!("cut {round}: enable: {e:?}"),
+            }
+        }
         for n in &names {
             let started = Instant::now();
             while !lab.rbd("b", &["info", &format!("{pool}/{n}")]) {
