@@ -62,4 +62,32 @@ impl Error {
         let what = what.into();
         move |source| Self::Ceph { what, source }
     }
+
+    /// Whether Ceph refused this server's own client as blocklisted
+    /// (EBLOCKLISTED, which librados spells ESHUTDOWN): another client broke
+    /// a lock it held, e.g. after the site was frozen. Every later operation
+    /// on that connection fails the same way; only a new one works.
+    pub(crate) fn client_blocklisted(&self) -> bool {
+        let ceph = |e: &CephError| e.is(libc::ESHUTDOWN);
+        match self {
+            Error::Ceph { source, .. } | Error::Mgr { source, .. } | Error::Mon { source, .. } => ceph(source),
+            Error::Member { source, .. } => source.client_blocklisted(),
+            Error::Resolve(
+                cephcsi::Error::OpenPool { source, .. }
+                | cephcsi::Error::Journal { source, .. }
+                | cephcsi::Error::Connect { source, .. },
+            ) => ceph(source),
+            _ => false,
+        }
+    }
+
+    /// After this server's own client was blocklisted, every call on its
+    /// cached connection would fail the same way: drop it, so that the retry
+    /// (which the answer, UNAVAILABLE, invites) connects anew.
+    pub(crate) fn forget_blocklisted_client(&self, resolver: &cephcsi::Resolver) {
+        if self.client_blocklisted() {
+            tracing::warn!(error = %self, "this server's Ceph client was blocklisted (a lock it held was broken): reconnecting");
+            resolver.forget_connections();
+        }
+    }
 }

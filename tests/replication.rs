@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use rbd_addons::proto::replication::get_volume_replication_info_response::Status as InfoStatus;
@@ -307,5 +307,46 @@ async fn info_right_after_a_role_change_shows_the_new_role() {
     println!("an rbd CLI demote showed in Info after {:.2} s", started.elapsed().as_secs_f64());
     lab.rbd(Site::A, &["mirror", "image", "promote", &vol.spec]);
     ca.disable_volume_replication(disable_req(&lab, &vol.id)).await.expect("disable");
+    cleanup(&lab, &vol.spec);
+}
+
+/// Another client may break a lock this server held and blocklist its Ceph
+/// client (after its site was frozen, say). The call that meets the blocklist
+/// answers UNAVAILABLE and the server drops its connection; the retry
+/// connects anew and works, in Ceph's view too.
+#[tokio::test]
+async fn a_blocklisted_server_client_reconnects_on_the_retry() {
+    let lab = Lab::load();
+    let server = Server::start(&lab.csi_config(Site::A), &[]).await;
+    let mut c = server.replication().await;
+    let vol = lab.create_volume(VolumeOpts::default());
+    enable(&mut c, &lab, &vol.id).await.expect("enable");
+    let ledger: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}.clients", server.socket.display())).unwrap()).unwrap();
+    let addrs = ledger["own"][0]["addrs"].as_str().expect("the server's client address").to_owned();
+    let out = lab_tool(30, "ceph")
+        .args(["-c", &lab.conf(Site::A), "osd", "blocklist", "add", &addrs, "600"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "blocklist add: {}", String::from_utf8_lossy(&out.stderr));
+
+    // The first call may meet the blocklist (UNAVAILABLE); within a few
+    // retries one connects anew and succeeds.
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        match disable(&mut c, &lab, &vol.id).await {
+            Ok(()) => break,
+            Err(e) if e.code() == Code::Unavailable && started.elapsed() < Duration::from_secs(60) => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("disable after the blocklist: {e:?}"),
+        }
+    }
+    println!("{refused} call(s) met the blocklist before the server reconnected");
+    assert!(refused <= 2, "the server kept its blocklisted connection for {refused} calls");
+    assert_eq!(lab.mirror_info(Site::A, &vol.spec).unwrap()["state"], "disabled");
+    lab_tool(30, "ceph").args(["-c", &lab.conf(Site::A), "osd", "blocklist", "rm", &addrs]).output().ok();
     cleanup(&lab, &vol.spec);
 }

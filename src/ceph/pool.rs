@@ -119,6 +119,13 @@ impl ConnectionPool {
         }
     }
 
+    /// Drops every cached connection: the next call of each key connects
+    /// anew (a new client instance, which a blocklist of the old one does not
+    /// cover). Calls still running keep theirs until they end.
+    pub fn forget_all(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// The slot for a key, created empty when missing.
     fn slot(&self, id: ConnectionKey) -> Arc<Slot> {
         let now = Instant::now();

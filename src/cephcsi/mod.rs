@@ -161,6 +161,12 @@ impl Resolver {
         Self { config_path, mapping_path, connections, names: Mutex::default() }
     }
 
+    /// Drops the cached Ceph connections (see `ConnectionPool::forget_all`):
+    /// after this server's client was blocklisted.
+    pub fn forget_connections(&self) {
+        self.connections.forget_all();
+    }
+
     /// Blocking: reads config.json, may connect, reads the journal omap. When
     /// the handle does not resolve to an existing image here and a cluster
     /// mapping is configured, the handle's peer-site translations are tried.

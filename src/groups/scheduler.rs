@@ -100,6 +100,7 @@ impl Scheduler {
                 for (uuid, group_id, id, creds) in due {
                     let this = self.clone();
                     let (exec, resolver) = (exec.clone(), resolver.clone());
+                    let resolver_for_errors = resolver.clone();
                     // Mark it as not due while it runs, so a slow look is not
                     // started twice.
                     this.reschedule(&uuid, Duration::from_secs(3600));
@@ -116,6 +117,7 @@ impl Scheduler {
                             Err(Error::Exec(_)) => this.reschedule(&uuid, Duration::from_secs(1)),
                             Err(e) => {
                                 warn!(group = group_id, error = %e, "could not take a consistency generation");
+                                e.forget_blocklisted_client(&resolver_for_errors);
                                 this.reschedule(&uuid, Duration::from_secs(5));
                             }
                         }

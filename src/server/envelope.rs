@@ -157,6 +157,9 @@ impl Envelope {
             self.exec.run_op(method, &key, move || work(prepared, &resolver, &creds, &claims)).await
         }
         .await;
+        if let Err(e) = &result {
+            e.forget_blocklisted_client(&self.resolver);
+        }
         let answer = finish(method, &about, started, result);
         count(self.exec.metrics(), method, started, &answer);
         answer
