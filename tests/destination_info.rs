@@ -329,3 +329,28 @@ async fn ceph_csis_replication_destination_in_config_json_names_the_peer() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A member added with the handle the peer site gives it (a caller holding
+/// site-b's handles, found here through the cluster mapping) is still named
+/// as this site names it in every answer about the group.
+#[tokio::test]
+async fn a_member_added_by_the_peers_handle_is_named_as_this_site_names_it() {
+    let lab = Lab::load();
+    let mapping_a = lab.facts["sites"]["a"]["cluster_mapping"].as_str().unwrap().to_owned();
+    let server_a = Server::start(&lab.csi_config(Site::A), &["--cluster-mapping", &mapping_a]).await;
+    let mut g = server_a.groups().await;
+    let vols: Vec<TestVolume> = (0..2).map(|_| lab.create_volume(VolumeOpts::default())).collect();
+    let by_b = handle_on(&lab, Site::B, &vols[1].id);
+    let gid = create_group(&mut g, &lab, &format!("peer-named-{}", new_uuid()), &[vols[0].id.as_str(), by_b.as_str()])
+        .await
+        .expect("a group with a member named by site-b's handle")
+        .volume_group_id;
+    let mut named: Vec<String> =
+        get_group(&mut g, &lab, &gid).await.expect("get").volumes.into_iter().map(|v| v.volume_id).collect();
+    named.sort();
+    let mut want: Vec<String> = vols.iter().map(|v| v.id.clone()).collect();
+    want.sort();
+    assert_eq!(named, want, "members named with site-a's handles");
+    modify_group(&mut g, &lab, &gid, &[]).await.ok();
+    delete_group(&mut g, &lab, &gid).await.expect("delete");
+}
