@@ -302,6 +302,15 @@ async fn ceph_csis_replication_destination_in_config_json_names_the_peer() {
         panic!("a group destination for a volume")
     };
     assert_eq!(same.volume_id, v_dest.volume_id);
+    // With neither file, both sites are taken to name it alike.
+    let neither = Server::start(&lab.csi_config(Site::A), &no_mapping).await;
+    let DestinationType::Volumegroup(alike) =
+        destination_once_available(&mut neither.replication().await, &lab, group_source(&gid)).await
+    else {
+        panic!("a volume destination for a group")
+    };
+    assert_eq!(alike.volume_group_id, gid);
+    assert_eq!(alike.volume_ids, members.iter().map(|v| (v.id.clone(), v.id.clone())).collect::<HashMap<_, _>>());
     let odd_pool = config_with_destination(&lab, Site::A, &dir, &cid, 77);
     let odd = Server::start(std::path::Path::new(&odd_pool), &["--cluster-mapping", &mapping_a]).await;
     let err = destination(&mut odd.replication().await, &lab, source(&vol.id)).await.unwrap_err();
