@@ -406,7 +406,19 @@ async fn main() {
             secrets: lab.secrets(),
             volume_ids: ids,
         };
-        let gid = groups_a.create_volume_group(req).await.unwrap().into_inner().volume_group.unwrap().volume_group_id;
+        // Sent again after UNAVAILABLE (e.g. the server's client was
+        // blocklisted after the last thaw: the retry reconnects).
+        let creating = Instant::now();
+        let gid = loop {
+            match groups_a.create_volume_group(req.clone()).await {
+                Ok(r) => break r.into_inner().volume_group.unwrap().volume_group_id,
+                Err(e) if e.code() == tonic::Code::Unavailable && creating.elapsed() < Duration::from_secs(120) => {
+                    println!("cut {round:2}: create group: {:?} {}", e.code(), e.message());
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => panic!("cut {round}: create group: {e:?}"),
+            }
+        };
         let enable = EnableVolumeReplicationRequest {
             parameters: HashMap::from([("generationInterval".into(), "2s".into())]),
             secrets: lab.secrets(),
