@@ -8,6 +8,8 @@
 # Pacific, built on the host and run inside the release's root
 # (scripts/in-lab-root.sh), so the server, the Ceph CLI and the tests' own
 # librados writers all load that release's libraries.
+# With RBD_ADDONS_IMAGE_CHECK=1 (test.sh sets it once it has built the
+# container image) the image is then proven on the same lab (scripts/image.sh).
 #   scripts/compat.sh reef|tentacle      (KEEP_LAB=1 leaves the lab running)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,3 +36,8 @@ if ! GROUP_CUTS=${GROUP_CUTS:-4} CEPHLAB_DIR="/tmp/cephlab-$release" cargo test 
   exit 1
 fi
 echo "== Ceph $release: lab up in $lab_up s, subset passed in $((SECONDS - start)) s"
+# The container image test.sh built, on this release's lab.
+if [ "${RBD_ADDONS_IMAGE_CHECK:-0}" = 1 ]; then
+  unset CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER
+  scripts/image.sh check "$release"
+fi

@@ -7,6 +7,9 @@
 #   KEEP_LAB=1 scripts/test.sh           leaves the labs running afterwards.
 #   RBD_ADDONS_RELEASES="reef" ...       other releases to run the subset on
 #                                        (default "reef tentacle"; "" for none).
+#   RBD_ADDONS_IMAGE=0 ...               skip the container image (built after
+#                                        the Pacific suite, then proven on each
+#                                        release's lab: scripts/image.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -27,6 +30,7 @@ finish() {
       grep -m1 -A25 "Caught signal" "$f" >&2 || true
     done
   fi
+  if [ "${RBD_ADDONS_IMAGE:-1}" != 0 ]; then scripts/image.sh clean >/dev/null 2>&1 || true; fi
   if [ "${KEEP_LAB:-0}" != 1 ]; then
     scripts/lab.sh down >/dev/null 2>&1 || true
     CEPHLAB_DIR=$NETNS_LAB scripts/lab.sh down >/dev/null 2>&1 || true
@@ -49,9 +53,19 @@ echo "== wire compatibility (hand-encoded csi-addons requests, grpcio)"
   target/debug/rbd-addons "${CEPHLAB_DIR:-/tmp/cephlab}/lab.json"
 
 echo "== deploy/ manifests against the binary's own --help"
-"${RBD_ADDONS_VENV:-$PWD/target/venv}/bin/python" tests/python/deploy_check.py target/debug/rbd-addons deploy
+"${RBD_ADDONS_VENV:-$PWD/target/venv}/bin/python" tests/python/deploy_check.py target/debug/rbd-addons deploy Dockerfile
 times+=("pacific $((SECONDS - start)) s (build, lints, full suite)")
 echo "== Ceph pacific: passed in $((SECONDS - start)) s"
+
+if [ "${RBD_ADDONS_IMAGE:-1}" != 0 ]; then
+  echo "== the container image: built from the Dockerfile, proven on Ceph pacific"
+  t=$SECONDS
+  scripts/image.sh build
+  scripts/image.sh check pacific
+  times+=("image $((SECONDS - t)) s (bases, build, pacific check)")
+  # compat.sh proves it on each release's lab too.
+  export RBD_ADDONS_IMAGE_CHECK=1
+fi
 # One lab at a time on a small machine.
 if [ "${KEEP_LAB:-0}" != 1 ]; then scripts/lab.sh down >/dev/null; fi
 
