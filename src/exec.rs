@@ -1,6 +1,7 @@
 //! The only door to blocking Ceph work. Every librados/librbd call runs on the
 //! blocking pool behind a global semaphore, bounded by the op deadline, and one
-//! volume (or group) is worked on by at most one call at a time.
+//! volume (or group) is changed by at most one call at a time. A call that only
+//! reads takes no key: it neither waits behind nor refuses one that changes.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -17,8 +18,9 @@ pub enum ExecError {
     Busy(String),
     #[error("too many Ceph operations are queued; none became free within {}s", .0.as_secs())]
     Overloaded(Duration),
-    #[error("the operation did not finish within {}s; it goes on in the background and {key} stays locked until it ends", .after.as_secs())]
-    TimedOut { after: Duration, key: String },
+    #[error("the operation did not finish within {}s; it goes on in the background{}", .after.as_secs(),
+        .locked.as_ref().map(|key| format!(" and {key} stays locked until it ends")).unwrap_or_default())]
+    TimedOut { after: Duration, locked: Option<String> },
     #[error("the operation failed unexpectedly (it panicked)")]
     Panicked,
 }
@@ -131,8 +133,30 @@ impl Executor {
         T: Send + 'static,
         E: From<ExecError> + Send + 'static,
     {
-        let deadline = Instant::now() + self.op_timeout;
         let guard = claim(&self.in_flight, key).inspect_err(|_| self.metrics.guard_rejected(op))?;
+        self.run_holding(op, Some(guard), work).await
+    }
+
+    /// `run_op` for work that only reads `key`: the same permit and deadline,
+    /// but no key, so a read never waits behind a change of the same volume
+    /// (what it reads is then as of some instant during that change).
+    pub async fn read_op<T, E, F>(&self, op: &'static str, work: F) -> Result<T, E>
+    where
+        F: FnOnce() -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<ExecError> + Send + 'static,
+    {
+        self.run_holding(op, None, work).await
+    }
+
+    async fn run_holding<T, E, F>(&self, op: &'static str, guard: Option<KeyGuard>, work: F) -> Result<T, E>
+    where
+        F: FnOnce() -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<ExecError> + Send + 'static,
+    {
+        let deadline = Instant::now() + self.op_timeout;
+        let locked = guard.as_ref().map(|g| g.key.clone());
         let queued = self.metrics.queued().clone();
         queued.inc();
         let permit = timeout_at(deadline, self.permits.clone().acquire_owned()).await;
@@ -155,7 +179,7 @@ impl Executor {
         match timeout_at(deadline, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(_join)) => Err(ExecError::Panicked.into()),
-            Err(_elapsed) => Err(ExecError::TimedOut { after: self.op_timeout, key: key.to_owned() }.into()),
+            Err(_elapsed) => Err(ExecError::TimedOut { after: self.op_timeout, locked }.into()),
         }
     }
 }
@@ -186,6 +210,28 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(first.await.unwrap(), Ok(1));
         assert_eq!(exec.run::<i32, ExecError, _>("vol", || Ok(4)).await, Ok(4));
+    }
+
+    #[tokio::test]
+    async fn a_read_neither_waits_behind_nor_refuses_a_change_of_its_key() {
+        let exec = Arc::new(Executor::new(4, Duration::from_secs(5)));
+        let (release, wait) = mpsc::channel::<()>();
+        let change = {
+            let exec = exec.clone();
+            tokio::spawn(async move {
+                exec.run_op::<_, ExecError, _>("Promote", "vol", move || {
+                    wait.recv().ok();
+                    Ok(1)
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(exec.read_op::<i32, ExecError, _>("Info", || Ok(2)).await, Ok(2));
+        // The change still holds its key against other changes.
+        assert_eq!(exec.run::<i32, ExecError, _>("vol", || Ok(3)).await, Err(ExecError::Busy("vol".into())));
+        release.send(()).unwrap();
+        assert_eq!(change.await.unwrap(), Ok(1));
     }
 
     #[tokio::test]

@@ -330,10 +330,11 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     }
     assert_eq!(code(group_info(&mut b, &lab, &gid).await), Code::FailedPrecondition, "info on the secondary");
 
-    // While the group is worked on, a call on one of its members is refused
-    // (ABORTED), and the other way round: a group call that finds a member
-    // busy is refused with nothing done, and its retry finishes the job.
-    let mut aborted = 0;
+    // While the group is worked on, a call that changes one of its members is
+    // refused (ABORTED), and the other way round: a group call that finds a
+    // member busy is refused with nothing done, and its retry finishes the
+    // job. A member's Info only reads: it answers, never ABORTED.
+    let (mut aborted, mut infos_during, mut infos_aborted) = (0, 0, 0);
     for attempt in 0.. {
         let racing = {
             let lab2 = Lab::load();
@@ -344,10 +345,18 @@ async fn group_planned_failover_and_failback_lose_nothing() {
         // Let the group call take its guards first (it works for a few hundred ms).
         tokio::time::sleep(Duration::from_millis(20)).await;
         while !racing.is_finished() {
-            if let Err(e) = common::info(&mut a, &lab, &vols[0].id).await
+            // Enable on an enabled member keeps it as it is.
+            if let Err(e) = common::enable(&mut a, &lab, &vols[0].id).await
                 && e.code() == Code::Aborted
             {
                 aborted += 1;
+            }
+            let info = common::info(&mut a, &lab, &vols[0].id).await;
+            let whole = group_info(&mut a, &lab, &gid).await;
+            if !racing.is_finished() {
+                infos_during += 1;
+                infos_aborted += usize::from(info.as_ref().is_err_and(|e| e.code() == Code::Aborted));
+                infos_aborted += usize::from(whole.as_ref().is_err_and(|e| e.code() == Code::Aborted));
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
@@ -358,6 +367,11 @@ async fn group_planned_failover_and_failback_lose_nothing() {
         }
     }
     assert!(aborted > 0, "no member call was refused while the group was demoted");
+    assert!(infos_during > 0, "no member Info was asked while the group was demoted");
+    assert_eq!(
+        infos_aborted, 0,
+        "{infos_aborted} Info calls (of {infos_during} rounds) were ABORTED during the demote"
+    );
     let sums: Vec<String> = vols.iter().map(|v| checksum(&lab, Site::A, &v.spec).unwrap()).collect();
     group_demote(&mut a, &lab, &gid).await.expect("demote again is OK");
     for v in &vols {

@@ -225,8 +225,9 @@ async fn rados_namespace_from_config_json() {
 #[tokio::test]
 async fn second_call_on_a_busy_volume_is_aborted_and_a_dead_cluster_cannot_hang_it() {
     // A cluster whose monitor never answers keeps the first call connecting
-    // until the Ceph timeout; meanwhile a second call on the same volume must
-    // get ABORTED at once, and a call on another volume must not be blocked.
+    // until the Ceph timeout; meanwhile a second call that changes the same
+    // volume must get ABORTED at once, a read (Info) goes its own way instead
+    // of ABORTED, and a call on another volume must not be blocked.
     let dir = std::env::temp_dir().join(format!("blackhole-{}", new_uuid()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.json");
@@ -243,10 +244,15 @@ async fn second_call_on_a_busy_volume_is_aborted_and_a_dead_cluster_cannot_hang_
 
     let mut c2 = server.replication().await;
     let started = std::time::Instant::now();
-    let busy = c2.get_volume_replication_info(info_req(&lab, &vol)).await.unwrap_err();
+    let busy = c2.disable_volume_replication(disable_req(&lab, &vol)).await.unwrap_err();
     assert_eq!(busy.code(), Code::Aborted, "{busy:?}");
     assert!(busy.message().contains(&vol), "{busy:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
+    let read = tokio::spawn({
+        let mut c = server.replication().await;
+        let req = info_req(&lab, &vol);
+        async move { c.get_volume_replication_info(req).await }
+    });
 
     let other_call = tokio::spawn({
         let mut c3 = server.replication().await;
@@ -258,9 +264,11 @@ async fn second_call_on_a_busy_volume_is_aborted_and_a_dead_cluster_cannot_hang_
     assert_eq!(first.code(), Code::Unavailable, "{first:?}");
     assert!(started.elapsed() < Duration::from_secs(30), "the dead cluster held the call for {:?}", started.elapsed());
     assert_eq!(other_call.await.unwrap().unwrap_err().code(), Code::Unavailable);
+    let read = read.await.unwrap().unwrap_err();
+    assert_eq!(read.code(), Code::Unavailable, "Info on the busy volume went to the cluster: {read:?}");
 
     // The guard is released once the work ends.
-    let again = c2.get_volume_replication_info(info_req(&lab, &vol)).await.unwrap_err();
+    let again = c2.disable_volume_replication(disable_req(&lab, &vol)).await.unwrap_err();
     assert_eq!(again.code(), Code::Unavailable, "{again:?}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -185,6 +185,16 @@ pub fn resolve_members(
     Ok((members, guards))
 }
 
+/// Resolves every member as `resolve_members` does, claiming none: for the
+/// calls that only read.
+pub fn resolve_members_unclaimed(
+    resolver: &Resolver,
+    group: &Group,
+    creds: &Credentials,
+) -> Result<Vec<Member>, Error> {
+    group.member_ids.iter().map(|v| resolve_group_member(resolver, group, v, creds)).collect()
+}
+
 fn resolve_member(resolver: &Resolver, volume_id: &str, creds: &Credentials) -> Result<Member, Error> {
     let id = decode_member_id(volume_id)?;
     let vol = resolver.resolve(&id, creds)?;

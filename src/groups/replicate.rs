@@ -9,6 +9,7 @@
 //! every member back to the newest generation all of them received.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -18,8 +19,8 @@ use super::{
     Group, Member, OpenMember, ensure_rbd_group, index, link, on_member, open_members, sign, state_object, tag,
 };
 use crate::Error;
-use crate::ceph::{IoCtx, MirrorImageMode};
-use crate::replication::{self, DisableParams, EnableParams, Health, Schedule};
+use crate::ceph::{Image, IoCtx, MirrorImageMode};
+use crate::replication::{self, DisableParams, EnableParams, Health, Schedule, StatusCache};
 
 const INTERVAL_KEY: &str = "generation-interval";
 /// Set before the first member is promoted, cleared once every member is
@@ -367,38 +368,26 @@ pub struct GroupInfo {
 /// The newest point every member holds on the peer. In journal mode that is
 /// the newest generation the peer had replayed on every member at its last
 /// report; in snapshot mode the oldest member's last sync. The status is the
-/// worst member's.
-pub fn info(group: &Group, members: &[Member]) -> Result<GroupInfo, Error> {
+/// worst member's. At the cost of volume Info: every member's state from the
+/// pool-wide view (`StatusCache`, with its freshness rule after our own role
+/// changes), and in journal mode one listing of one member's snapshots.
+pub fn info(group: &Group, members: &[Member], statuses: &Arc<StatusCache>) -> Result<GroupInfo, Error> {
     require_members(group, members)?;
     let mut worst = (Health::Healthy, String::new());
     // Every member's peer holds everything up to this time (its last sync).
     let mut all_synced_until = i64::MAX;
-    let opened = open_members(members)?;
-    let mode = members_mode(&opened);
+    let mut mode = None;
     for m in members {
-        let i = replication::info(&m.vol).map_err(on_member(m))?;
+        let i = statuses.info(&m.vol).map_err(on_member(m))?;
         if rank(i.health) > rank(worst.0) || worst.1.is_empty() {
             worst = (i.health, format!("{}: {}", m.volume_id, i.status_message));
         }
         all_synced_until = all_synced_until.min(i.last_sync_time);
+        // The first member's mode, as every other call reads it.
+        mode.get_or_insert(i.mode);
     }
     let last_sync_time = match mode {
-        Some(MirrorImageMode::Journal) => {
-            let first = &opened[0].image;
-            let cuts = generations::cuts_of(first)?;
-            let mut newest = None;
-            for cut in cuts.values() {
-                if let Some(id) = cut.group_snap_id {
-                    let ts = first.snap_timestamp(id).map_err(Error::ceph("cannot read a snapshot time"))?;
-                    if ts <= all_synced_until {
-                        newest = Some(newest.map_or(ts, |n: i64| n.max(ts)));
-                    }
-                }
-            }
-            newest.ok_or_else(|| {
-                Error::NoInfoYet(format!("the peer has not reported a complete generation of group {} yet", group.id))
-            })?
-        }
+        Some(MirrorImageMode::Journal) => newest_generation_before(group, &members[0], all_synced_until)?,
         _ => all_synced_until,
     };
     let message = match mode {
@@ -409,6 +398,30 @@ pub fn info(group: &Group, members: &[Member]) -> Result<GroupInfo, Error> {
         ),
     };
     Ok(GroupInfo { last_sync_time, health: worst.0, status_message: message })
+}
+
+/// The time of the newest generation (group snapshot) taken no later than
+/// `until`, read from one member: every member holds every generation.
+fn newest_generation_before(group: &Group, member: &Member, until: i64) -> Result<i64, Error> {
+    let image = Image::open_read_only(&member.vol.io, &member.vol.image)
+        .map_err(|e| Error::Ceph { what: format!("cannot open member {}", member.vol.spec()), source: e })?;
+    let mut newest: Option<i64> = None;
+    for cut in generations::cuts_of(&image)?.values() {
+        let Some(id) = cut.group_snap_id else { continue };
+        let ts = match image.snap_timestamp(id) {
+            Ok(ts) => ts,
+            // Pruned by a generation taken since the listing (a read takes
+            // no key): an older cut is no answer anyway.
+            Err(e) if e.is(libc::ENOENT) => continue,
+            Err(e) => return Err(Error::ceph("cannot read a snapshot time")(e)),
+        };
+        if ts <= until {
+            newest = Some(newest.map_or(ts, |n| n.max(ts)));
+        }
+    }
+    newest.ok_or_else(|| {
+        Error::NoInfoYet(format!("the peer has not reported a complete generation of group {} yet", group.id))
+    })
 }
 
 fn rank(h: Health) -> u8 {

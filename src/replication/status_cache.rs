@@ -91,15 +91,6 @@ impl StatusCache {
         pools.entry(PoolKey::of(vol)).or_default().changed.insert(vol.image.clone(), Instant::now());
     }
 
-    /// A call changed volumes it did not name one by one (a group's): every
-    /// view is dropped.
-    pub fn changed_all(&self) {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        for pool in pools.values_mut() {
-            pool.view = None;
-        }
-    }
-
     fn lookup(self: &Arc<Self>, vol: &ResolvedVolume) -> Found {
         let key = PoolKey::of(vol);
         let Some(view) = self.view(&key, &vol.io) else {

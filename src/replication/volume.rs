@@ -19,6 +19,8 @@ pub struct ReplicationInfo {
     pub last_sync_bytes: i64,
     pub health: Health,
     pub status_message: String,
+    /// The image's mirroring mode (a group's Info needs its members').
+    pub mode: MirrorImageMode,
 }
 
 pub(super) fn open<'io>(io: &'io IoCtx, vol: &ResolvedVolume) -> Result<Image<'io>, Error> {
@@ -336,6 +338,7 @@ pub(super) fn info_of(spec: &str, status: &GlobalStatus, mode: MirrorImageMode) 
                 last_sync_bytes: desc.last_snapshot_bytes.unwrap_or(0).max(0),
                 health,
                 status_message,
+                mode,
             },
             _ => {
                 return Err(Error::NoInfoYet(format!("the peer site has not reported a completed sync of {spec} yet")));
@@ -350,6 +353,7 @@ pub(super) fn info_of(spec: &str, status: &GlobalStatus, mode: MirrorImageMode) 
                 last_sync_bytes: 0,
                 health,
                 status_message,
+                mode,
             },
             _ => {
                 return Err(Error::NoInfoYet(format!("the peer site has not reported {spec} as caught up yet")));

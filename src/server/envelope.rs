@@ -146,6 +146,43 @@ impl Envelope {
         P: Send + 'static,
         T: Send + 'static,
     {
+        self.run_keyed(method, about, move |p| Some(key(p)), secrets, check, work).await
+    }
+
+    /// `run` for an RPC that only reads: no key, so it answers while another
+    /// call changes the same volume or group instead of waiting or ABORTED.
+    pub(crate) async fn read<P, T, C, W>(
+        &self,
+        method: &'static str,
+        about: About,
+        secrets: &HashMap<String, String>,
+        check: C,
+        work: W,
+    ) -> Result<T, Status>
+    where
+        C: FnOnce() -> Result<P, Error>,
+        W: FnOnce(P, &Resolver, &Credentials, &Claims) -> Result<T, Error> + Send + 'static,
+        P: Send + 'static,
+        T: Send + 'static,
+    {
+        self.run_keyed(method, about, |_| None, secrets, check, work).await
+    }
+
+    async fn run_keyed<P, T, C, W>(
+        &self,
+        method: &'static str,
+        about: About,
+        key: impl FnOnce(&P) -> Option<String>,
+        secrets: &HashMap<String, String>,
+        check: C,
+        work: W,
+    ) -> Result<T, Status>
+    where
+        C: FnOnce() -> Result<P, Error>,
+        W: FnOnce(P, &Resolver, &Credentials, &Claims) -> Result<T, Error> + Send + 'static,
+        P: Send + 'static,
+        T: Send + 'static,
+    {
         let started = Instant::now();
         let result = async {
             refuse_oversize_id("the ID", about.id())?;
@@ -154,7 +191,11 @@ impl Envelope {
             let creds = Credentials::from_secrets(secrets).map_err(|e| Error::Resolve(e.into()))?;
             let key = key(&prepared);
             let (resolver, claims) = (self.resolver.clone(), self.exec.claims());
-            self.exec.run_op(method, &key, move || work(prepared, &resolver, &creds, &claims)).await
+            let work = move || work(prepared, &resolver, &creds, &claims);
+            match key {
+                Some(key) => self.exec.run_op(method, &key, work).await,
+                None => self.exec.read_op(method, work).await,
+            }
         }
         .await;
         if let Err(e) = &result {

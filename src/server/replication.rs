@@ -70,35 +70,50 @@ impl ReplicationService {
             let prepared = check(&target)?;
             Ok((target, id, prepared))
         };
-        let key = |(target, _, _): &(Target, CsiId, Q)| target.id().to_owned();
-        self.envelope
-            .run(method, about, key, secrets, prepare, move |(target, id, prepared), resolver, creds, claims| {
-                match target {
-                    Target::Volume(_) => {
-                        let vol = resolver.resolve(&id, creds)?;
-                        let out = volume_work(&vol, prepared);
-                        if !reads {
-                            statuses.changed(&vol);
-                        }
-                        out
+        let work = move |(target, id, prepared): (Target, CsiId, Q),
+                         resolver: &Resolver,
+                         creds: &Credentials,
+                         claims: &crate::exec::Claims| {
+            match target {
+                Target::Volume(_) => {
+                    let vol = resolver.resolve(&id, creds)?;
+                    let out = volume_work(&vol, prepared);
+                    if !reads {
+                        statuses.changed(&vol);
                     }
-                    Target::Group(group_id) => {
-                        let group = groups::find(resolver, &id, creds)?;
+                    out
+                }
+                Target::Group(group_id) => {
+                    let group = groups::find(resolver, &id, creds)?;
+                    let out = if reads {
+                        // A read takes neither the generations' key nor the
+                        // members': a generation being taken, or a member
+                        // being promoted, does not hold it up.
+                        let members = groups::resolve_members_unclaimed(resolver, &group, creds)?;
+                        group_work(&group, &members, creds, prepared)
+                    } else {
                         let _generations = groups::claim_waiting(claims, &groups::generations_key(&id))?;
                         let (members, _guards) = groups::resolve_members(resolver, &group, creds, claims)?;
                         let out = group_work(&group, &members, creds, prepared);
-                        if !reads {
-                            statuses.changed_all();
+                        for m in &members {
+                            statuses.changed(&m.vol);
                         }
-                        // Any call about a group keeps its generations going
-                        // while it is primary here; the scheduler drops it
-                        // when it is not.
-                        scheduler.watch(&group_id, &id, creds);
                         out
-                    }
+                    };
+                    // Any call about a group keeps its generations going
+                    // while it is primary here; the scheduler drops it
+                    // when it is not.
+                    scheduler.watch(&group_id, &id, creds);
+                    out
                 }
-            })
-            .await
+            }
+        };
+        if reads {
+            self.envelope.read(method, about, secrets, prepare, work).await
+        } else {
+            let key = |(target, _, _): &(Target, CsiId, Q)| target.id().to_owned();
+            self.envelope.run(method, about, key, secrets, prepare, work).await
+        }
     }
 }
 
@@ -233,13 +248,17 @@ fn volume_target(legacy_id: &str, source: Option<&ReplicationSource>) -> Result<
     }
 }
 
-fn info_response(i: replication::ReplicationInfo) -> GetVolumeReplicationInfoResponse {
-    let status = match i.health {
+fn info_status(health: Health) -> InfoStatus {
+    match health {
         Health::Unknown => InfoStatus::Unknown,
         Health::Healthy => InfoStatus::Healthy,
         Health::Degraded => InfoStatus::Degraded,
         Health::Error => InfoStatus::Error,
-    };
+    }
+}
+
+fn info_response(i: replication::ReplicationInfo) -> GetVolumeReplicationInfoResponse {
+    let status = info_status(i.health);
     GetVolumeReplicationInfoResponse {
         last_sync_time: Some(Timestamp { seconds: i.last_sync_time, nanos: 0 }),
         last_sync_duration: i.last_sync_duration_secs.map(|s| PbDuration { seconds: s, nanos: 0 }),
@@ -250,13 +269,13 @@ fn info_response(i: replication::ReplicationInfo) -> GetVolumeReplicationInfoRes
 }
 
 fn group_info_response(i: groups::GroupInfo) -> GetVolumeReplicationInfoResponse {
-    info_response(replication::ReplicationInfo {
-        last_sync_time: i.last_sync_time,
-        last_sync_duration_secs: None,
+    GetVolumeReplicationInfoResponse {
+        last_sync_time: Some(Timestamp { seconds: i.last_sync_time, nanos: 0 }),
+        last_sync_duration: None,
         last_sync_bytes: 0,
-        health: i.health,
+        status: info_status(i.health) as i32,
         status_message: i.status_message,
-    })
+    }
 }
 
 #[tonic::async_trait]
@@ -316,7 +335,7 @@ impl Controller for ReplicationService {
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
         let (id, for_volume, for_group) = (target_id(&target), self.metrics().clone(), self.metrics().clone());
-        let (group_id, statuses) = (id.clone(), self.statuses.clone());
+        let (group_id, statuses, group_statuses) = (id.clone(), self.statuses.clone(), self.statuses.clone());
         let info = self
             .run(
                 "GetVolumeReplicationInfo",
@@ -329,7 +348,7 @@ impl Controller for ReplicationService {
                     info.map(info_response)
                 },
                 Box::new(move |g, m, _, ()| {
-                    let info = groups::info(g, m);
+                    let info = groups::info(g, m, &group_statuses);
                     if let (Ok(i), Some(Target::Group(gid))) = (&info, &group_id) {
                         for_group.group_state(gid, state_of(i.health));
                         for_group.group_synced(gid, i.last_sync_time);
