@@ -3,11 +3,12 @@
 //! volume (or group) is changed by at most one call at a time. A call that only
 //! reads takes no key: it neither waits behind nor refuses one that changes.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
 use crate::metrics::Metrics;
@@ -66,6 +67,40 @@ impl Drop for KeyGuard {
     fn drop(&mut self) {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
+}
+
+/// The `--max-concurrent-ops` slot of the work running on this blocking
+/// thread, so that `idle` can give it back while the work only waits.
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    permits: Arc<Semaphore>,
+    runtime: tokio::runtime::Handle,
+    deadline: Instant,
+}
+
+thread_local! {
+    static SLOT: RefCell<Option<Slot>> = const { RefCell::new(None) };
+}
+
+/// Sleeps `pause` inside blocking work without holding its slot: a promote
+/// that waits for rbd-mirror to let go of its image must not keep a slot
+/// that other calls could use meanwhile (at 1,000 volumes, promotes would
+/// queue behind others' waits). The key stays held. The slot is taken again
+/// before the work goes on; past the call's deadline (its caller has had
+/// DEADLINE_EXCEEDED) the work finishes without one rather than half-done.
+/// Outside work run by the executor (tests, examples), a plain sleep.
+pub fn idle(pause: Duration) {
+    let given_back = SLOT.with(|s| s.borrow_mut().as_mut().and_then(|slot| slot.permit.take()).is_some());
+    std::thread::sleep(pause);
+    if !given_back {
+        return;
+    }
+    SLOT.with(|s| {
+        if let Some(slot) = s.borrow_mut().as_mut() {
+            let acquire = timeout_at(slot.deadline, slot.permits.clone().acquire_owned());
+            slot.permit = slot.runtime.block_on(acquire).ok().and_then(Result::ok);
+        }
+    });
 }
 
 /// Counts one piece of work in flight for as long as it runs, panics included.
@@ -167,9 +202,13 @@ impl Executor {
             _ => return Err(ExecError::Overloaded(self.op_timeout).into()),
         };
         let metrics = self.metrics.clone();
+        let (permits, runtime) = (self.permits.clone(), tokio::runtime::Handle::current());
         let task = tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            let _permit = permit;
+            let slot = Slot { permit: Some(permit), permits, runtime, deadline };
+            SLOT.with(|s| *s.borrow_mut() = Some(slot));
+            // The slot goes back when the work ends, panics included.
+            let _slot = scopeguard(|| SLOT.with(|s| s.borrow_mut().take()));
             let _running = Running::start(&metrics);
             let started = std::time::Instant::now();
             let result = work();
@@ -182,6 +221,19 @@ impl Executor {
             Err(_elapsed) => Err(ExecError::TimedOut { after: self.op_timeout, locked }.into()),
         }
     }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<R>(f: impl FnOnce() -> R) -> impl Drop {
+    struct Guard<F: FnOnce() -> R, R>(Option<F>);
+    impl<F: FnOnce() -> R, R> Drop for Guard<F, R> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 #[cfg(test)]
@@ -232,6 +284,30 @@ mod tests {
         assert_eq!(exec.run::<i32, ExecError, _>("vol", || Ok(3)).await, Err(ExecError::Busy("vol".into())));
         release.send(()).unwrap();
         assert_eq!(change.await.unwrap(), Ok(1));
+    }
+
+    #[tokio::test]
+    async fn work_that_idles_gives_its_slot_to_other_work_meanwhile() {
+        // One slot: the first call idles for a second, and the second call
+        // (another key) runs and ends within it.
+        let exec = Arc::new(Executor::new(1, Duration::from_secs(5)));
+        let (idling, idle_started) = mpsc::channel::<()>();
+        let first = {
+            let exec = exec.clone();
+            tokio::spawn(async move {
+                exec.run::<_, ExecError, _>("waits", move || {
+                    idling.send(()).unwrap();
+                    idle(Duration::from_secs(1));
+                    Ok(std::time::Instant::now())
+                })
+                .await
+            })
+        };
+        tokio::task::spawn_blocking(move || idle_started.recv().unwrap()).await.unwrap();
+        let second = exec.run::<_, ExecError, _>("other", || Ok(std::time::Instant::now())).await.unwrap();
+        let first = first.await.unwrap().unwrap();
+        assert!(second < first, "the second call waited for the first one's idle to end");
+        assert_eq!(exec.running(), 0, "the slot went back when the work ended");
     }
 
     #[tokio::test]

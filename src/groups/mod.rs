@@ -156,7 +156,7 @@ pub fn claim_waiting(claims: &Claims, key: &str) -> Result<KeyGuard, Error> {
     loop {
         match claims.claim(key) {
             Ok(g) => return Ok(g),
-            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Err(_) if std::time::Instant::now() < deadline => crate::exec::idle(std::time::Duration::from_millis(50)),
             Err(e) => return Err(e.into()),
         }
     }

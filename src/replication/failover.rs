@@ -127,7 +127,7 @@ pub fn require_peer_copy(image: &Image<'_>, vol: &ResolvedVolume, deadline: Inst
                 describe(&status)
             )));
         }
-        std::thread::sleep(Duration::from_secs(1));
+        crate::exec::idle(Duration::from_secs(1));
     }
 }
 
@@ -139,14 +139,14 @@ fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Resu
         match image.mirror_promote(force) {
             Ok(()) => return Ok(()),
             Err(e) if e.is(libc::EBUSY) && !force && started.elapsed() + pause < PEER_DEMOTE_SETTLE => {
-                std::thread::sleep(pause);
+                crate::exec::idle(pause);
                 pause = next_pause(started.elapsed(), pause);
             }
             Err(e) if e.is(libc::EBUSY) && !force => {
                 let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
                 let peer_primary = status.remotes().any(|s| s.description == "local image is primary");
                 if !peer_primary && started.elapsed() + pause < PEER_DEMOTED_SETTLE {
-                    std::thread::sleep(pause);
+                    crate::exec::idle(pause);
                     pause = next_pause(started.elapsed(), pause);
                     continue;
                 }
@@ -161,7 +161,7 @@ fn promote_settled(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Resu
             // Right after the peer's demote, the local rbd-mirror has not yet
             // copied the demotion or released the image.
             Err(e) if e.is(libc::EROFS) && Instant::now() + pause < deadline => {
-                std::thread::sleep(pause);
+                crate::exec::idle(pause);
                 pause = next_pause(started.elapsed(), pause);
             }
             Err(e) if e.is(libc::EROFS) => {

@@ -63,7 +63,7 @@ pub fn hold_all<'v>(vols: &[&'v ResolvedVolume], force: bool, since: Instant) ->
                 RELEASE_WAIT.as_secs()
             )));
         }
-        std::thread::sleep(pause);
+        crate::exec::idle(pause);
         pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
