@@ -5,8 +5,9 @@
 //! Per-volume and per-group series come from the calls the server answers
 //! (the controller asks Info every half scheduling interval), so a volume's
 //! series appear with its first call and go when it is disabled or gone.
-//! Timestamps, not ages, are exported: an age frozen at the last call would
-//! look fresh forever, while `time() - timestamp` keeps growing.
+//! Timestamps are exported, and ages only where they are computed at scrape
+//! time (a group's RPO): an age frozen at the last call would look fresh
+//! forever, while `time() - timestamp` keeps growing.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -98,6 +99,9 @@ struct Followed {
     last_sync: Family<IdLabels, Gauge>,
     last_sync_bytes: Family<IdLabels, Gauge>,
     last_sync_duration: Family<IdLabels, Gauge>,
+    /// Seconds since the last sync, set from `synced` at every scrape.
+    age: Family<IdLabels, Gauge>,
+    synced: Mutex<HashMap<String, i64>>,
     current: Mutex<HashMap<String, ReplicationState>>,
 }
 
@@ -108,6 +112,8 @@ impl Followed {
             last_sync: Family::default(),
             last_sync_bytes: Family::default(),
             last_sync_duration: Family::default(),
+            age: Family::default(),
+            synced: Mutex::new(HashMap::new()),
             current: Mutex::new(HashMap::new()),
         }
     }
@@ -132,6 +138,7 @@ impl Followed {
         }
         let labels = IdLabels { id: id.to_owned() };
         self.last_sync.get_or_create(&labels).set(sync.time);
+        self.synced.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), sync.time);
         if let Some(bytes) = sync.bytes {
             self.last_sync_bytes.get_or_create(&labels).set(bytes);
         }
@@ -149,6 +156,15 @@ impl Followed {
         self.last_sync.remove(&labels);
         self.last_sync_bytes.remove(&labels);
         self.last_sync_duration.remove(&labels);
+        self.age.remove(&labels);
+        self.synced.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Ages as of `now` (Unix seconds), for the scrape about to be encoded.
+    fn set_ages(&self, now: i64) {
+        for (id, time) in self.synced.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            self.age.get_or_create(&IdLabels { id: id.clone() }).set((now - time).max(0));
+        }
     }
 
     fn register(&self, registry: &mut Registry, kind: &str) {
@@ -162,6 +178,14 @@ impl Followed {
             format!("Unix time of the newest point the peer site holds of the {kind} (Info's last sync time)"),
             self.last_sync.clone(),
         );
+        if kind == "group" {
+            registry.register(
+                "group_rpo_seconds",
+                "Seconds since the newest point the peer holds of the group (its newest complete generation in \
+                 journal mode), as of this scrape: what a site loss now would lose",
+                self.age.clone(),
+            );
+        }
         if kind == "volume" {
             registry.register(
                 "volume_last_sync_bytes",
@@ -302,6 +326,8 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        self.groups.set_ages(now);
         let mut out = String::new();
         // Writing into a String cannot fail.
         encode(&mut out, &self.registry).ok();
@@ -399,6 +425,23 @@ mod tests {
         assert!(text.contains(r#"rbd_addons_volume_last_sync_bytes{id="v1"} 4096"#), "{text}");
         m.forget_volume("v1");
         assert!(!m.encode().contains(r#"id="v1""#));
+    }
+
+    #[test]
+    fn a_groups_rpo_is_its_age_at_each_scrape_and_goes_with_it() {
+        let m = Metrics::new();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        m.group_state("g1", ReplicationState::Primary);
+        m.group_synced("g1", now - 7);
+        let rpo = |text: &str| -> Option<i64> {
+            let line = text.lines().find(|l| l.starts_with(r#"rbd_addons_group_rpo_seconds{id="g1"}"#))?;
+            line.rsplit(' ').next()?.parse().ok()
+        };
+        let first = rpo(&m.encode()).expect("an RPO series");
+        // Computed at the scrape, so it grows between scrapes with no call.
+        assert!((7..=9).contains(&first), "{first}");
+        m.forget_group("g1");
+        assert_eq!(rpo(&m.encode()), None);
     }
 
     #[test]

@@ -325,6 +325,11 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     let series = |name: &str, extra: &str| metric(&page, &format!(r#"rbd_addons_group_{name}{{id="{gid}"{extra}}}"#));
     assert_eq!(series("replication_state", r#",state="primary""#), Some(1.0), "{page}");
     assert_eq!(series("last_sync_timestamp_seconds", ""), Some(info.last_sync_time.unwrap().seconds as f64));
+    // The RPO a site loss would cost now: the age of that generation at the scrape.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64;
+    let rpo = series("rpo_seconds", "").expect("the group's RPO series");
+    let age = now - info.last_sync_time.unwrap().seconds as f64;
+    assert!((rpo - age).abs() <= 2.0, "rpo {rpo} s, the newest complete generation is {age} s old");
     for v in &vols {
         assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true));
     }
