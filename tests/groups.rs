@@ -382,10 +382,23 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     for v in &vols {
         assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(false));
     }
+    // Group Info reads the pool-wide view, which held every member as primary
+    // a moment ago: right after the demote it shows the new role.
+    assert_eq!(
+        code(group_info(&mut a, &lab, &gid).await),
+        Code::FailedPrecondition,
+        "group Info right after the demote"
+    );
 
     // Failover: non-forced promote on b, with the handle minted on a.
     group_promote(&mut b, &lab, &gid, false).await.expect("promote on b");
     group_promote(&mut b, &lab, &gid, false).await.expect("promote again is OK");
+    // Primary on b at once: Info answers or says no generation has reached
+    // site-a yet, never that the group is not primary.
+    match group_info(&mut b, &lab, &gid).await {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.code(), Code::NotFound, "group Info on b right after the promote: {e:?}"),
+    }
     // A promote interrupted after its members were promoted (its marker still
     // in the group's state object on this site) is finished by the retry:
     // revert included, marker cleared, data unchanged.

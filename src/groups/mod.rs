@@ -16,8 +16,8 @@ pub mod snapshots;
 
 pub use membership::{CreateParams, GroupView, ListPage, MemberView, create, delete, get, list, modify};
 pub use replicate::{
-    GENERATION_INTERVAL, GroupInfo, demote, disable, enable, info, parse_interval, promote, require_destinations,
-    resync, take_generation,
+    GENERATION_INTERVAL, GenerationTimes, GroupInfo, demote, disable, enable, info, parse_interval, promote,
+    require_destinations, resync, take_generation,
 };
 
 use crate::Error;

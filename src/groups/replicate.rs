@@ -9,7 +9,7 @@
 //! every member back to the newest generation all of them received.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -371,7 +371,12 @@ pub struct GroupInfo {
 /// worst member's. At the cost of volume Info: every member's state from the
 /// pool-wide view (`StatusCache`, with its freshness rule after our own role
 /// changes), and in journal mode one listing of one member's snapshots.
-pub fn info(group: &Group, members: &[Member], statuses: &Arc<StatusCache>) -> Result<GroupInfo, Error> {
+pub fn info(
+    group: &Group,
+    members: &[Member],
+    statuses: &Arc<StatusCache>,
+    times: &GenerationTimes,
+) -> Result<GroupInfo, Error> {
     require_members(group, members)?;
     let mut worst = (Health::Healthy, String::new());
     // Every member's peer holds everything up to this time (its last sync).
@@ -387,7 +392,7 @@ pub fn info(group: &Group, members: &[Member], statuses: &Arc<StatusCache>) -> R
         mode.get_or_insert(i.mode);
     }
     let last_sync_time = match mode {
-        Some(MirrorImageMode::Journal) => newest_generation_before(group, &members[0], all_synced_until)?,
+        Some(MirrorImageMode::Journal) => times.newest_before(group, &members[0], all_synced_until)?,
         _ => all_synced_until,
     };
     let message = match mode {
@@ -400,28 +405,83 @@ pub fn info(group: &Group, members: &[Member], statuses: &Arc<StatusCache>) -> R
     Ok(GroupInfo { last_sync_time, health: worst.0, status_message: message })
 }
 
-/// The time of the newest generation (group snapshot) taken no later than
-/// `until`, read from one member: every member holds every generation.
-fn newest_generation_before(group: &Group, member: &Member, until: i64) -> Result<i64, Error> {
+/// The times of each group's generations as last listed, so that Info need
+/// not list them again while the peer's last sync is older than that listing:
+/// a generation taken since has a later time and cannot be the answer.
+#[derive(Default)]
+pub struct GenerationTimes {
+    listed: Mutex<HashMap<String, Listed>>,
+}
+
+struct Listed {
+    /// Unix seconds when the listing began.
+    at: i64,
+    /// The group snapshots' times.
+    times: Vec<i64>,
+}
+
+impl GenerationTimes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A call changed the group (its role, its generations): list anew.
+    pub fn forget(&self, group_id: &str) {
+        self.listed.lock().unwrap_or_else(|p| p.into_inner()).remove(group_id);
+    }
+
+    /// The time of the newest generation (group snapshot) taken no later
+    /// than `until`, from the last listing when it covers `until`, else read
+    /// from one member: every member holds every generation.
+    fn newest_before(&self, group: &Group, member: &Member, until: i64) -> Result<i64, Error> {
+        let known = {
+            let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+            listed.get(&group.id.uuid).filter(|l| until < l.at).map(|l| newest_at_or_before(&l.times, until))
+        };
+        let newest = match known {
+            Some(newest) => newest,
+            None => {
+                let at = unix_now();
+                let times = generation_times(member)?;
+                let newest = newest_at_or_before(&times, until);
+                let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+                // Bounded like the metrics: a runaway caller cannot grow it.
+                if listed.len() < crate::metrics::MAX_TRACKED || listed.contains_key(&group.id.uuid) {
+                    listed.insert(group.id.uuid.clone(), Listed { at, times });
+                }
+                newest
+            }
+        };
+        newest.ok_or_else(|| {
+            Error::NoInfoYet(format!("the peer has not reported a complete generation of group {} yet", group.id))
+        })
+    }
+}
+
+fn newest_at_or_before(times: &[i64], until: i64) -> Option<i64> {
+    times.iter().copied().filter(|t| *t <= until).max()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The times of the generations (group snapshots) one member holds.
+fn generation_times(member: &Member) -> Result<Vec<i64>, Error> {
     let image = Image::open_read_only(&member.vol.io, &member.vol.image)
         .map_err(|e| Error::Ceph { what: format!("cannot open member {}", member.vol.spec()), source: e })?;
-    let mut newest: Option<i64> = None;
+    let mut times = Vec::new();
     for cut in generations::cuts_of(&image)?.values() {
         let Some(id) = cut.group_snap_id else { continue };
-        let ts = match image.snap_timestamp(id) {
-            Ok(ts) => ts,
+        match image.snap_timestamp(id) {
+            Ok(ts) => times.push(ts),
             // Pruned by a generation taken since the listing (a read takes
             // no key): an older cut is no answer anyway.
-            Err(e) if e.is(libc::ENOENT) => continue,
+            Err(e) if e.is(libc::ENOENT) => {}
             Err(e) => return Err(Error::ceph("cannot read a snapshot time")(e)),
-        };
-        if ts <= until {
-            newest = Some(newest.map_or(ts, |n| n.max(ts)));
         }
     }
-    newest.ok_or_else(|| {
-        Error::NoInfoYet(format!("the peer has not reported a complete generation of group {} yet", group.id))
-    })
+    Ok(times)
 }
 
 fn rank(h: Health) -> u8 {
@@ -450,6 +510,14 @@ mod tests {
         for bad in ["", "0s", "5", "m", "-1m", "1.5m", "5d", "9999999999999999999h", "200h"] {
             assert!(matches!(interval(bad), Err(Error::Malformed(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_newest_generation_no_later_than_the_peers_sync() {
+        assert_eq!(newest_at_or_before(&[100, 160, 220], 200), Some(160));
+        assert_eq!(newest_at_or_before(&[100, 160, 220], 220), Some(220));
+        assert_eq!(newest_at_or_before(&[100, 160], 99), None);
+        assert_eq!(newest_at_or_before(&[], 1_000), None);
     }
 
     #[test]

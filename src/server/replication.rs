@@ -24,6 +24,7 @@ pub struct ReplicationService {
     envelope: Envelope,
     scheduler: Arc<Scheduler>,
     statuses: Arc<StatusCache>,
+    generation_times: Arc<groups::GenerationTimes>,
 }
 
 /// What a group RPC works on: the group, its members (guarded), the caller's
@@ -32,7 +33,12 @@ type GroupWork<Q, T> = Box<dyn FnOnce(&Group, &[Member], &Credentials, Q) -> Res
 
 impl ReplicationService {
     pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>, scheduler: Arc<Scheduler>) -> Self {
-        Self { envelope: Envelope::new(exec, resolver), scheduler, statuses: Arc::new(StatusCache::new()) }
+        Self {
+            envelope: Envelope::new(exec, resolver),
+            scheduler,
+            statuses: Arc::new(StatusCache::new()),
+            generation_times: Arc::new(groups::GenerationTimes::new()),
+        }
     }
 
     /// Every replication RPC: the envelope's path, with the target decoded and
@@ -60,7 +66,7 @@ impl ReplicationService {
         // Whatever is not a read may change roles: Info must not answer
         // from a view taken before it.
         let reads = matches!(method, "GetVolumeReplicationInfo" | "GetReplicationDestinationInfo");
-        let statuses = self.statuses.clone();
+        let (statuses, generation_times) = (self.statuses.clone(), self.generation_times.clone());
         let prepare = move || {
             let target = target?;
             let id = match &target {
@@ -98,6 +104,7 @@ impl ReplicationService {
                         for m in &members {
                             statuses.changed(&m.vol);
                         }
+                        generation_times.forget(&group.id.uuid);
                         out
                     };
                     // Any call about a group keeps its generations going
@@ -336,6 +343,7 @@ impl Controller for ReplicationService {
         let target = target(&req.volume_id, req.replication_source.as_ref());
         let (id, for_volume, for_group) = (target_id(&target), self.metrics().clone(), self.metrics().clone());
         let (group_id, statuses, group_statuses) = (id.clone(), self.statuses.clone(), self.statuses.clone());
+        let times = self.generation_times.clone();
         let info = self
             .run(
                 "GetVolumeReplicationInfo",
@@ -348,7 +356,7 @@ impl Controller for ReplicationService {
                     info.map(info_response)
                 },
                 Box::new(move |g, m, _, ()| {
-                    let info = groups::info(g, m, &group_statuses);
+                    let info = groups::info(g, m, &group_statuses, &times);
                     if let (Ok(i), Some(Target::Group(gid))) = (&info, &group_id) {
                         for_group.group_state(gid, state_of(i.health));
                         for_group.group_synced(gid, i.last_sync_time);
