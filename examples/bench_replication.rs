@@ -27,6 +27,11 @@
 //! once and fails them over to site-b through the servers, then back with
 //! librbd (16 threads per site): how the server holds up past the 100-way
 //! load. Not part of the test suite.
+//!
+//! `--group-info [MEMBERS]` (default 10) instead makes a journal-mode group of
+//! MEMBERS volumes (generationInterval 5s), waits for its first generation on
+//! the peer, and prints group Info p50/p99 beside volume Info of one member,
+//! warm, and group Info's p99 against the 2 ms goal.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -421,6 +426,69 @@ fn lab_secrets(lab: &Value) -> HashMap<String, String> {
     ])
 }
 
+/// `--group-info MEMBERS`: group Info's cost beside volume Info's.
+async fn group_info_cost(lab: &Value, members: usize) {
+    use rbd_addons::client::{Connection, Subject};
+    let secrets = lab_secrets(lab);
+    let (conf, conf_b) = (lab["sites"]["a"]["conf"].as_str().unwrap(), lab["sites"]["b"]["conf"].as_str().unwrap());
+    let pool = lab["pool"].as_str().unwrap();
+    let cluster_id = lab["cluster_id"].as_str().unwrap();
+    let pool_id = lab["sites"]["a"]["pool_id"].as_i64().unwrap();
+    let dir = std::env::temp_dir().join(format!("rbd-addons-bench-{}", uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (socket, socket_b) = (dir.join("a.sock"), dir.join("b.sock"));
+    let (_server, _server_b) = (spawn_server(lab, "a", &socket).await, spawn_server(lab, "b", &socket_b).await);
+    let journal = rbd_addons::ceph::IoCtx::open(&connect_site(lab, "a"), pool_id, "").expect("open the pool");
+    let (ids, specs) = create_volumes(lab, &journal, members);
+    let a = Connection::open(&format!("unix://{}", socket.display()), Duration::from_secs(60)).await.unwrap();
+    let params = HashMap::from([("clusterID".to_owned(), cluster_id.to_owned()), ("pool".to_owned(), pool.to_owned())]);
+    let group = a.group_create(&format!("bench-{}", uuid()), ids.clone(), params, secrets.clone()).await.unwrap();
+    let group_id = group["group_id"].as_str().unwrap().to_owned();
+    let group = Subject::Group(group_id.clone());
+    let interval = HashMap::from([("generationInterval".to_owned(), "5s".to_owned())]);
+    a.enable(&group, interval, secrets.clone()).await.expect("enable the group");
+    // Info answers once a generation has reached every member on the peer
+    // and rbd-mirror has said so (its status refreshes every 30 s).
+    let started = Instant::now();
+    while a.info(&group, secrets.clone()).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(300), "group Info never answered");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!("group of {members} members: Info answered {:.0} s after Enable", started.elapsed().as_secs_f64());
+    let member = Subject::Volume(ids[0].clone());
+    let rounds = 300;
+    let (mut group_times, mut volume_times) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for _ in 0..rounds {
+        let t = Instant::now();
+        a.info(&group, secrets.clone()).await.expect("group Info");
+        group_times.push(t.elapsed());
+        let t = Instant::now();
+        a.info(&member, secrets.clone()).await.expect("volume Info");
+        volume_times.push(t.elapsed());
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "group Info ({members} members) p50 {:.2} ms p99 {:.2} ms   volume Info p50 {:.2} ms p99 {:.2} ms   \
+         group p99 ratio to the 2 ms goal = {:.2}x",
+        ms(percentile(&group_times, 50)),
+        ms(percentile(&group_times, 99)),
+        ms(percentile(&volume_times, 50)),
+        ms(percentile(&volume_times, 99)),
+        ms(percentile(&group_times, 99)) / 2.0
+    );
+    a.disable(&group, HashMap::new(), secrets.clone()).await.ok();
+    a.group_modify(&group_id, Vec::new(), HashMap::new(), secrets.clone()).await.ok();
+    a.group_delete(&group_id, secrets.clone()).await.ok();
+    for spec in &specs {
+        for c in [conf, conf_b] {
+            rbd(c, &["mirror", "image", "disable", spec, "--force"]);
+            rbd(c, &["rm", "--no-progress", spec]);
+        }
+    }
+    remove_journal(&journal, &specs);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `--scale N`: enable N volumes through the server at once, wait until the
 /// peer replays them all, then fail them over to site-b through the servers
 /// and back to site-a with librbd (16 threads per site), and print both.
@@ -487,6 +555,10 @@ async fn main() {
         &std::fs::read_to_string(format!("{lab_dir}/lab.json")).expect("lab.json: run scripts/lab.sh up"),
     )
     .unwrap();
+    if std::env::args().nth(1).as_deref() == Some("--group-info") {
+        let members = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(10);
+        return group_info_cost(&lab, members).await;
+    }
     if std::env::args().nth(1).as_deref() == Some("--scale") {
         let volumes = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
         return at_scale(&lab, volumes).await;
