@@ -196,6 +196,10 @@ start_daemon() {
   local s=$1 name=$2 cwd=$3; shift 3
   local d; d=$(site_dir "$s")
   local pidfile="$d/run/$name.pid"
+  # A restarted daemon's pidfile still names its killed predecessor: waited
+  # on as it is, that pid would go into $LAB/pids and the new daemon would
+  # be nobody's (never frozen by a test, never stopped by `down`).
+  rm -f "$pidfile"
   # setsid -f forks, so no shell of ours stays behind holding the caller's pipes.
   local netns=()
   if [ -n "$NETNS" ]; then netns=(ip netns exec "$(ns_of "$s")"); fi
