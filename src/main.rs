@@ -291,7 +291,7 @@ struct ServeArgs {
     /// Bound of each monitor/OSD operation and of connecting to a cluster.
     #[arg(long, env = "RBD_ADDONS_CEPH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     ceph_timeout: Duration,
-    /// Ceph operations running at once; further calls queue.
+    /// Ceph operations running at once; further calls queue (a call that only waits gives its slot back).
     #[arg(long, env = "RBD_ADDONS_MAX_CONCURRENT_OPS", default_value_t = 32)]
     max_concurrent_ops: usize,
     /// Idle time after which a cached cluster connection is closed.
