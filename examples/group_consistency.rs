@@ -530,7 +530,7 @@ async fn main() {
         signal(&pids, libc::SIGCONT);
         heal_lone_osd(&lab.site("a", "conf"), frozen_at.elapsed());
         // A promote that took a member from site-b's rbd-mirror blocklisted
-        // its client; the daemon may deadlock restarting (see the README).
+        // its client; the daemon may deadlock restarting (see docs/ceph-releases.md).
         let release = lab.facts["release"].as_str().unwrap_or("pacific").to_owned();
         let plain = |secs: u32, prog: &str| {
             let mut c = Command::new("timeout");

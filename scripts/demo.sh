@@ -201,7 +201,7 @@ if [ -n "${CEPHLAB_IN_ROOT:-}" ]; then IN_ROOT="scripts/in-lab-root.sh $(jq -r .
 cat <<EOF
 The volume replicated to site-b, failed over to it and back without losing a write,
 and a group of three volumes failed over to site-b as one crash-consistent unit.
-The README's "DR runbook" has the unplanned failover (promote --force) and the
+docs/runbook.md has the unplanned failover (promote --force) and the
 split-brain resync. To try them here, start the servers again:
   $IN_ROOT$BIN serve --endpoint unix:///tmp/a.sock --ceph-csi-config $LAB/a/csi-config.json --cluster-mapping $LAB/a/cluster-mapping.json
   $IN_ROOT$BIN serve --endpoint unix:///tmp/b.sock --ceph-csi-config $LAB/b/csi-config.json --cluster-mapping $LAB/b/cluster-mapping.json

@@ -288,7 +288,7 @@ rbd_mirror_journal_poll_age = 1
 # rbd-mirror itself runs at Ceph's defaults, as in production: no op timeouts
 # on its own cluster, nor (below) on the peer's. After a site loss its
 # replayers then wait on the lost site for ever, and a forced promote has to
-# take a member from it (the server breaks its lock; see the README).
+# take a member from it (the server breaks its lock; see docs/volume-groups.md).
 [client.rbd-mirror.$s]
 rados_mon_op_timeout = 0
 rados_osd_op_timeout = 0
@@ -478,7 +478,7 @@ start_mirror() {
 
 # A site's rbd-mirror killed and started again, as an admin restarts a daemon
 # that no longer works (rbd-mirror 16.2.15 can deadlock when its client is
-# blocklisted while it deletes an image; see the README).
+# blocklisted while it deletes an image; see docs/ceph-releases.md).
 cmd_restart_mirror() {
   local s=${1:?usage: lab.sh restart-mirror a|b} pid
   [ -s "$LAB/pids" ] || die "no lab at $LAB"

@@ -54,6 +54,9 @@ echo "== wire compatibility (hand-encoded csi-addons requests, grpcio)"
 
 echo "== deploy/ manifests against the binary's own --help"
 "${RBD_ADDONS_VENV:-$PWD/target/venv}/bin/python" tests/python/deploy_check.py target/debug/rbd-addons deploy Dockerfile
+
+echo "== docs/ against the binary's serve --help, and every link in README.md and docs/"
+"${RBD_ADDONS_VENV:-$PWD/target/venv}/bin/python" tests/python/docs_check.py target/debug/rbd-addons .
 times+=("pacific $((SECONDS - start)) s (build, lints, full suite)")
 echo "== Ceph pacific: passed in $((SECONDS - start)) s"
 

@@ -316,7 +316,7 @@ pub fn rbd_mirror_answers(lab_dir: &str, site: &str, tool: &dyn Fn(u32, &str) ->
 /// After its client was blocklisted (a forced promote took an image from
 /// it), rbd-mirror restarts its pool replayer by itself; rbd-mirror 16.2.15
 /// can deadlock doing so when its image deleter was deleting an image at
-/// that moment (see the README). Waits up to 30 s for the daemon to answer,
+/// that moment (see docs/ceph-releases.md). Waits up to 30 s for the daemon to answer,
 /// else restarts it as an admin would, and says so. Returns whether it had
 /// to be restarted.
 pub fn revive_rbd_mirror(lab_dir: &str, site: &str, release: &str, tool: &dyn Fn(u32, &str) -> Command) -> bool {
