@@ -203,7 +203,10 @@ impl Executor {
         };
         let metrics = self.metrics.clone();
         let (permits, runtime) = (self.permits.clone(), tokio::runtime::Handle::current());
+        // What the work logs belongs to the call (the RPC's span).
+        let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || {
+            let _in_call = span.enter();
             let _guard = guard;
             let slot = Slot { permit: Some(permit), permits, runtime, deadline };
             SLOT.with(|s| *s.borrow_mut() = Some(slot));

@@ -353,7 +353,9 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
         tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("bad --log-level {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().with_current_span(false).init(),
+        // Each line names the call it was logged in: the RPC's span (method,
+        // target, request number), not the spans around it.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
         // Colour codes only for a terminal, not in a log file.
         LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
     }
@@ -602,7 +604,7 @@ fn main() -> ExitCode {
                 metrics_address: args.metrics_address.0,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            let outcome = runtime.block_on(server::serve(cfg));
+            let outcome = runtime.block_on(server::serve(cfg, server::shutdown_signal()));
             // Dropping a runtime waits for its blocking threads without limit,
             // and a call stuck on a frozen cluster holds one until its Ceph
             // timeout (or for ever): the grace period must be the last wait.

@@ -415,6 +415,13 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     let keys = String::from_utf8_lossy(&rados_b(&["listomapkeys", &state]).stdout).into_owned();
     assert!(!keys.lines().any(|k| k == "promoting"), "marker left behind: {keys}");
     assert!(sites.b.log_text().contains("members reverted"), "the retry did not revert");
+    // Logged on the blocking pool, deep inside the call: the line names it.
+    let log = sites.b.log_text();
+    let reverted = log.lines().rfind(|l| l.contains("members reverted")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(reverted).expect("a JSON log line");
+    assert_eq!(line["span"]["method"], "PromoteVolume", "{reverted}");
+    assert!(line["span"]["target"].as_str().is_some_and(|t| t.ends_with(&gid[gid.len() - 36..])), "{reverted}");
+    assert!(line["span"]["request"].as_u64().is_some(), "{reverted}");
     for (v, sum) in vols.iter().zip(&sums) {
         assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true));
         assert_eq!(checksum(&lab, Site::B, &v.spec).as_deref(), Some(sum.as_str()), "{} lost data", v.spec);

@@ -1,15 +1,18 @@
 //! The one path every RPC takes: refusal of oversize input, the service's own
 //! checks, the credentials, the work off the runtime under its guard, the one
 //! error → Status mapping, and one log line (method, target, code, elapsed).
+//! All of it runs in one span per call (method, target, request number), so a
+//! line logged deep inside the call, on the blocking pool too, names its call.
 //! A new service is a file in `server/` whose methods call `Envelope::run`.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tonic::Status;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::status::status_about;
 use crate::Error;
@@ -80,6 +83,16 @@ impl fmt::Display for About {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.shown())
     }
+}
+
+/// Numbers the calls this process answers, for their spans.
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+/// The span of one call. The target is shown as messages show it (bounded,
+/// never a secret: secrets are not part of what a call is about).
+fn rpc_span(method: &'static str, about: &About) -> tracing::Span {
+    let request = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
+    tracing::info_span!("rpc", method, target = %about, request)
 }
 
 /// Refuses an ID past `MAX_ID_LEN`, saying how long it was, not what it was.
@@ -183,27 +196,32 @@ impl Envelope {
         P: Send + 'static,
         T: Send + 'static,
     {
-        let started = Instant::now();
-        let result = async {
-            refuse_oversize_id("the ID", about.id())?;
-            refuse_oversize_map("secret", secrets)?;
-            let prepared = check()?;
-            let creds = Credentials::from_secrets(secrets).map_err(|e| Error::Resolve(e.into()))?;
-            let key = key(&prepared);
-            let (resolver, claims) = (self.resolver.clone(), self.exec.claims());
-            let work = move || work(prepared, &resolver, &creds, &claims);
-            match key {
-                Some(key) => self.exec.run_op(method, &key, work).await,
-                None => self.exec.read_op(method, work).await,
+        let span = rpc_span(method, &about);
+        async move {
+            let started = Instant::now();
+            let result = async {
+                refuse_oversize_id("the ID", about.id())?;
+                refuse_oversize_map("secret", secrets)?;
+                let prepared = check()?;
+                let creds = Credentials::from_secrets(secrets).map_err(|e| Error::Resolve(e.into()))?;
+                let key = key(&prepared);
+                let (resolver, claims) = (self.resolver.clone(), self.exec.claims());
+                let work = move || work(prepared, &resolver, &creds, &claims);
+                match key {
+                    Some(key) => self.exec.run_op(method, &key, work).await,
+                    None => self.exec.read_op(method, work).await,
+                }
             }
+            .await;
+            if let Err(e) = &result {
+                e.forget_blocklisted_client(&self.resolver);
+            }
+            let answer = finish(method, &about, started, result);
+            count(self.exec.metrics(), method, started, &answer);
+            answer
         }
-        .await;
-        if let Err(e) = &result {
-            e.forget_blocklisted_client(&self.resolver);
-        }
-        let answer = finish(method, &about, started, result);
-        count(self.exec.metrics(), method, started, &answer);
-        answer
+        .instrument(span)
+        .await
     }
 
     /// The server's metrics, for a service's per-volume observations.
@@ -227,19 +245,27 @@ impl Envelope {
     {
         let creds = Credentials::from_secrets(secrets).ok()?;
         let (exec, resolver) = (self.exec.clone(), self.resolver.clone());
-        Some(tokio::spawn(async move {
-            let started = Instant::now();
-            let result = exec.run(&key, move || work(&resolver, &creds)).await;
-            match &result {
-                Ok(_) => info!(work = %key, elapsed_ms = started.elapsed().as_millis() as u64, "background work done"),
-                Err(Error::Exec(crate::exec::ExecError::TimedOut { .. })) => {
-                    info!(work = %key, "background work goes on past the op deadline")
+        // Work that outlives its call's answer: a span of its own, so what it
+        // logs on the blocking pool names it.
+        let span = tracing::info_span!("background", work = %key);
+        Some(tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let result = exec.run(&key, move || work(&resolver, &creds)).await;
+                match &result {
+                    Ok(_) => {
+                        info!(work = %key, elapsed_ms = started.elapsed().as_millis() as u64, "background work done")
+                    }
+                    Err(Error::Exec(crate::exec::ExecError::TimedOut { .. })) => {
+                        info!(work = %key, "background work goes on past the op deadline")
+                    }
+                    Err(Error::Exec(crate::exec::ExecError::Busy(_))) => debug!(work = %key, "already running"),
+                    Err(e) => warn!(work = %key, error = %e, "background work failed; the next call retries it"),
                 }
-                Err(Error::Exec(crate::exec::ExecError::Busy(_))) => debug!(work = %key, "already running"),
-                Err(e) => warn!(work = %key, error = %e, "background work failed; the next call retries it"),
+                result
             }
-            result
-        }))
+            .instrument(span),
+        ))
     }
 
     /// An RPC that needs no Ceph (identity): the same mapping and metrics,

@@ -151,7 +151,8 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     UnixListener::from_std(std_listener).map_err(listen_err)
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT: what the binary passes to `serve` as its shutdown.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     // We may be PID 1 in a container, where the kernel gives SIGTERM no default
     // action: both signals must be handled here.
@@ -163,7 +164,10 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
+/// Serves until `shutdown` completes (the binary passes `shutdown_signal`, a
+/// test its own trigger), then lets running calls finish within the grace
+/// period and removes its sockets.
+pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<Stopped, ServeError> {
     // Two files that say differently where a volume fails over to: settled
     // by the admin before any handle is handed out.
     let conflicts = crate::cephcsi::destination_conflicts(&cfg.ceph_csi_config, &cfg.cluster_mapping);
@@ -297,7 +301,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<Stopped, ServeError> {
 
     let result = tokio::select! {
         r = &mut server => r.map_err(ServeError::from),
-        () = shutdown_signal() => {
+        () = shutdown => {
             stop_tx.send(()).ok();
             // Let in-flight calls finish, within bounds: a call stuck in librbd
             // must not keep the pod from terminating.
@@ -362,6 +366,51 @@ async fn serve_front(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server started and stopped inside this process, no Ceph needed:
+    /// it answers on its socket, and once its shutdown future completes it
+    /// stops and removes the socket.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_answers_then_stops_when_its_shutdown_completes() {
+        let dir = std::env::temp_dir().join(format!("rbd-addons-in-process-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket_path = dir.join("csi-addons.sock");
+        let cfg = ServeConfig {
+            csi_front: None,
+            group_snapshot_secret_dir: None,
+            socket_path: socket_path.clone(),
+            socket_mode: 0o660,
+            driver_name: "rbd.csi.ceph.com".into(),
+            ceph_csi_config: dir.join("config.json"),
+            cluster_mapping: dir.join("cluster-mapping.json"),
+            op_timeout: Duration::from_secs(5),
+            ceph_timeout: Duration::from_secs(5),
+            max_concurrent_ops: 4,
+            connection_idle_expiry: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(2),
+            metrics_address: None,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(cfg, async {
+            stopped.await.ok();
+        }));
+        let started = std::time::Instant::now();
+        while !socket_path.exists() {
+            assert!(started.elapsed() < Duration::from_secs(10), "no socket");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let client =
+            crate::client::Connection::open(&format!("unix://{}", socket_path.display()), Duration::from_secs(5))
+                .await
+                .expect("connect");
+        let identity = client.identity_info().await.expect("GetIdentity");
+        assert_eq!(identity["name"], "rbd.csi.ceph.com", "{identity}");
+        stop.send(()).unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), server).await.expect("stopped").unwrap();
+        assert_eq!(stopped.expect("a clean stop").ceph_ops_running, 0);
+        assert!(!socket_path.exists(), "the socket is removed");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn endpoints() {
