@@ -206,6 +206,15 @@ cmd_check() {
     fi
   }
   sum() { { ceph_rbd "$1" export --no-progress "$2" - 2>/dev/null || true; } | sha256sum | cut -c1-16; }
+  # Polls until SITE's copy of IMAGE has checksum WANT, bounded.
+  holds() {
+    local site=$1 image=$2 want=$3 i
+    for i in $(seq "$TIMEOUT"); do
+      [ "$(sum "$site" "$image")" = "$want" ] && return 0
+      sleep 1
+    done
+    return 1
+  }
   local work=$DIR/check-$release
   rm -rf "$work"
   mkdir -p "$work"
@@ -278,11 +287,7 @@ cmd_check() {
     die "$release: enable through the image's server failed"
   local sum_a sum_b
   sum_a=$(sum a "$image")
-  for i in $(seq "$TIMEOUT"); do
-    [ "$(sum b "$image")" = "$sum_a" ] && break
-    sleep 1
-  done
-  [ "$(sum b "$image")" = "$sum_a" ] || die "$release: site-b never held site-a's data"
+  holds b "$image" "$sum_a" || die "$release: site-b never held site-a's data"
   # Planned failover: demote on a, promote on b (which waits for the demotion
   # to replay; resent while it answers that it cannot yet).
   "$cli" demote --endpoint "$a" "${secret[@]}" >/dev/null
@@ -303,11 +308,7 @@ cmd_check() {
   ceph_rbd b bench --io-type write --io-size 4K --io-total 512K --io-pattern rand "$image" >/dev/null
   ceph_rbd b mirror image snapshot "$image" >/dev/null
   sum_b=$(sum b "$image")
-  for i in $(seq "$TIMEOUT"); do
-    [ "$(sum a "$image")" = "$sum_b" ] && break
-    sleep 1
-  done
-  [ "$(sum a "$image")" = "$sum_b" ] || die "$release: site-a never held site-b's writes"
+  holds a "$image" "$sum_b" || die "$release: site-a never held site-b's writes"
   "$cli" demote --endpoint "$b" "${secret[@]}" >/dev/null
   promote "$a" || die "$release: promote on site-a (failback) failed"
   [ "$(ceph_rbd a info "$image" --format json | jq -r .mirroring.primary)" = true ] ||

@@ -124,6 +124,15 @@ pub(crate) fn refuse_oversize_map(what: &str, map: &HashMap<String, String>) -> 
     Ok(())
 }
 
+/// A call's work off the runtime: what its checks prepared, the resolver,
+/// the caller's credentials and the claims in; its answer out.
+pub(crate) trait Work<P, T>:
+    FnOnce(P, &Resolver, &Credentials, &Claims) -> Result<T, Error> + Send + 'static
+{
+}
+
+impl<P, T, F> Work<P, T> for F where F: FnOnce(P, &Resolver, &Credentials, &Claims) -> Result<T, Error> + Send + 'static {}
+
 /// What every Ceph-touching service holds: the one blocking door and the
 /// resolver of ceph-csi handles.
 #[derive(Clone)]
@@ -144,44 +153,9 @@ impl Envelope {
     /// Runs one RPC. `check` is the service's own validation (no Ceph, on
     /// the runtime); its output and the credentials go to `work`, which runs
     /// off the runtime under the guard of `key` (one call per key at a time).
+    /// A call that only reads gives no key: it answers while another call
+    /// changes the same volume or group instead of waiting or ABORTED.
     pub(crate) async fn run<P, T, C, W>(
-        &self,
-        method: &'static str,
-        about: About,
-        key: impl FnOnce(&P) -> String,
-        secrets: &HashMap<String, String>,
-        check: C,
-        work: W,
-    ) -> Result<T, Status>
-    where
-        C: FnOnce() -> Result<P, Error>,
-        W: FnOnce(P, &Resolver, &Credentials, &Claims) -> Result<T, Error> + Send + 'static,
-        P: Send + 'static,
-        T: Send + 'static,
-    {
-        self.run_keyed(method, about, move |p| Some(key(p)), secrets, check, work).await
-    }
-
-    /// `run` for an RPC that only reads: no key, so it answers while another
-    /// call changes the same volume or group instead of waiting or ABORTED.
-    pub(crate) async fn read<P, T, C, W>(
-        &self,
-        method: &'static str,
-        about: About,
-        secrets: &HashMap<String, String>,
-        check: C,
-        work: W,
-    ) -> Result<T, Status>
-    where
-        C: FnOnce() -> Result<P, Error>,
-        W: FnOnce(P, &Resolver, &Credentials, &Claims) -> Result<T, Error> + Send + 'static,
-        P: Send + 'static,
-        T: Send + 'static,
-    {
-        self.run_keyed(method, about, |_| None, secrets, check, work).await
-    }
-
-    async fn run_keyed<P, T, C, W>(
         &self,
         method: &'static str,
         about: About,
@@ -192,7 +166,7 @@ impl Envelope {
     ) -> Result<T, Status>
     where
         C: FnOnce() -> Result<P, Error>,
-        W: FnOnce(P, &Resolver, &Credentials, &Claims) -> Result<T, Error> + Send + 'static,
+        W: Work<P, T>,
         P: Send + 'static,
         T: Send + 'static,
     {

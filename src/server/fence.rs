@@ -51,7 +51,7 @@ impl FenceService {
             }
             Ok((cluster_id, check()?))
         };
-        let key = |(cluster_id, _): &(String, P)| format!("fence/{cluster_id}");
+        let key = |(cluster_id, _): &(String, P)| Some(format!("fence/{cluster_id}"));
         self.envelope
             .run(method, about, key, secrets, check, |(cluster_id, prepared), resolver, creds, _| {
                 let cluster = resolver.cluster(&cluster_id, creds)?;

@@ -61,7 +61,8 @@ impl GroupSnapshots {
             let ids = snapshots::check_sources(&volume_ids)?;
             Ok((name, CreateParams::parse(&parameters)?, ids, volume_ids))
         };
-        let key = |(name, ..): &(String, CreateParams, Vec<String>, Vec<String>)| format!("group-snapshot-name/{name}");
+        let key =
+            |(name, ..): &(String, CreateParams, Vec<String>, Vec<String>)| Some(format!("group-snapshot-name/{name}"));
         let (view, pending) = self
             .envelope
             .run(
@@ -104,7 +105,7 @@ impl GroupSnapshots {
         group_snapshot_id: String,
         secrets: &HashMap<String, String>,
     ) -> Result<GroupSnapshotView, Status> {
-        let key = |id: &crate::cephcsi::CsiId| format!("group-snapshot-view/{}", id.uuid);
+        let key = |id: &crate::cephcsi::CsiId| Some(format!("group-snapshot-view/{}", id.uuid));
         let (view, pending) = self
             .envelope
             .run(
@@ -139,7 +140,7 @@ impl GroupSnapshots {
             .run(
                 "DeleteVolumeGroupSnapshot",
                 About::GroupSnapshot(group_snapshot_id.clone()),
-                |(id, _)| format!("group-snapshot-delete/{}", id.uuid),
+                |(id, _)| Some(format!("group-snapshot-delete/{}", id.uuid)),
                 secrets,
                 check,
                 |(id, ids), resolver, creds, claims| snapshots::delete(resolver, creds, claims, &id, &ids),

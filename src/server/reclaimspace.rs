@@ -46,7 +46,7 @@ impl ReclaimSpaceController for ReclaimSpaceService {
             .run(
                 "ControllerReclaimSpace",
                 About::Volume(volume_id.clone()),
-                |_| volume_id.clone(),
+                |_| Some(volume_id.clone()),
                 &req.secrets,
                 check,
                 |id, resolver, creds, _| {

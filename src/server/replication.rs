@@ -115,12 +115,8 @@ impl ReplicationService {
                 }
             }
         };
-        if reads {
-            self.envelope.read(method, about, secrets, prepare, work).await
-        } else {
-            let key = |(target, _, _): &(Target, CsiId, Q)| target.id().to_owned();
-            self.envelope.run(method, about, key, secrets, prepare, work).await
-        }
+        let key = move |(target, _, _): &(Target, CsiId, Q)| (!reads).then(|| target.id().to_owned());
+        self.envelope.run(method, about, key, secrets, prepare, work).await
     }
 }
 

@@ -1,5 +1,4 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::{Request, Response, Status};
 
@@ -16,8 +15,6 @@ use crate::proto::volumegroup::*;
 const MAX_NAME_LEN: usize = 253;
 /// ListVolumeGroups' page size when the caller sets none, and the largest.
 const MAX_PAGE: usize = 1000;
-/// Guard keys of list calls (never a group ID, which starts with 0001-).
-const LIST_KEY: &str = "list-volume-groups/";
 
 pub struct VolumeGroupService {
     envelope: Envelope,
@@ -67,7 +64,7 @@ impl Controller for VolumeGroupService {
             }
             Ok((name, CreateParams::parse(&raw)?, volume_ids))
         };
-        let key = |(name, _, _): &(String, CreateParams, Vec<String>)| format!("group-name/{name}");
+        let key = |(name, _, _): &(String, CreateParams, Vec<String>)| Some(format!("group-name/{name}"));
         let view = self
             .envelope
             .run(
@@ -101,7 +98,7 @@ impl Controller for VolumeGroupService {
             .run(
                 "ModifyVolumeGroupMembership",
                 About::Group(group_id.clone()),
-                |_| group_id.clone(),
+                |_| Some(group_id.clone()),
                 &req.secrets,
                 check,
                 |(id, ids), resolver, creds, claims| groups::modify(resolver, creds, claims, &id, &ids),
@@ -120,7 +117,7 @@ impl Controller for VolumeGroupService {
             .run(
                 "DeleteVolumeGroup",
                 About::Group(group_id.clone()),
-                |_| group_id.clone(),
+                |_| Some(group_id.clone()),
                 &req.secrets,
                 || check_group_id(&group_id),
                 |id, resolver, creds, _| groups::delete(resolver, creds, &id),
@@ -144,9 +141,8 @@ impl Controller for VolumeGroupService {
             refuse_oversize_id("starting_token", &token)?;
             Ok((max, token))
         };
-        // Lists change nothing: each call gets its own guard key.
-        static LISTS: AtomicU64 = AtomicU64::new(0);
-        let key = |_: &(usize, String)| format!("{LIST_KEY}{}", LISTS.fetch_add(1, Ordering::Relaxed));
+        // Lists change nothing: no key.
+        let key = |_: &(usize, String)| None;
         let page = self
             .envelope
             .run("ListVolumeGroups", About::Nothing, key, &req.secrets, check, |(max, token), resolver, creds, _| {
@@ -174,7 +170,7 @@ impl Controller for VolumeGroupService {
             .run(
                 "ControllerGetVolumeGroup",
                 About::Group(group_id.clone()),
-                |_| group_id.clone(),
+                |_| Some(group_id.clone()),
                 &req.secrets,
                 || check_group_id(&group_id),
                 |id, resolver, creds, _| groups::get(resolver, creds, &id),
