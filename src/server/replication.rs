@@ -46,7 +46,7 @@ impl ReplicationService {
     /// work under its guard(s).
     async fn run<Q, T>(
         &self,
-        method: &'static str,
+        (method, access): (&'static str, Access),
         target: Result<Target, Error>,
         secrets: &HashMap<String, String>,
         check: impl FnOnce(&Target) -> Result<Q, Error>,
@@ -65,7 +65,7 @@ impl ReplicationService {
         let scheduler = self.scheduler.clone();
         // Whatever is not a read may change roles: Info must not answer
         // from a view taken before it.
-        let reads = matches!(method, "GetVolumeReplicationInfo" | "GetReplicationDestinationInfo");
+        let reads = access == Access::Reads;
         let (statuses, generation_times) = (self.statuses.clone(), self.generation_times.clone());
         let prepare = move || {
             let target = target?;
@@ -203,6 +203,14 @@ fn enable_params(target: &Target, raw: &HashMap<String, String>) -> Result<(Enab
     Ok((params, groups::parse_interval(raw)?))
 }
 
+/// Whether an RPC only reads (Info, destination info: no guard key, answered
+/// while another call changes the volume) or may change roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Reads,
+    Changes,
+}
+
 /// What a replication request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
@@ -293,7 +301,7 @@ impl Controller for ReplicationService {
         let raw = req.parameters;
         let id = target_id(&target);
         self.run(
-            "EnableVolumeReplication",
+            ("EnableVolumeReplication", Access::Changes),
             target,
             &req.secrets,
             move |t| enable_params(t, &raw),
@@ -315,7 +323,7 @@ impl Controller for ReplicationService {
         let raw = req.parameters;
         let id = target_id(&target);
         self.run(
-            "DisableVolumeReplication",
+            ("DisableVolumeReplication", Access::Changes),
             target,
             &req.secrets,
             move |_| {
@@ -342,7 +350,7 @@ impl Controller for ReplicationService {
         let times = self.generation_times.clone();
         let info = self
             .run(
-                "GetVolumeReplicationInfo",
+                ("GetVolumeReplicationInfo", Access::Reads),
                 target,
                 &req.secrets,
                 |_| Ok(()),
@@ -373,7 +381,7 @@ impl Controller for ReplicationService {
         let (for_volume, for_group) = (self.envelope.resolver().clone(), self.envelope.resolver().clone());
         let destination = self
             .run(
-                "GetReplicationDestinationInfo",
+                ("GetReplicationDestinationInfo", Access::Reads),
                 target,
                 &req.secrets,
                 |t| Ok(t.id().to_owned()),
@@ -418,7 +426,7 @@ impl Controller for ReplicationService {
         let raw = req.parameters;
         let id = target_id(&target);
         self.run(
-            "PromoteVolume",
+            ("PromoteVolume", Access::Changes),
             target,
             &req.secrets,
             move |t| enable_params(t, &raw),
@@ -446,7 +454,7 @@ impl Controller for ReplicationService {
         // Demote uses no parameter, but refuses what every call refuses.
         let raw = req.parameters;
         self.run(
-            "DemoteVolume",
+            ("DemoteVolume", Access::Changes),
             target,
             &req.secrets,
             move |_| refuse_oversize_map("parameter", &raw),
@@ -471,7 +479,7 @@ impl Controller for ReplicationService {
         let raw = req.parameters;
         let ready = self
             .run(
-                "ResyncVolume",
+                ("ResyncVolume", Access::Changes),
                 target,
                 &req.secrets,
                 move |_| refuse_oversize_map("parameter", &raw),
