@@ -99,21 +99,23 @@ struct Followed {
     last_sync: Family<IdLabels, Gauge>,
     last_sync_bytes: Family<IdLabels, Gauge>,
     last_sync_duration: Family<IdLabels, Gauge>,
-    /// Seconds since the last sync, set from `synced` at every scrape.
+    /// Seconds since the last sync, set from `synced` at every scrape; only
+    /// for the kinds whose age is exported (groups), so a volume's Info pays
+    /// for no map it never reads.
     age: Family<IdLabels, Gauge>,
-    synced: Mutex<HashMap<String, i64>>,
+    synced: Option<Mutex<HashMap<String, i64>>>,
     current: Mutex<HashMap<String, ReplicationState>>,
 }
 
 impl Followed {
-    fn new() -> Self {
+    fn new(with_age: bool) -> Self {
         Self {
             state: Family::default(),
             last_sync: Family::default(),
             last_sync_bytes: Family::default(),
             last_sync_duration: Family::default(),
             age: Family::default(),
-            synced: Mutex::new(HashMap::new()),
+            synced: with_age.then(|| Mutex::new(HashMap::new())),
             current: Mutex::new(HashMap::new()),
         }
     }
@@ -138,7 +140,9 @@ impl Followed {
         }
         let labels = IdLabels { id: id.to_owned() };
         self.last_sync.get_or_create(&labels).set(sync.time);
-        self.synced.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), sync.time);
+        if let Some(synced) = &self.synced {
+            synced.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), sync.time);
+        }
         if let Some(bytes) = sync.bytes {
             self.last_sync_bytes.get_or_create(&labels).set(bytes);
         }
@@ -157,12 +161,15 @@ impl Followed {
         self.last_sync_bytes.remove(&labels);
         self.last_sync_duration.remove(&labels);
         self.age.remove(&labels);
-        self.synced.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        if let Some(synced) = &self.synced {
+            synced.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        }
     }
 
     /// Ages as of `now` (Unix seconds), for the scrape about to be encoded.
     fn set_ages(&self, now: i64) {
-        for (id, time) in self.synced.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let Some(synced) = &self.synced else { return };
+        for (id, time) in synced.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             self.age.get_or_create(&IdLabels { id: id.clone() }).set((now - time).max(0));
         }
     }
@@ -178,7 +185,7 @@ impl Followed {
             format!("Unix time of the newest point the peer site holds of the {kind} (Info's last sync time)"),
             self.last_sync.clone(),
         );
-        if kind == "group" {
+        if self.synced.is_some() {
             registry.register(
                 "group_rpo_seconds",
                 "Seconds since the newest point the peer holds of the group (its newest complete generation in \
@@ -251,7 +258,7 @@ impl Metrics {
             "Cluster connections held open (per monitors, user and key)",
             connections.clone(),
         );
-        let (volumes, groups) = (Followed::new(), Followed::new());
+        let (volumes, groups) = (Followed::new(false), Followed::new(true));
         volumes.register(&mut registry, "volume");
         groups.register(&mut registry, "group");
         Self {
@@ -453,7 +460,7 @@ mod tests {
 
     #[test]
     fn followed_objects_are_bounded() {
-        let f = Followed::new();
+        let f = Followed::new(false);
         for i in 0..MAX_TRACKED + 5 {
             f.set_state(&i.to_string(), ReplicationState::Primary);
         }
