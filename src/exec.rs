@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,7 +49,8 @@ fn claim(in_flight: &Arc<Mutex<HashSet<String>>>, key: &str) -> Result<KeyGuard,
 }
 
 pub struct Executor {
-    max_concurrent: usize,
+    /// Blocking work handed to the pool and not yet returned, idling or not.
+    works: Arc<AtomicUsize>,
     permits: Arc<Semaphore>,
     in_flight: Arc<Mutex<HashSet<String>>>,
     op_timeout: Duration,
@@ -122,7 +124,7 @@ impl Drop for Running<'_> {
 impl Executor {
     pub fn new(max_concurrent: usize, op_timeout: Duration) -> Self {
         Self {
-            max_concurrent: max_concurrent.max(1),
+            works: Arc::new(AtomicUsize::new(0)),
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             op_timeout,
@@ -139,10 +141,11 @@ impl Executor {
         self.op_timeout
     }
 
-    /// Blocking Ceph work running now, including work whose caller gave up:
-    /// a permit lives inside the blocking closure until librbd returns.
+    /// Blocking Ceph work running now, including work whose caller gave up
+    /// and work that idles without its slot (a permit count would miss it,
+    /// and shutdown must know of every thread still inside librados).
     pub fn running(&self) -> usize {
-        self.max_concurrent - self.permits.available_permits()
+        self.works.load(Ordering::Acquire)
     }
 
     /// For calls that learn further keys to guard only once they run.
@@ -203,10 +206,13 @@ impl Executor {
         };
         let metrics = self.metrics.clone();
         let (permits, runtime) = (self.permits.clone(), tokio::runtime::Handle::current());
+        // Counted from here until the closure is dropped, run or not.
+        let work_count = WorkCount::start(&self.works);
         // What the work logs belongs to the call (the RPC's span).
         let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || {
             let _in_call = span.enter();
+            let _work_count = work_count;
             let _guard = guard;
             let slot = Slot { permit: Some(permit), permits, runtime, deadline };
             SLOT.with(|s| *s.borrow_mut() = Some(slot));
@@ -223,6 +229,22 @@ impl Executor {
             Ok(Err(_join)) => Err(ExecError::Panicked.into()),
             Err(_elapsed) => Err(ExecError::TimedOut { after: self.op_timeout, locked }.into()),
         }
+    }
+}
+
+/// One piece of blocking work handed to the pool, until it is dropped.
+struct WorkCount(Arc<AtomicUsize>);
+
+impl WorkCount {
+    fn start(works: &Arc<AtomicUsize>) -> Self {
+        works.fetch_add(1, Ordering::AcqRel);
+        Self(works.clone())
+    }
+}
+
+impl Drop for WorkCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -307,6 +329,7 @@ mod tests {
             })
         };
         tokio::task::spawn_blocking(move || idle_started.recv().unwrap()).await.unwrap();
+        assert_eq!(exec.running(), 1, "work that idles without its slot still counts as running");
         let second = exec.run::<_, ExecError, _>("other", || Ok(std::time::Instant::now())).await.unwrap();
         let first = first.await.unwrap().unwrap();
         assert!(second < first, "the second call waited for the first one's idle to end");
