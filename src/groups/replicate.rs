@@ -370,7 +370,8 @@ pub struct GroupInfo {
 /// report; in snapshot mode the oldest member's last sync. The status is the
 /// worst member's. At the cost of volume Info: every member's state from the
 /// pool-wide view (`StatusCache`, with its freshness rule after our own role
-/// changes), and in journal mode one listing of one member's snapshots.
+/// changes), and in journal mode the generations' times from one listing of
+/// one member's snapshots, reused while it covers the peer's sync.
 pub fn info(
     group: &Group,
     members: &[Member],
