@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
@@ -253,7 +253,7 @@ impl Connection {
         let last = r.last_sync_time.map(|t| t.seconds);
         Ok(subject.with(json!({
             "last_sync_time": last.map(rfc3339),
-            "last_sync_age_seconds": last.map(|t| now_secs() - t),
+            "last_sync_age_seconds": last.map(|t| crate::unix_now() - t),
             "last_sync_duration_seconds": r.last_sync_duration.map(|d| d.seconds),
             "last_sync_bytes": r.last_sync_bytes,
             "status": status.as_str_name(),
@@ -641,10 +641,6 @@ pub fn human(v: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Unix seconds as an RFC 3339 UTC time.

@@ -333,8 +333,7 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        self.groups.set_ages(now);
+        self.groups.set_ages(crate::unix_now());
         let mut out = String::new();
         // Writing into a String cannot fail.
         encode(&mut out, &self.registry).ok();

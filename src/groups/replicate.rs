@@ -442,7 +442,7 @@ impl GenerationTimes {
         let newest = match known {
             Some(newest) => newest,
             None => {
-                let at = unix_now();
+                let at = crate::unix_now();
                 let times = generation_times(member)?;
                 let newest = newest_at_or_before(&times, until);
                 let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
@@ -461,10 +461,6 @@ impl GenerationTimes {
 
 fn newest_at_or_before(times: &[i64], until: i64) -> Option<i64> {
     times.iter().copied().filter(|t| *t <= until).max()
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The times of the generations (group snapshots) one member holds.

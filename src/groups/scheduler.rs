@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -227,6 +227,5 @@ fn newest_age(_group: &Group, members: &[OpenMember<'_>]) -> Result<Option<Durat
     let cuts = generations::cuts_of(image)?;
     let Some(cut) = cuts.values().next_back() else { return Ok(None) };
     let ts = image.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    Ok(Some(Duration::from_secs((now - ts).max(0) as u64)))
+    Ok(Some(Duration::from_secs((crate::unix_now() - ts).max(0) as u64)))
 }
