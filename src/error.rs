@@ -5,7 +5,6 @@
 use crate::ceph::CephError;
 use crate::cephcsi;
 use crate::exec::ExecError;
-use crate::replication::ParamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -55,6 +54,16 @@ pub enum Error {
     Mon { what: String, source: CephError, status: String },
     #[error(transparent)]
     Exec(#[from] ExecError),
+}
+
+/// A class parameter that is present but wrong; the message says what is
+/// accepted. Here, not beside the parsers in `replication`, so that no arrow
+/// runs from the crate's error up into a layer that uses it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parameter {key} {problem}")]
+pub struct ParamError {
+    pub key: &'static str,
+    pub problem: String,
 }
 
 impl Error {

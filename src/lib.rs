@@ -11,7 +11,7 @@ pub mod reclaim;
 pub mod replication;
 pub mod server;
 
-pub use error::Error;
+pub use error::{Error, ParamError};
 
 /// Now, in Unix seconds (as Ceph's snapshot and status times are); 0 for a
 /// clock before 1970.

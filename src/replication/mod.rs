@@ -12,7 +12,7 @@ pub use failover::{
     CREATION_TIME_KEY, PEER_REPORT_WAIT, demote, demote_image, promote, promote_image, require_peer_copy, resync,
 };
 pub use hold::{MIRROR_RELEASE_GRACE, hold_all};
-pub use params::{DisableParams, EnableParams, FlattenMode, ParamError, Schedule};
+pub use params::{DisableParams, EnableParams, FlattenMode, Schedule};
 pub use params::{MIRRORING_MODE, SCHEDULING_INTERVAL};
 pub use status::{Health, ReplayDescription, health};
 pub use status_cache::StatusCache;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::ceph::MirrorImageMode;
+use crate::error::ParamError;
 
 pub const MIRRORING_MODE: &str = "mirroringMode";
 pub const SCHEDULING_INTERVAL: &str = "schedulingInterval";
@@ -37,14 +38,6 @@ pub struct EnableParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DisableParams {
     pub force: bool,
-}
-
-/// A parameter that is present but wrong; the message says what is accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("parameter {key} {problem}")]
-pub struct ParamError {
-    pub key: &'static str,
-    pub problem: String,
 }
 
 fn bad(key: &'static str, problem: impl Into<String>) -> ParamError {
