@@ -1,7 +1,7 @@
 //! Consistency generations: generation n is a user snapshot `rbd-addons.pre.n`
 //! on every member (a fence post) followed by one group snapshot
-//! `rbd-addons.gen.n` (the crash-consistent cut: librbd pauses every member's
-//! writer while it snapshots). In journal mirroring both replay on the peer at
+//! `rbd-addons.gen.n` (the crash-consistent cut: librbd holds every member's
+//! exclusive lock, so no member is written, while it snapshots them). In journal mirroring both replay on the peer at
 //! the same place in each member's write stream, so after a failover every
 //! member can be brought back to the newest cut that all of them received.
 //!
@@ -127,19 +127,29 @@ pub fn held(members: &[OpenMember<'_>]) -> Result<Vec<(String, Vec<Held>)>, Erro
 #[derive(Debug, Clone, Copy)]
 pub struct Taken {
     pub number: u64,
+    /// How long the fence posts took (each briefly holds its member's writes).
+    pub fence: Duration,
     /// How long the group snapshot (the write barrier) took.
     pub pause: Duration,
 }
 
 /// Takes generation n on a primary group and prunes old ones. Idempotent per
-/// number: an existing fence post or group snapshot is reused.
+/// number: an existing fence post or group snapshot is reused. The fence
+/// posts are taken on every member at once, so a writer is held once for
+/// them, not once per member. Nothing here
+/// asks writers to quiesce (librbd's default for every snapshot, which
+/// would pause each writer once per member and generation, and freeze a
+/// filesystem behind `rbd-nbd --quiesce` every few seconds): a fence post
+/// need only come before the cut in each member's write stream, and the cut
+/// is crash-consistent by the members' exclusive locks alone.
 pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>], interval: Duration) -> Result<Taken, Error> {
     let images: Vec<&Image<'_>> = members.iter().map(|m| &m.image).collect();
     let cuts: Vec<_> = images.iter().map(|i| cuts_of(i)).collect::<Result<_, _>>()?;
     let n = next_number(&cuts);
     let pre = format!("{PRE_PREFIX}{n}");
-    for image in &images {
-        match image.snap_create(&pre) {
+    let fencing = Instant::now();
+    for (image, made) in images.iter().zip(Image::snap_create_unquiesced_each(&images, &pre)) {
+        match made {
             Ok(()) => {}
             Err(e) if e.is(libc::EEXIST) => {}
             Err(e) => {
@@ -150,11 +160,12 @@ pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>], inter
             }
         }
     }
+    let fence = fencing.elapsed();
     let started = Instant::now();
     let name = format!("{GEN_PREFIX}{n}");
     let mut attempts = 1;
     loop {
-        match group_io.group_snap_create(rbd_group, &name) {
+        match group_io.group_snap_create(rbd_group, &name, false) {
             Ok(()) => break,
             Err(e) if e.is(libc::EEXIST) => break,
             // librbd answers ENOENT when a member's view of its snapshots does
@@ -178,7 +189,7 @@ pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>], inter
     }
     let pause = started.elapsed();
     prune(group_io, rbd_group, &images, n, retention(interval))?;
-    Ok(Taken { number: n, pause })
+    Ok(Taken { number: n, fence, pause })
 }
 
 /// Keeps the newest KEEP generations; removes older group snapshots of this

@@ -409,7 +409,7 @@ fn take_instant(io: &IoCtx, rbd_group: &str, gs_name: &str, claims: &Claims) -> 
         None => None,
     };
     let started = Instant::now();
-    match io.group_snap_create(rbd_group, gs_name).or_done(libc::EEXIST) {
+    match io.group_snap_create(rbd_group, gs_name, true).or_done(libc::EEXIST) {
         Ok(()) => {}
         Err(e) if e.is(libc::EROFS) => {
             return Err(Error::WrongState(format!(
