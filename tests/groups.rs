@@ -330,6 +330,22 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     let rpo = series("rpo_seconds", "").expect("the group's RPO series");
     let age = now - info.last_sync_time.unwrap().seconds as f64;
     assert!((rpo - age).abs() <= 2.0, "rpo {rpo} s, the newest complete generation is {age} s old");
+    // Ceph's own view: the generation Info (and so the RPO) names, found by
+    // its time on site-a, is one every member holds on site-b, and no
+    // generation common to all of them there is newer than the peer's status
+    // reports (every 30 s) can have told.
+    let named = info.last_sync_time.unwrap().seconds;
+    let on_a = group_snapshots(&lab, Site::A, &vols[0].spec);
+    let key = on_a.iter().find(|(_, t)| *t == named).map(|(k, _)| k.clone());
+    let key = key.unwrap_or_else(|| panic!("no generation of {} on site-a was taken at {named}: {on_a:?}", vols[0].spec));
+    let on_b: Vec<Vec<String>> =
+        vols.iter().map(|v| group_snapshots(&lab, Site::B, &v.spec).into_iter().map(|(k, _)| k).collect()).collect();
+    assert!(on_b.iter().all(|m| m.contains(&key)), "generation {key} is not on every member on site-b: {on_b:?}");
+    let newest_common = on_a.iter().filter(|(k, _)| on_b.iter().all(|m| m.contains(k))).map(|(_, t)| *t).max();
+    assert!(
+        newest_common.is_some_and(|t| t - named <= 35),
+        "Info names the generation of {named}; site-b holds one of {newest_common:?} on every member"
+    );
     for v in &vols {
         assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true));
     }
@@ -724,4 +740,21 @@ async fn the_peer_sees_members_join_and_leave_through_its_index() {
 
     group_disable(&mut c, &lab, &gid).await.expect("disable");
     retire_group(&mut ga, &lab, &gid, &vols).await;
+}
+
+/// Ceph's view of the group snapshots a member holds on a site: (the group
+/// snapshot's ID, the same on every member and site; Unix seconds).
+fn group_snapshots(lab: &Lab, s: Site, spec: &str) -> Vec<(String, i64)> {
+    use rbd_addons::ceph::{Image, IoCtx, SnapKind};
+    let cluster = connect(lab, s);
+    let io = IoCtx::open(&cluster, lab.pool_id(s), "").expect("open the pool");
+    let name = spec.rsplit('/').next().unwrap();
+    let image = Image::open_read_only(&io, name).expect("open the member");
+    let snaps = image.snapshots().expect("list snapshots");
+    snaps
+        .iter()
+        .filter(|s| s.kind == SnapKind::Group)
+        // A snapshot pruned since the listing has no time: left out.
+        .filter_map(|s| Some((s.name.rsplit('_').next()?.to_owned(), image.snap_timestamp(s.id).ok()?)))
+        .collect()
 }
