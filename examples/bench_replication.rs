@@ -115,13 +115,13 @@ fn librbd_fail_over(lab: &Value, specs: &[String], from: &str, to: &str) -> (Dur
 /// then every Promote at once on `to`. A promote answered UNAVAILABLE (the
 /// peer's rbd-mirror still held the image when the server's own retries
 /// ran out) is sent again a second later, as the controller requeues it.
-/// Returns (demotes, total, promotes sent again).
+/// Returns (demotes, total, how many times each promote was sent again).
 async fn server_fail_over(
     from: &ControllerClient<tonic::transport::Channel>,
     to: &ControllerClient<tonic::transport::Channel>,
     ids: &[String],
     secrets: &HashMap<String, String>,
-) -> (Duration, Duration, usize) {
+) -> (Duration, Duration, Vec<usize>) {
     let started = Instant::now();
     let demotes: Vec<_> = ids
         .iter()
@@ -158,9 +158,9 @@ async fn server_fail_over(
             })
         })
         .collect();
-    let mut again = 0;
+    let mut again = Vec::with_capacity(promotes.len());
     for t in promotes {
-        again += usize::from(t.await.unwrap() > 0);
+        again.push(t.await.unwrap());
     }
     (demoted, started.elapsed(), again)
 }
@@ -514,12 +514,16 @@ async fn at_scale(lab: &Value, volumes: usize) {
     wait_replaying(conf_b, pool, &specs).await;
     println!("site-b's rbd-mirror replays all {volumes} after {:.1} s more", started.elapsed().as_secs_f64());
 
-    let (server_demoted, server_total, sent_again) = server_fail_over(&client, &client_b, &ids, &secrets).await;
+    let (server_demoted, server_total, again) = server_fail_over(&client, &client_b, &ids, &secrets).await;
+    let sent_again = again.iter().filter(|&&n| n > 0).count();
+    let more_than_once = again.iter().filter(|&&n| n > 1).count();
+    let most = again.iter().max().copied().unwrap_or(0);
     wait_replaying(conf, pool, &specs).await;
     let (librbd_demoted, librbd_total) = librbd_fail_over(lab, &specs, "b", "a");
     println!(
         "Failover of {volumes} volumes via the servers (a to b): {:.2} s (demotes {:.2} s), {:.1} ms per volume; \
-         {sent_again} promotes answered UNAVAILABLE and were sent again",
+         {sent_again} promotes answered UNAVAILABLE and were sent again, {more_than_once} more than once \
+         (at most {most} times)",
         server_total.as_secs_f64(),
         server_demoted.as_secs_f64(),
         server_total.as_secs_f64() * 1e3 / volumes as f64
@@ -529,6 +533,12 @@ async fn at_scale(lab: &Value, volumes: usize) {
         librbd_total.as_secs_f64(),
         librbd_demoted.as_secs_f64(),
         server_total.as_secs_f64() / librbd_total.as_secs_f64()
+    );
+    let ratio = server_total.as_secs_f64() / librbd_total.as_secs_f64();
+    println!(
+        "goal (issue 22): failover <= 0.7x librbd-16: {}; no promote answered UNAVAILABLE more than once: {}",
+        if ratio <= 0.7 { "met" } else { "NOT met" },
+        if more_than_once == 0 { "met" } else { "NOT met" }
     );
     println!(
         "server RSS after: site-a {} MiB, site-b {} MiB",
@@ -649,7 +659,7 @@ async fn main() {
     for (from, to) in sides {
         let (c_from, c_to) = if from == "a" { (&client, &client_b) } else { (&client_b, &client) };
         let (demoted, total, again) = server_fail_over(c_from, c_to, &ids[..volumes], &secrets).await;
-        sent_again += again;
+        sent_again += again.iter().filter(|&&n| n > 0).count();
         server_runs.push((demoted, total));
         librbd_runs.push(librbd_fail_over(&lab, &librbd_set, from, to));
         wait_replaying(&conf_of(from), &pool, &specs[..volumes]).await;

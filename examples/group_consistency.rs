@@ -2,8 +2,12 @@
 //! two-site lab. Prints figures and ratios:
 //!
 //!   scripts/lab.sh up
-//!   cargo build --release && cargo run --release --example group_consistency [CUTS] [--no-quiesce] [--load] [--kill]
+//!   cargo build --release && cargo run --release --example group_consistency [CUTS] [--members 3,10]
+//!       [--interval 5s] [--no-quiesce] [--load] [--kill]
 //!
+//! --members N,M,...: one series of CUTS cuts per group size (default 3).
+//! --interval: the `generationInterval` sent on Enable (default: none, the
+//!   server's default).
 //! --no-quiesce: the writer does not register librbd's quiesce watch (as an
 //!   application on krbd): it only cooperates on the exclusive lock.
 //! --load: two CPU busy loops (both cores) and a second writer on two other
@@ -21,15 +25,21 @@
 //! 1. Journal mode's write overhead: the interleaved writer (one 4 KiB write at
 //!    a time, each acknowledged before the next) on three unmirrored volumes,
 //!    then on three journal-mirrored volumes.
-//! 2. CUTS forced failovers at random instants (default 20): the writer runs
-//!    on site-a while the server takes a generation every 2 s; site-a is frozen
-//!    (SIGSTOP) and the group is force-promoted on site-b. Before the promote,
+//! 2. CUTS forced failovers at random instants (default 20) per group size:
+//!    the writer runs on site-a for 3 to 15 s while the server takes
+//!    generations; site-a is frozen (SIGSTOP) and the group is force-promoted
+//!    on site-b. Before the promote,
 //!    site-b's copies are read as they are: what a plain per-volume failover
 //!    hands the application (promoting each volume changes no data). After it,
 //!    the records must form a gap-free prefix.
-//! 3. The cost: bytes the revert rewrote (site-b's server log), the pause a
-//!    generation puts on writers (the writer's own latencies, and the group
-//!    snapshot's duration from site-a's server log).
+//! 3. Per group size, what it bought and cost: the group's RPO (the writes
+//!    lost at each cut, in time: from when the newest record kept was
+//!    acknowledged to the freeze), bytes the revert rewrote (site-b's server
+//!    log), the writer's stall per generation (its writes slower than 5x
+//!    their median, those within a second of each other counted as one
+//!    stall, beyond the median) and as a share of the time it wrote, the
+//!    group snapshot's duration (site-a's server log), and the OSDs'
+//!    snap-trim queues afterwards. For 10 members or more, issue 22's goals.
 
 #[path = "../tests/common/interleave.rs"]
 mod interleave;
@@ -38,10 +48,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use interleave::{CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on, revive_rbd_mirror};
+use interleave::{Acks, CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on, revive_rbd_mirror};
 use rbd_addons::ceph::{Cluster, ConnectOptions};
 use rbd_addons::proto::replication::controller_client::ControllerClient;
 use rbd_addons::proto::replication::replication_source::{Type, VolumeGroupSource};
@@ -85,14 +95,14 @@ impl Lab {
             ("userKey".into(), self.facts["key"].as_str().unwrap().into()),
         ])
     }
-    /// Three fresh images on site-a: (names, volume handles).
-    fn volumes(&self) -> (Vec<String>, Vec<String>) {
+    /// `count` fresh images on site-a: (names, volume handles).
+    fn volumes(&self, count: usize) -> (Vec<String>, Vec<String>) {
         let pool = self.facts["pool"].as_str().unwrap();
         let cluster = self.facts["cluster_id"].as_str().unwrap();
         let pool_id: i64 = self.site("a", "pool_id").parse().unwrap();
         let mut names = Vec::new();
         let mut ids = Vec::new();
-        for _ in 0..MEMBERS {
+        for _ in 0..count {
             let u = uuid();
             let name = format!("csi-vol-{u}");
             assert!(self.rbd("a", &["create", &format!("{pool}/{name}"), "--size", "256M"]));
@@ -239,10 +249,9 @@ impl Server {
         let all = std::fs::read(&self.log).unwrap_or_default();
         String::from_utf8_lossy(all.get(from as usize..).unwrap_or_default()).into_owned()
     }
-    /// Every number the server logged under `field`.
-    fn logged(&self, field: &str) -> Vec<f64> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+    /// Every number the server logged under `field` from byte `from` on.
+    fn logged_since(&self, field: &str, from: u64) -> Vec<f64> {
+        self.log_since(from)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter_map(|v| v["fields"][field].as_f64())
@@ -309,94 +318,210 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(((sorted.len() as f64 - 1.0) * p) as usize).copied().unwrap_or_default()
 }
 
-/// Runs the writer for `run_for` and returns how many records were acknowledged.
-fn write_for(cluster: Arc<Cluster>, pool_id: i64, names: Vec<String>, run_for: Duration) -> u64 {
+/// Runs the writer for `run_for`; returns how many records were
+/// acknowledged and the share of its time its slow writes took (see
+/// `slow_writes`).
+fn write_for(cluster: Arc<Cluster>, pool_id: i64, names: Vec<String>, run_for: Duration) -> (u64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
-    let w = arm_writer(cluster, pool_id, names, stop.clone(), written.clone(), None, true).start();
+    let acks: Acks = Arc::default();
+    let w = arm_writer(cluster, pool_id, names, stop.clone(), written.clone(), Some(acks.clone()), true).start();
     std::thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
     join_writer(w, Duration::from_secs(600));
-    written.load(Ordering::Relaxed)
+    let (wrote, slow) = slow_writes(&acks.lock().unwrap());
+    (written.load(Ordering::Relaxed), slow.as_secs_f64() / wrote.as_secs_f64().max(1e-9))
 }
 
-#[tokio::main]
-async fn main() {
-    let cuts: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
-    // The writer pauses for group snapshots (librbd's quiesce), as an
-    // application mapped with `rbd-nbd --quiesce` does; --no-quiesce measures
-    // one that does not.
-    let quiesce = !std::env::args().any(|a| a == "--no-quiesce");
-    let load = std::env::args().any(|a| a == "--load");
-    let kill = std::env::args().any(|a| a == "--kill");
-    let lab_dir = std::env::var("CEPHLAB_DIR").unwrap_or_else(|_| "/tmp/cephlab".into());
-    let lab = Lab {
-        facts: serde_json::from_str(
-            &std::fs::read_to_string(format!("{lab_dir}/lab.json")).expect("run scripts/lab.sh up"),
-        )
-        .unwrap(),
-    };
-    // RBD_ADDONS_BIN: another build of the server (an older commit, to
-    // compare); by default the one built beside this example.
-    let bin = std::env::var_os("RBD_ADDONS_BIN").map_or_else(
-        || std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("rbd-addons"),
-        PathBuf::from,
-    );
-    assert!(bin.exists(), "build the binary first: cargo build --release");
-    let dir = std::env::temp_dir().join(format!("rbd-addons-groupbench-{}", uuid()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (a, mut b) = (Server::start(&bin, &lab, "a", &dir), Server::start(&bin, &lab, "b", &dir));
-    let pool = lab.facts["pool"].as_str().unwrap().to_owned();
-    let pool_a: i64 = lab.site("a", "pool_id").parse().unwrap();
-    let pool_b: i64 = lab.site("b", "pool_id").parse().unwrap();
-    let (cluster_a, cluster_b) = (lab.connect("a"), lab.connect("b"));
-    let mut rep_a = ControllerClient::new(a.channel().await);
-    let mut rep_b = ControllerClient::new(b.channel().await);
-    let mut groups_a = GroupClient::new(a.channel().await);
+/// What one series of cuts (one group size) measured.
+#[derive(Default)]
+struct Series {
+    members: usize,
+    kept_all: bool,
+    /// Cuts where plain per-volume failover split the writer's records.
+    broken: usize,
+    lost_records: Vec<u64>,
+    /// Writes lost to the recovery point, in time: from the newest record
+    /// the group kept to the instant site-a froze (the RPO of that cut).
+    lost: Vec<Duration>,
+    promotes: Vec<Duration>,
+    attempts: Vec<usize>,
+    /// The writer's stall per generation taken while it wrote (see
+    /// `generation_stalls`).
+    stalls: Vec<Duration>,
+    /// All its slow writes, generations or not (see `slow_writes`).
+    slow: Duration,
+    written_for: Duration,
+    latencies: Vec<Duration>,
+    /// Group snapshots' durations (ms) from site-a's server log.
+    pauses: Vec<f64>,
+    reverted: Vec<f64>,
+    revived: usize,
+}
 
-    // 1. Journal mode's write overhead.
-    let (plain, _) = lab.volumes();
-    let plain_writes = write_for(cluster_a.clone(), pool_a, plain.clone(), Duration::from_secs(5));
-    let (journaled, _) = lab.volumes();
-    for n in &journaled {
-        assert!(lab.rbd("a", &["mirror", "image", "enable", &format!("{pool}/{n}"), "journal"]));
+impl Series {
+    fn cuts(&self) -> usize {
+        self.lost.len()
     }
-    let journal_writes = write_for(cluster_a.clone(), pool_a, journaled.clone(), Duration::from_secs(5));
-    println!(
-        "sequential 4 KiB writes: {:.0}/s unmirrored, {:.0}/s journal-mirrored (journal mode costs {:.2}x)",
-        plain_writes as f64 / 5.0,
-        journal_writes as f64 / 5.0,
-        plain_writes as f64 / journal_writes.max(1) as f64
-    );
-    lab.remove(&plain);
-    lab.remove(&journaled);
+    fn stall_share(&self) -> f64 {
+        self.stalls.iter().sum::<Duration>().as_secs_f64() / self.written_for.as_secs_f64().max(1e-9)
+    }
+    fn slow_share(&self) -> f64 {
+        self.slow.as_secs_f64() / self.written_for.as_secs_f64().max(1e-9)
+    }
+}
 
-    // 2. Forced failovers at random instants.
-    let _hog = load.then(|| CpuHog::start(2));
-    let busy_stop = Arc::new(AtomicBool::new(false));
-    let (busy, _) = lab.volumes();
-    let busy_writer = load.then(|| {
-        for n in &busy {
-            assert!(lab.rbd("a", &["mirror", "image", "enable", &format!("{pool}/{n}"), "journal"]));
+fn median_latency(acks: &[(Instant, Duration)]) -> Duration {
+    let mut sorted: Vec<Duration> = acks.iter().map(|a| a.1).collect();
+    sorted.sort();
+    percentile(&sorted, 0.5)
+}
+
+/// How long the writer wrote, and what its slow writes (over 5× its median
+/// latency, and at least 10 ms) held it beyond the median, whatever slowed
+/// them: the journal's own flushes and trims, the OSD, the CPU.
+fn slow_writes(acks: &[(Instant, Duration)]) -> (Duration, Duration) {
+    let (Some(first), Some(last)) = (acks.first(), acks.last()) else { return (Duration::ZERO, Duration::ZERO) };
+    let median = median_latency(acks);
+    let threshold = (median * 5).max(Duration::from_millis(10));
+    let slow = acks.iter().filter(|a| a.1 > threshold).map(|a| a.1 - median).sum();
+    (last.0 - (first.0 - first.1), slow)
+}
+
+/// One generation as site-a's server logged it: when it ended, and how long
+/// its fence posts and its group snapshot took.
+struct Generation {
+    group: String,
+    ended: SystemTime,
+    fence: Duration,
+    pause: Duration,
+}
+
+/// The generations site-a's server logged from byte `from` on.
+fn generations_logged(server: &Server, from: u64) -> Vec<Generation> {
+    server
+        .log_since(from)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "consistency generation taken")
+        .filter_map(|v| {
+            Some(Generation {
+                group: v["fields"]["group"].as_str()?.to_owned(),
+                ended: parse_utc(v["timestamp"].as_str()?)?,
+                fence: Duration::from_millis(v["fields"]["fence_ms"].as_u64().unwrap_or(0)),
+                pause: Duration::from_millis(v["fields"]["pause_ms"].as_u64()?),
+            })
+        })
+        .collect()
+}
+
+/// `2026-12-05T18:04:54.681643Z` as a time.
+fn parse_utc(t: &str) -> Option<SystemTime> {
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac: f64 = t.get(19..)?.trim_end_matches('Z').parse().unwrap_or(0.0);
+    // Days since 1970-01-01 of a proleptic Gregorian date.
+    let (y, m) = if m <= 2 { (y - 1, m + 12) } else { (y, m) };
+    let days = 365 * y + y / 4 - y / 100 + y / 400 + (153 * (m - 3) + 2) / 5 + d - 719469;
+    let secs = days * 86400 + h * 3600 + mi * 60 + s;
+    Some(UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_secs_f64(frac))
+}
+
+/// The writer's stall per generation of its group taken while it wrote:
+/// what its writes overlapping the generation (from its first fence post to
+/// the end of its group snapshot) took beyond its median latency. `clock`
+/// maps the writer's instants to wall-clock time.
+fn generation_stalls(
+    acks: &[(Instant, Duration)],
+    generations: &[Generation],
+    group: &str,
+    clock: (Instant, SystemTime),
+) -> Vec<Duration> {
+    let (Some(first), Some(last)) = (acks.first(), acks.last()) else { return Vec::new() };
+    let wall = |i: Instant| clock.1 + (i - clock.0);
+    let (from, to) = (wall(first.0 - first.1), wall(last.0));
+    let median = median_latency(acks);
+    generations
+        .iter()
+        .filter(|g| g.group == group)
+        .filter_map(|g| {
+            let start = g.ended.checked_sub(g.fence + g.pause)?;
+            (start >= from && g.ended <= to).then(|| {
+                acks.iter()
+                    .filter(|a| wall(a.0 - a.1) < g.ended && wall(a.0) > start)
+                    .map(|a| a.1.saturating_sub(median))
+                    .sum()
+            })
+        })
+        .collect()
+}
+
+/// The OSD's snap-trim queue on a site (snapshots removed but not trimmed
+/// yet), summed over its PGs; None when the mgr does not answer.
+fn snaptrim_queue(lab: &Lab, site: &str) -> Option<u64> {
+    let out = Command::new("timeout")
+        .args(["20", "ceph", "-c", &lab.site(site, "conf"), "pg", "dump", "pgs", "-f", "json"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let pgs = v["pg_stats"].as_array().or_else(|| v.as_array())?;
+    Some(pgs.iter().filter_map(|pg| pg["snaptrimq_len"].as_u64()).sum())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Everything one run of cuts needs.
+struct Bench<'l> {
+    lab: &'l Lab,
+    lab_dir: String,
+    dir: PathBuf,
+    a: Server,
+    b: Server,
+    rep_a: ControllerClient<Channel>,
+    rep_b: ControllerClient<Channel>,
+    groups_a: GroupClient<Channel>,
+    cluster_b: Arc<Cluster>,
+    pool: String,
+    pool_a: i64,
+    pool_b: i64,
+    quiesce: bool,
+    kill: bool,
+    /// `generationInterval` sent on Enable; None: the server's default.
+    interval: Option<String>,
+    rng: u64,
+    /// The writer's instants as wall-clock time (the server logs the latter).
+    clock: (Instant, SystemTime),
+}
+
+impl Bench<'_> {
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// `cuts` forced failovers of fresh groups of `members` volumes.
+    async fn series(&mut self, members: usize, cuts: usize) -> Series {
+        let mut s = Series { members, kept_all: true, ..Default::default() };
+        let (pauses_from, reverted_from) = (self.a.log_len(), self.b.log_len());
+        for round in 0..cuts {
+            self.cut(&mut s, round).await;
         }
-        // Its own client, apart from the cuts' writers (see below).
-        let (cluster, names, stop) = (lab.connect("a"), busy.clone(), busy_stop.clone());
-        std::thread::spawn(move || background_writer(cluster, pool_a, names, stop))
-    });
-    let mut rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let (mut kept_all, mut broken, mut lost, mut promotes, mut attempts_all) =
-        (true, 0usize, Vec::new(), Vec::new(), Vec::new());
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let mut revived = 0usize;
-    for round in 0..cuts {
-        let (names, ids) = lab.volumes();
-        let logs_from = (a.log_len(), b.log_len());
+        s.pauses = self.a.logged_since("pause_ms", pauses_from);
+        s.reverted = self.b.logged_since("reverted_bytes", reverted_from);
+        s
+    }
+
+    async fn cut(&mut self, s: &mut Series, round: usize) {
+        let lab = self.lab;
+        let pool = self.pool.clone();
+        let (names, ids) = lab.volumes(s.members);
+        let logs_from = (self.a.log_len(), self.b.log_len());
         let req = CreateVolumeGroupRequest {
             name: format!("bench-{}", uuid()),
             parameters: HashMap::from([
@@ -410,7 +535,7 @@ async fn main() {
         // blocklisted after the last thaw: the retry reconnects).
         let creating = Instant::now();
         let gid = loop {
-            match groups_a.create_volume_group(req.clone()).await {
+            match self.groups_a.create_volume_group(req.clone()).await {
                 Ok(r) => break r.into_inner().volume_group.unwrap().volume_group_id,
                 Err(e) if e.code() == tonic::Code::Unavailable && creating.elapsed() < Duration::from_secs(120) => {
                     println!("cut {round:2}: create group: {:?} {}", e.code(), e.message());
@@ -420,7 +545,11 @@ async fn main() {
             }
         };
         let enable = EnableVolumeReplicationRequest {
-            parameters: HashMap::from([("generationInterval".into(), "2s".into())]),
+            parameters: self
+                .interval
+                .iter()
+                .map(|i| ("generationInterval".to_owned(), i.clone()))
+                .collect(),
             secrets: lab.secrets(),
             replication_source: group(&gid),
             ..Default::default()
@@ -428,23 +557,24 @@ async fn main() {
         // The writer is armed before the first generation can quiesce its images.
         let stop = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
+        let acks: Acks = Arc::default();
         // Each cut's writer has its own client: once site-a is thawed,
         // site-a's server taking a generation may find the writer's lock
         // owner silent (its watch lapsed while frozen) and librbd then breaks
         // the lock and blocklists the owner's client.
         let armed = arm_writer(
             lab.connect("a"),
-            pool_a,
+            self.pool_a,
             names.clone(),
             stop.clone(),
             written.clone(),
-            Some(latencies.clone()),
-            quiesce,
+            Some(acks.clone()),
+            self.quiesce,
         );
         // Sent again after UNAVAILABLE or ABORTED, as the controller does.
         let enabling = Instant::now();
         loop {
-            match rep_a.enable_volume_replication(enable.clone()).await {
+            match self.rep_a.enable_volume_replication(enable.clone()).await {
                 Ok(_) => break,
                 Err(e)
                     if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Aborted)
@@ -459,12 +589,16 @@ async fn main() {
         for n in &names {
             let started = Instant::now();
             while !lab.rbd("b", &["info", &format!("{pool}/{n}")]) {
-                assert!(started.elapsed() < Duration::from_secs(60), "{n} never reached site-b");
+                // Slow after a cut: the forced promote blocklisted site-b's
+                // rbd-mirror client, and it restarts its replayers.
+                assert!(started.elapsed() < Duration::from_secs(180), "{n} never reached site-b");
                 std::thread::sleep(Duration::from_millis(250));
             }
         }
+        let writing_from = Instant::now();
         let w = armed.start();
-        tokio::time::sleep(Duration::from_millis(3000 + next() % 7000)).await;
+        let run_for = Duration::from_millis(3000 + self.next() % 12000);
+        tokio::time::sleep(run_for).await;
         // Cut only once the group has a recovery point on site-b (a generation
         // every member replayed): before that a forced promote refuses.
         let cut_on_b = Instant::now();
@@ -477,8 +611,9 @@ async fn main() {
         let frozen_at = Instant::now();
         stop.store(true, Ordering::Relaxed);
         let acked = written.load(Ordering::Relaxed);
-        let control = records_on(&cluster_b, pool_b, &names, acked + 64);
-        let before = ceph_view(&lab, &["b"], &names);
+        let acked_log: Vec<(Instant, Duration)> = acks.lock().unwrap().iter().take(acked as usize).copied().collect();
+        let control = records_on(&self.cluster_b, self.pool_b, &names, acked + 64);
+        let before = ceph_view(lab, &["b"], &names);
         let started = Instant::now();
         let promote = PromoteVolumeRequest {
             force: true,
@@ -493,21 +628,18 @@ async fn main() {
         let r = loop {
             attempts += 1;
             let call = {
-                let mut c = rep_b.clone();
+                let mut c = self.rep_b.clone();
                 let req = promote.clone();
                 tokio::spawn(async move { c.promote_volume(req).await })
             };
-            let r = if kill && killed_after.is_none() {
-                let after = Duration::from_millis(next() % 2500);
+            if self.kill && killed_after.is_none() {
+                let after = Duration::from_millis(self.next() % 2500);
                 tokio::time::sleep(after).await;
                 killed_after = Some(after);
-                b.kill_and_restart();
-                rep_b = ControllerClient::new(b.channel().await);
-                call.await.unwrap()
-            } else {
-                call.await.unwrap()
-            };
-            match r {
+                self.b.kill_and_restart();
+                self.rep_b = ControllerClient::new(self.b.channel().await);
+            }
+            match call.await.unwrap() {
                 Ok(_) => break Ok(()),
                 Err(e)
                     if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::Unknown)
@@ -519,14 +651,13 @@ async fn main() {
                 Err(e) => break Err(e),
             }
         };
-        promotes.push(started.elapsed());
-        attempts_all.push(attempts);
-        let after = records_on(&cluster_b, pool_b, &names, acked + 64);
+        let promoted_in = started.elapsed();
+        let after = records_on(&self.cluster_b, self.pool_b, &names, acked + 64);
         // Nothing may change a member once the promote answered: no replayer
         // still applying what it had fetched.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let later = records_on(&cluster_b, pool_b, &names, acked + 64);
-        let after_view = ceph_view(&lab, &["b"], &names);
+        let later = records_on(&self.cluster_b, self.pool_b, &names, acked + 64);
+        let after_view = ceph_view(lab, &["b"], &names);
         signal(&pids, libc::SIGCONT);
         heal_lone_osd(&lab.site("a", "conf"), frozen_at.elapsed());
         // A promote that took a member from site-b's rbd-mirror blocklisted
@@ -537,18 +668,34 @@ async fn main() {
             c.arg(secs.to_string()).arg(prog);
             c
         };
-        if revive_rbd_mirror(&lab_dir, "b", &release, &plain) {
-            revived += 1;
+        if revive_rbd_mirror(&self.lab_dir, "b", &release, &plain) {
+            s.revived += 1;
         }
         let prefix = after.iter().next_back().copied().unwrap_or(0);
         let whole = first_gap(&after).is_none() && after == later && prefix <= acked + 1;
         let ok = r.is_ok() && whole;
-        kept_all &= ok;
-        broken += usize::from(first_gap(&control).is_some());
-        lost.push(acked.saturating_sub(prefix));
+        s.kept_all &= ok;
+        s.broken += usize::from(first_gap(&control).is_some());
+        s.lost_records.push(acked.saturating_sub(prefix));
+        // The recovery point: when the newest record kept was acknowledged
+        // (the writer's start when none was).
+        let lost = if prefix >= acked {
+            Duration::ZERO
+        } else {
+            frozen_at - prefix.checked_sub(1).map_or(writing_from, |i| acked_log[i as usize].0)
+        };
+        s.lost.push(lost);
+        s.promotes.push(promoted_in);
+        s.attempts.push(attempts);
+        let (wrote, slow) = slow_writes(&acked_log);
+        s.written_for += wrote;
+        s.slow += slow;
+        s.stalls.extend(generation_stalls(&acked_log, &generations_logged(&self.a, logs_from.0), &gid, self.clock));
+        s.latencies.extend(acked_log.iter().map(|a| a.1));
         println!(
-            "cut {round:2}: {acked:5} acknowledged, per-volume failover {}, group failover {} (prefix 1..{prefix}, {:.1}s, \
-             {attempts} attempt(s){})",
+            "cut {round:2}: {} members, {acked:5} acknowledged, per-volume failover {}, group failover {} (prefix \
+             1..{prefix}, {:.1}s of writes lost, promote {:.1}s, {attempts} attempt(s){})",
+            s.members,
             first_gap(&control).map_or("consistent".to_owned(), |g| format!("BROKEN (record {g} missing)")),
             match (&r, whole) {
                 (Ok(()), true) => "consistent".to_owned(),
@@ -557,16 +704,17 @@ async fn main() {
                 (Ok(()), false) => format!("SPLIT (record {:?} missing)", first_gap(&after)),
                 (Err(e), _) => format!("FAILED ({:?}: {})", e.code(), e.message()),
             },
-            promotes.last().unwrap().as_secs_f64(),
+            lost.as_secs_f64(),
+            promoted_in.as_secs_f64(),
             killed_after.map_or(String::new(), |k| format!(", server killed {:.1}s in", k.as_secs_f64())),
         );
-        let cut_dir = dir.join(format!("cut-{round:02}"));
+        let cut_dir = self.dir.join(format!("cut-{}-{round:02}", s.members));
         std::fs::create_dir_all(&cut_dir).unwrap();
-        std::fs::write(cut_dir.join("a.log"), a.log_since(logs_from.0)).unwrap();
-        std::fs::write(cut_dir.join("b.log"), b.log_since(logs_from.1)).unwrap();
+        std::fs::write(cut_dir.join("a.log"), self.a.log_since(logs_from.0)).unwrap();
+        std::fs::write(cut_dir.join("b.log"), self.b.log_since(logs_from.1)).unwrap();
         std::fs::write(cut_dir.join("ceph-before-promote.txt"), before).unwrap();
         std::fs::write(cut_dir.join("ceph-after-promote.txt"), after_view).unwrap();
-        std::fs::write(cut_dir.join("ceph-after-thaw.txt"), ceph_view(&lab, &["a", "b"], &names)).unwrap();
+        std::fs::write(cut_dir.join("ceph-after-thaw.txt"), ceph_view(lab, &["a", "b"], &names)).unwrap();
         std::fs::write(
             cut_dir.join("records.txt"),
             format!("acknowledged {acked}\ncontrol {:?}\nafter {:?}\nlater {:?}\n", control.len(), after, later),
@@ -585,13 +733,209 @@ async fn main() {
         }
         if w.is_finished() {
             w.join().ok();
+            lab.remove(&names);
         } else {
             println!(
                 "cut {round:2}: the writer still closes its images 120 s after the thaw (client blocklisted?); left behind"
             );
-            continue;
         }
-        lab.remove(&names);
+    }
+}
+
+fn report(s: &Series, quiesce: bool, load: bool, kill: bool, interval: &str) {
+    let cuts = s.cuts();
+    let mut lost = s.lost.clone();
+    lost.sort();
+    let mut lost_records = s.lost_records.clone();
+    lost_records.sort();
+    let mut promotes = s.promotes.clone();
+    promotes.sort();
+    let mut attempts = s.attempts.clone();
+    attempts.sort();
+    let mut stalls = s.stalls.clone();
+    stalls.sort();
+    let mut l = s.latencies.clone();
+    l.sort();
+    let mut p = s.pauses.clone();
+    p.sort_by(|x, y| x.total_cmp(y));
+    let mut reverted = s.reverted.clone();
+    reverted.sort_by(|x, y| x.total_cmp(y));
+    println!(
+        "\n{} members, generationInterval {interval}: {cuts} forced failovers at random instants, the writer {} \
+         librbd's quiesce{}{}:",
+        s.members,
+        if quiesce { "honouring" } else { "ignoring" },
+        if load { ", both cores busy and a second writer on the pool" } else { "" },
+        if kill { ", site-b's server SIGKILLed during each promote" } else { "" },
+    );
+    println!("  promote attempts until OK (median / max): {} / {}", attempts[cuts / 2], attempts[cuts - 1]);
+    println!(
+        "  group failover kept a gap-free prefix: {}; plain per-volume failover broke it in {} of {cuts} ({:.0}%)",
+        if s.kept_all { "every time" } else { "NOT every time" },
+        s.broken,
+        100.0 * s.broken as f64 / cuts as f64
+    );
+    println!(
+        "  group RPO, writes lost at the forced failover (median / max): {:.1} s / {:.1} s ({} / {} records); \
+         forced group promote (median / max): {:.1} s / {:.1} s",
+        lost[cuts / 2].as_secs_f64(),
+        lost[cuts - 1].as_secs_f64(),
+        lost_records[cuts / 2],
+        lost_records[cuts - 1],
+        promotes[cuts / 2].as_secs_f64(),
+        promotes[cuts - 1].as_secs_f64()
+    );
+    println!(
+        "  revert rewrote (median / max per failover): {:.1} MiB / {:.1} MiB",
+        reverted.get(reverted.len() / 2).copied().unwrap_or(0.0) / 1048576.0,
+        reverted.last().copied().unwrap_or(0.0) / 1048576.0
+    );
+    println!(
+        "  generations: {} taken; group snapshot (write barrier) median {:.0} ms, max {:.0} ms",
+        p.len(),
+        p.get(p.len() / 2).copied().unwrap_or(0.0),
+        p.last().copied().unwrap_or(0.0)
+    );
+    println!(
+        "  writer's stall per generation (p50 / p99 / max): {:.0} / {:.0} / {:.0} ms over {} generations; {:.2}% of \
+         {:.0} s of writing (all its slow writes, generations or not: {:.2}%)",
+        ms(percentile(&stalls, 0.5)),
+        ms(percentile(&stalls, 0.99)),
+        ms(percentile(&stalls, 1.0)),
+        stalls.len(),
+        100.0 * s.stall_share(),
+        s.written_for.as_secs_f64(),
+        100.0 * s.slow_share()
+    );
+    println!(
+        "  writer latency: p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms",
+        ms(percentile(&l, 0.5)),
+        ms(percentile(&l, 0.99)),
+        ms(percentile(&l, 1.0)),
+    );
+    println!("  site-b's rbd-mirror restarted after {} of {cuts} cuts (deadlocked after a lock break)", s.revived);
+}
+
+/// Issue 22's goals for a 10-member group at the default interval.
+fn verdict(s: &Series) {
+    let mut lost = s.lost.clone();
+    lost.sort();
+    let mut stalls = s.stalls.clone();
+    stalls.sort();
+    let cuts = s.cuts();
+    let goals = [
+        ("group RPO median <= 10 s", lost[cuts / 2] <= Duration::from_secs(10)),
+        ("group RPO max <= 15 s", lost[cuts - 1] <= Duration::from_secs(15)),
+        ("writer's stall <= 2% of wall time", s.stall_share() <= 0.02),
+        ("writer's stall p99 <= 150 ms", percentile(&stalls, 0.99) <= Duration::from_millis(150)),
+        ("every cut consistent", s.kept_all),
+    ];
+    for (goal, met) in goals {
+        println!("  goal ({} members): {goal}: {}", s.members, if met { "met" } else { "NOT met" });
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let cuts: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    // --members 3,10: one series of cuts per group size.
+    let sizes: Vec<usize> = value_of("--members")
+        .map_or_else(|| vec![MEMBERS], |v| v.split(',').map(|n| n.parse().expect("--members 3,10")).collect());
+    let interval = value_of("--interval");
+    // The writer pauses for group snapshots (librbd's quiesce), as an
+    // application mapped with `rbd-nbd --quiesce` does; --no-quiesce measures
+    // one that does not.
+    let quiesce = !args.iter().any(|a| a == "--no-quiesce");
+    let load = args.iter().any(|a| a == "--load");
+    let kill = args.iter().any(|a| a == "--kill");
+    let lab_dir = std::env::var("CEPHLAB_DIR").unwrap_or_else(|_| "/tmp/cephlab".into());
+    let lab = Lab {
+        facts: serde_json::from_str(
+            &std::fs::read_to_string(format!("{lab_dir}/lab.json")).expect("run scripts/lab.sh up"),
+        )
+        .unwrap(),
+    };
+    // RBD_ADDONS_BIN: another build of the server (an older commit, to
+    // compare); by default the one built beside this example.
+    let bin = std::env::var_os("RBD_ADDONS_BIN").map_or_else(
+        || std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("rbd-addons"),
+        PathBuf::from,
+    );
+    assert!(bin.exists(), "build the binary first: cargo build --release");
+    let dir = std::env::temp_dir().join(format!("rbd-addons-groupbench-{}", uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (Server::start(&bin, &lab, "a", &dir), Server::start(&bin, &lab, "b", &dir));
+    let pool = lab.facts["pool"].as_str().unwrap().to_owned();
+    let pool_a: i64 = lab.site("a", "pool_id").parse().unwrap();
+    let pool_b: i64 = lab.site("b", "pool_id").parse().unwrap();
+    let cluster_a = lab.connect("a");
+
+    // 1. Journal mode's write overhead.
+    let (plain, _) = lab.volumes(MEMBERS);
+    let (plain_writes, _) = write_for(cluster_a.clone(), pool_a, plain.clone(), Duration::from_secs(5));
+    let (journaled, _) = lab.volumes(MEMBERS);
+    for n in &journaled {
+        assert!(lab.rbd("a", &["mirror", "image", "enable", &format!("{pool}/{n}"), "journal"]));
+    }
+    let (journal_writes, journal_slow) =
+        write_for(cluster_a.clone(), pool_a, journaled.clone(), Duration::from_secs(5));
+    println!(
+        "sequential 4 KiB writes: {:.0}/s unmirrored, {:.0}/s journal-mirrored (journal mode costs {:.2}x; slow \
+         writes took {:.2}% of the journal-mirrored writer's time with no group at all)",
+        plain_writes as f64 / 5.0,
+        journal_writes as f64 / 5.0,
+        plain_writes as f64 / journal_writes.max(1) as f64,
+        100.0 * journal_slow
+    );
+    lab.remove(&plain);
+    lab.remove(&journaled);
+
+    // 2. Forced failovers at random instants.
+    let _hog = load.then(|| CpuHog::start(2));
+    let busy_stop = Arc::new(AtomicBool::new(false));
+    let (busy, _) = lab.volumes(MEMBERS);
+    let busy_writer = load.then(|| {
+        for n in &busy {
+            assert!(lab.rbd("a", &["mirror", "image", "enable", &format!("{pool}/{n}"), "journal"]));
+        }
+        // Its own client, apart from the cuts' writers (see below).
+        let (cluster, names, stop) = (lab.connect("a"), busy.clone(), busy_stop.clone());
+        std::thread::spawn(move || background_writer(cluster, pool_a, names, stop))
+    });
+    let rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut bench = Bench {
+        rep_a: ControllerClient::new(a.channel().await),
+        rep_b: ControllerClient::new(b.channel().await),
+        groups_a: GroupClient::new(a.channel().await),
+        cluster_b: lab.connect("b"),
+        lab: &lab,
+        lab_dir,
+        dir: dir.clone(),
+        a,
+        b,
+        pool: pool.clone(),
+        pool_a,
+        pool_b,
+        quiesce,
+        kill,
+        interval: interval.clone(),
+        rng,
+        clock: (Instant::now(), SystemTime::now()),
+    };
+    // 3. What it cost and bought, after each series.
+    let shown_interval = interval.clone().unwrap_or_else(|| "the server's default".to_owned());
+    let mut series = Vec::new();
+    for &members in &sizes {
+        let s = bench.series(members, cuts).await;
+        report(&s, quiesce, load, kill, &shown_interval);
+        println!(
+            "  OSD snap-trim queue (snapshots to trim, summed over PGs) after the series: site-a {:?}, site-b {:?}",
+            snaptrim_queue(&lab, "a"),
+            snaptrim_queue(&lab, "b")
+        );
+        series.push(s);
     }
     busy_stop.store(true, Ordering::Relaxed);
     if let Some(w) = busy_writer {
@@ -599,60 +943,11 @@ async fn main() {
     }
     lab.remove(&busy);
 
-    // 3. What it cost.
-    let mut l = latencies.lock().unwrap().clone();
-    l.sort();
-    let pauses = a.logged("pause_ms");
-    let reverted = b.logged("reverted_bytes");
-    let max_pause = pauses.iter().copied().fold(0.0, f64::max);
-    let mut p = pauses.clone();
-    p.sort_by(|x, y| x.total_cmp(y));
-    lost.sort();
-    promotes.sort();
-    println!(
-        "\n{cuts} forced failovers at random instants, the writer {} librbd's quiesce{}{}:",
-        if quiesce { "honouring" } else { "ignoring" },
-        if load { ", both cores busy and a second writer on the pool" } else { "" },
-        if kill { ", site-b's server SIGKILLed during each promote" } else { "" },
-    );
-    attempts_all.sort();
-    println!(
-        "  promote attempts until OK (median / max): {} / {}",
-        attempts_all[attempts_all.len() / 2],
-        attempts_all.last().unwrap()
-    );
-    println!(
-        "  group failover kept a gap-free prefix: {}; plain per-volume failover broke it in {broken} of {cuts} ({:.0}%)",
-        if kept_all { "every time" } else { "NOT every time" },
-        100.0 * broken as f64 / cuts as f64
-    );
-    println!(
-        "  records lost to the recovery point (median / max): {} / {}; forced group promote (median / max): {:.1}s / {:.1}s",
-        lost[lost.len() / 2],
-        lost.last().unwrap(),
-        promotes[promotes.len() / 2].as_secs_f64(),
-        promotes.last().unwrap().as_secs_f64()
-    );
-    println!(
-        "  revert rewrote (median / max per failover): {:.1} MiB / {:.1} MiB",
-        reverted.get(reverted.len() / 2).copied().unwrap_or(0.0) / 1048576.0,
-        reverted.iter().copied().fold(0.0, f64::max) / 1048576.0
-    );
-    println!(
-        "  generations: {} taken; group snapshot (write barrier) median {:.0} ms, max {:.0} ms",
-        pauses.len(),
-        p.get(p.len() / 2).copied().unwrap_or(0.0),
-        max_pause
-    );
-    println!(
-        "  writer latency: p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms (max/p50 = {:.0}x)",
-        percentile(&l, 0.5).as_secs_f64() * 1e3,
-        percentile(&l, 0.99).as_secs_f64() * 1e3,
-        percentile(&l, 1.0).as_secs_f64() * 1e3,
-        percentile(&l, 1.0).as_secs_f64() / percentile(&l, 0.5).as_secs_f64().max(1e-9)
-    );
-    println!("  site-b's rbd-mirror restarted after {revived} of {cuts} cuts (deadlocked after a lock break)");
-    if kept_all {
+    println!();
+    for s in series.iter().filter(|s| s.members >= 10) {
+        verdict(s);
+    }
+    if series.iter().all(|s| s.kept_all) {
         std::fs::remove_dir_all(&dir).ok();
     } else {
         println!("  evidence of the failed cuts: {}", dir.display());

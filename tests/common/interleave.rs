@@ -17,6 +17,10 @@ use rbd_addons::ceph::{Cluster, Image, IoCtx, QuiesceWatch, WriteGate};
 use serde_json::Value;
 
 pub const MEMBERS: usize = 3;
+/// Every acknowledged record's (instant acknowledged, write latency), record
+/// k at index k - 1: what the RPO in seconds and the writer's stalls are
+/// measured from.
+pub type Acks = Arc<Mutex<Vec<(Instant, Duration)>>>;
 const RECORD: usize = 4096;
 const MAGIC: &[u8; 8] = b"RBDADDRC";
 
@@ -32,8 +36,9 @@ fn check(k: u64, member: usize) -> u64 {
     k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (member as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
 }
 
-fn place(k: u64) -> (usize, u64) {
-    ((k % MEMBERS as u64) as usize, (k / MEMBERS as u64) * RECORD as u64)
+/// Record k's member and offset, in a group of `members`.
+fn place(k: u64, members: usize) -> (usize, u64) {
+    ((k % members as u64) as usize, (k / members as u64) * RECORD as u64)
 }
 
 /// The records present on a site: every valid record in every member.
@@ -42,7 +47,7 @@ pub fn records_on(cluster: &Arc<Cluster>, pool_id: i64, images: &[String], upto:
     let mut found = BTreeSet::new();
     for (member, name) in images.iter().enumerate() {
         let image = Image::open_read_only(&io, name).expect("open member read-only");
-        let blocks = upto / MEMBERS as u64 + 2;
+        let blocks = upto / images.len() as u64 + 2;
         let mut buf = vec![0u8; (blocks as usize) * RECORD];
         image.read_at(0, &mut buf).expect("read member");
         for block in buf.chunks(RECORD) {
@@ -51,7 +56,7 @@ pub fn records_on(cluster: &Arc<Cluster>, pool_id: i64, images: &[String], upto:
             }
             let k = u64::from_le_bytes(block[8..16].try_into().unwrap());
             let sum = u64::from_le_bytes(block[16..24].try_into().unwrap());
-            if sum == check(k, member) && place(k).0 == member {
+            if sum == check(k, member) && place(k, images.len()).0 == member {
                 found.insert(k);
             }
         }
@@ -89,14 +94,14 @@ pub fn arm_writer(
     images: Vec<String>,
     stop: Arc<AtomicBool>,
     written: Arc<AtomicU64>,
-    latencies: Option<Arc<Mutex<Vec<Duration>>>>,
+    acks: Option<Acks>,
     honour_quiesce: bool,
 ) -> ArmedWriter {
     let (ready_tx, ready_rx) = sync_channel(1);
     let (go_tx, go_rx) = sync_channel(1);
     let arming = Arming { ready: ready_tx, go: go_rx };
     let thread =
-        std::thread::spawn(move || writer(cluster, pool_id, images, stop, written, latencies, honour_quiesce, arming));
+        std::thread::spawn(move || writer(cluster, pool_id, images, stop, written, acks, honour_quiesce, arming));
     ready_rx.recv_timeout(Duration::from_secs(60)).expect("the writer did not open its images within 60 s");
     ArmedWriter { go: go_tx, thread }
 }
@@ -110,7 +115,8 @@ impl ArmedWriter {
 }
 
 /// Writes records 1, 2, 3, ... until stopped or cut off, each after the last
-/// was acknowledged; `latencies`, when given, receives every write's time.
+/// was acknowledged; `acks`, when given, receives every record's
+/// acknowledgement.
 /// With `honour_quiesce` it pauses while librbd snapshots a group, as an
 /// application mapped with `rbd-nbd --quiesce` does; without, librbd cannot
 /// pause it and a group snapshot may split one of its instants. It says
@@ -123,7 +129,7 @@ fn writer(
     images: Vec<String>,
     stop: Arc<AtomicBool>,
     written: Arc<AtomicU64>,
-    latencies: Option<Arc<Mutex<Vec<Duration>>>>,
+    acks: Option<Acks>,
     honour_quiesce: bool,
     arming: Arming,
 ) -> u64 {
@@ -140,7 +146,7 @@ fn writer(
     let go = arming.ready.send(()).is_ok() && arming.go.recv().is_ok();
     let mut k = 1u64;
     while go && !stop.load(Ordering::Relaxed) {
-        let (member, offset) = place(k);
+        let (member, offset) = place(k, handles.len());
         // A quiesce pause counts in the write's latency: the application waits.
         let started = Instant::now();
         let pass = gate.enter();
@@ -148,12 +154,8 @@ fn writer(
             break; // the site was cut off
         }
         drop(pass);
-        // A write that was stuck while the site was cut off measures the cut,
-        // not the writer's pauses.
-        if let Some(l) = &latencies
-            && !stop.load(Ordering::Relaxed)
-        {
-            l.lock().unwrap().push(started.elapsed());
+        if let Some(a) = &acks {
+            a.lock().unwrap().push((Instant::now(), started.elapsed()));
         }
         written.store(k, Ordering::Relaxed);
         k += 1;
@@ -283,9 +285,13 @@ impl Drop for CpuHog {
 }
 
 /// Whether site `site` (`a` or `b`) of the lab in `lab_dir` has an rbd-mirror
-/// daemon that answers on its admin socket. Its status command takes the
-/// lock its pool replayer restarts hold, so a daemon deadlocked in such a
-/// restart does not answer. `tool(secs, program)` builds a bounded command
+/// daemon that answers on its admin socket and leads its pools (a site's only
+/// daemon must). Its status command takes the lock its pool replayer
+/// restarts hold, so a daemon deadlocked in such a restart does not answer;
+/// one whose client was blocklisted may answer yet never restart its pool
+/// replayer (seen: its image replayers "Stopping" for minutes, nothing
+/// replicated), and then it leads nothing, or it still says it leads but its
+/// client's watch on the pool's `rbd_mirror_leader` object is gone. `tool(secs, program)` builds a bounded command
 /// (inside the release's root, where the lab has one).
 pub fn rbd_mirror_answers(lab_dir: &str, site: &str, tool: &dyn Fn(u32, &str) -> Command) -> bool {
     let run = format!("{lab_dir}/{site}/run");
@@ -306,10 +312,20 @@ pub fn rbd_mirror_answers(lab_dir: &str, site: &str, tool: &dyn Fn(u32, &str) ->
         .map(|n| format!("{run}/{n}"))
         .collect();
     sockets.iter().any(|sock| {
-        tool(10, "ceph")
-            .args(["--admin-daemon", sock, "rbd", "mirror", "status", "-f", "json"])
-            .output()
-            .is_ok_and(|o| o.status.success())
+        let Ok(out) = tool(10, "ceph").args(["--admin-daemon", sock, "rbd", "mirror", "status", "-f", "json"]).output()
+        else {
+            return false;
+        };
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let leads = |p: &Value| {
+            let (Some(pool), Some(instance)) = (p["pool"].as_str(), p["instance_id"].as_str()) else { return false };
+            let watchers = tool(10, "rados")
+                .args(["-c", &format!("{lab_dir}/{site}/ceph.conf"), "-p", pool, "listwatchers", "rbd_mirror_leader"])
+                .output();
+            p["leader"] == true
+                && watchers.is_ok_and(|w| String::from_utf8_lossy(&w.stdout).contains(&format!(" client.{instance} ")))
+        };
+        out.status.success() && status["pool_replayers"].as_array().is_some_and(|pools| !pools.is_empty() && pools.iter().all(leads))
     })
 }
 
@@ -327,7 +343,7 @@ pub fn revive_rbd_mirror(lab_dir: &str, site: &str, release: &str, tool: &dyn Fn
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    println!("site-{site}'s rbd-mirror does not answer 30 s after the freeze: restarting it");
+    println!("site-{site}'s rbd-mirror does not answer or leads no pool 30 s after the freeze: restarting it");
     let out = Command::new("scripts/lab.sh")
         .args(["restart-mirror", site, "--release", release])
         .env("CEPHLAB_DIR", lab_dir)
