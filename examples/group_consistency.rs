@@ -47,11 +47,13 @@ mod interleave;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use interleave::{Acks, CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on, revive_rbd_mirror};
+use interleave::{
+    Acks, CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on, revive_rbd_mirror,
+};
 use rbd_addons::ceph::{Cluster, ConnectOptions};
 use rbd_addons::proto::replication::controller_client::ControllerClient;
 use rbd_addons::proto::replication::replication_source::{Type, VolumeGroupSource};
@@ -545,11 +547,7 @@ impl Bench<'_> {
             }
         };
         let enable = EnableVolumeReplicationRequest {
-            parameters: self
-                .interval
-                .iter()
-                .map(|i| ("generationInterval".to_owned(), i.clone()))
-                .collect(),
+            parameters: self.interval.iter().map(|i| ("generationInterval".to_owned(), i.clone())).collect(),
             secrets: lab.secrets(),
             replication_source: group(&gid),
             ..Default::default()

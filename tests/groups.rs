@@ -337,7 +337,8 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     let named = info.last_sync_time.unwrap().seconds;
     let on_a = group_snapshots(&lab, Site::A, &vols[0].spec);
     let key = on_a.iter().find(|(_, t)| *t == named).map(|(k, _)| k.clone());
-    let key = key.unwrap_or_else(|| panic!("no generation of {} on site-a was taken at {named}: {on_a:?}", vols[0].spec));
+    let key =
+        key.unwrap_or_else(|| panic!("no generation of {} on site-a was taken at {named}: {on_a:?}", vols[0].spec));
     let on_b: Vec<Vec<String>> =
         vols.iter().map(|v| group_snapshots(&lab, Site::B, &v.spec).into_iter().map(|(k, _)| k).collect()).collect();
     assert!(on_b.iter().all(|m| m.contains(&key)), "generation {key} is not on every member on site-b: {on_b:?}");

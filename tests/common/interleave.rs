@@ -285,13 +285,15 @@ impl Drop for CpuHog {
 }
 
 /// Whether site `site` (`a` or `b`) of the lab in `lab_dir` has an rbd-mirror
-/// daemon that answers on its admin socket and leads its pools (a site's only
-/// daemon must). Its status command takes the lock its pool replayer
-/// restarts hold, so a daemon deadlocked in such a restart does not answer;
-/// one whose client was blocklisted may answer yet never restart its pool
-/// replayer (seen: its image replayers "Stopping" for minutes, nothing
-/// replicated), and then it leads nothing, or it still says it leads but its
-/// client's watch on the pool's `rbd_mirror_leader` object is gone. `tool(secs, program)` builds a bounded command
+/// daemon that answers on its admin socket with pool replayers whose clients
+/// are alive. Its status command takes the lock its pool replayer restarts
+/// hold, so a daemon deadlocked in such a restart does not answer; one whose
+/// client was blocklisted may answer yet never restart its pool replayer
+/// (seen: its image replayers "Stopping" for minutes, nothing replicated,
+/// the status saying it leads or not). Every instance watches the pool's
+/// `rbd_mirror_leader` object, leader or not, and a blocklisted client's
+/// watch is gone: a replayer restarted on a new client is alive even before
+/// it leads again. `tool(secs, program)` builds a bounded command
 /// (inside the release's root, where the lab has one).
 pub fn rbd_mirror_answers(lab_dir: &str, site: &str, tool: &dyn Fn(u32, &str) -> Command) -> bool {
     let run = format!("{lab_dir}/{site}/run");
@@ -317,15 +319,15 @@ pub fn rbd_mirror_answers(lab_dir: &str, site: &str, tool: &dyn Fn(u32, &str) ->
             return false;
         };
         let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let leads = |p: &Value| {
+        let alive = |p: &Value| {
             let (Some(pool), Some(instance)) = (p["pool"].as_str(), p["instance_id"].as_str()) else { return false };
             let watchers = tool(10, "rados")
                 .args(["-c", &format!("{lab_dir}/{site}/ceph.conf"), "-p", pool, "listwatchers", "rbd_mirror_leader"])
                 .output();
-            p["leader"] == true
-                && watchers.is_ok_and(|w| String::from_utf8_lossy(&w.stdout).contains(&format!(" client.{instance} ")))
+            watchers.is_ok_and(|w| String::from_utf8_lossy(&w.stdout).contains(&format!(" client.{instance} ")))
         };
-        out.status.success() && status["pool_replayers"].as_array().is_some_and(|pools| !pools.is_empty() && pools.iter().all(leads))
+        out.status.success()
+            && status["pool_replayers"].as_array().is_some_and(|pools| !pools.is_empty() && pools.iter().all(alive))
     })
 }
 
@@ -343,7 +345,7 @@ pub fn revive_rbd_mirror(lab_dir: &str, site: &str, release: &str, tool: &dyn Fn
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    println!("site-{site}'s rbd-mirror does not answer or leads no pool 30 s after the freeze: restarting it");
+    println!("site-{site}'s rbd-mirror does not answer, or its client is gone, 30 s after the freeze: restarting it");
     let out = Command::new("scripts/lab.sh")
         .args(["restart-mirror", site, "--release", release])
         .env("CEPHLAB_DIR", lab_dir)
