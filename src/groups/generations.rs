@@ -1,8 +1,9 @@
 //! Consistency generations: generation n is a user snapshot `rbd-addons.pre.n`
 //! on every member (a fence post) followed by one group snapshot
 //! `rbd-addons.gen.n` (the crash-consistent cut: librbd holds every member's
-//! exclusive lock, so no member is written, while it snapshots them). In journal mirroring both replay on the peer at
-//! the same place in each member's write stream, so after a failover every
+//! exclusive lock, so no member is written, while it snapshots them). In
+//! journal mirroring both replay on the peer at the same place in each
+//! member's write stream, so after a failover every
 //! member can be brought back to the newest cut that all of them received.
 //!
 //! Nothing here is kept in memory: the generation number, its time and where
@@ -136,12 +137,12 @@ pub struct Taken {
 /// Takes generation n on a primary group and prunes old ones. Idempotent per
 /// number: an existing fence post or group snapshot is reused. The fence
 /// posts are taken on every member at once, so a writer is held once for
-/// them, not once per member. Nothing here
-/// asks writers to quiesce (librbd's default for every snapshot, which
-/// would pause each writer once per member and generation, and freeze a
-/// filesystem behind `rbd-nbd --quiesce` every few seconds): a fence post
-/// need only come before the cut in each member's write stream, and the cut
-/// is crash-consistent by the members' exclusive locks alone.
+/// them, not once per member. Nothing here asks writers to quiesce (librbd's
+/// default for every snapshot, which would pause each writer once per member
+/// and generation, and freeze a filesystem behind `rbd-nbd --quiesce` every
+/// few seconds): a fence post need only come before the cut in each member's
+/// write stream, and the cut is crash-consistent by the members' exclusive
+/// locks alone.
 pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>], interval: Duration) -> Result<Taken, Error> {
     let images: Vec<&Image<'_>> = members.iter().map(|m| &m.image).collect();
     let cuts: Vec<_> = images.iter().map(|i| cuts_of(i)).collect::<Result<_, _>>()?;
