@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -17,9 +17,8 @@ use crate::proto::csi::v1::{
 use crate::proto::fence::fence_controller_client::FenceControllerClient;
 use crate::proto::fence::{Cidr, FenceClusterNetworkRequest, ListClusterFenceRequest, UnfenceClusterNetworkRequest};
 use crate::proto::identity::identity_client::IdentityClient;
-use crate::proto::identity::{GetCapabilitiesRequest, GetIdentityRequest, ProbeRequest, capability};
+use crate::proto::identity::{GetCapabilitiesRequest, GetIdentityRequest, GetIdentityResponse, ProbeRequest, capability};
 use crate::proto::replication::controller_client::ControllerClient;
-use crate::proto::replication::get_volume_replication_info_response::Status as InfoStatus;
 use crate::proto::replication::replication_source::{Type as SourceType, VolumeGroupSource, VolumeSource};
 use crate::proto::replication::*;
 use crate::proto::volumegroup::controller_client::ControllerClient as GroupClient;
@@ -86,6 +85,14 @@ pub enum Subject {
 }
 
 impl Subject {
+    pub fn volume(id: impl Into<String>) -> Self {
+        Self::Volume(id.into())
+    }
+
+    pub fn group(id: impl Into<String>) -> Self {
+        Self::Group(id.into())
+    }
+
     fn source(&self) -> Option<ReplicationSource> {
         Some(ReplicationSource {
             r#type: Some(match self {
@@ -94,27 +101,60 @@ impl Subject {
             }),
         })
     }
-
-    /// The output field naming the subject.
-    fn field(&self) -> (&'static str, &str) {
-        match self {
-            Subject::Volume(v) => ("volume_id", v),
-            Subject::Group(g) => ("group_id", g),
-        }
-    }
-
-    fn with(&self, mut fields: Value) -> Value {
-        let (k, v) = self.field();
-        if let Value::Object(map) = &mut fields {
-            map.insert(k.to_owned(), json!(v));
-        }
-        fields
-    }
 }
 
+/// Class parameters or secrets, as the protocol carries them.
+pub type Params = HashMap<String, String>;
+
+/// The peer-site handle(s) of a volume or group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Volume(String),
+    /// The peer's group handle and each member's peer handle, by this site's.
+    Group { group_id: String, volume_ids: HashMap<String, String> },
+    /// The server answered with no destination.
+    None,
+}
+
+/// Allocated bytes of a volume before and after ControllerReclaimSpace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reclaimed {
+    pub pre_usage_bytes: Option<i64>,
+    pub post_usage_bytes: Option<i64>,
+}
+
+/// A group's consistency generations as each member holds them on one site.
+#[derive(Debug, Clone)]
+pub struct Generations {
+    pub group_id: String,
+    /// The newest generation complete (group snapshot held) on every member.
+    pub newest_common: Option<u64>,
+    pub members: Vec<MemberGenerations>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberGenerations {
+    pub volume_id: String,
+    /// Oldest first.
+    pub generations: Vec<HeldGeneration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HeldGeneration {
+    pub number: u64,
+    /// Unix seconds of its fence post.
+    pub taken: i64,
+    /// Whether the member holds the group snapshot too, not only the fence post.
+    pub complete: bool,
+}
+
+/// A connection to a running server, typed as the csi-addons sidecar calls it:
+/// every request carries this connection's secrets and deadline.
+#[derive(Clone)]
 pub struct Connection {
     channel: Channel,
     timeout: Duration,
+    secrets: Params,
 }
 
 impl Connection {
@@ -126,7 +166,18 @@ impl Connection {
             .connect()
             .await
             .map_err(|e| ClientError::Connect { endpoint: endpoint.to_owned(), reason: source_text(&e) })?;
-        Ok(Self { channel, timeout })
+        Ok(Self { channel, timeout, secrets: Params::new() })
+    }
+
+    /// The secret (userID, userKey) every later request carries.
+    pub fn with_secrets(mut self, secrets: Params) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The channel, for a generated client of a call this type does not wrap.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
@@ -143,122 +194,96 @@ impl Connection {
         IdentityClient::new(self.channel.clone())
     }
 
-    pub async fn identity_info(&self) -> Result<Value, ClientError> {
-        let r = self.identity().get_identity(self.request(GetIdentityRequest {})).await?.into_inner();
-        Ok(json!({"name": r.name, "vendor_version": r.vendor_version, "manifest": r.manifest}))
+    pub async fn identity_info(&self) -> Result<GetIdentityResponse, Status> {
+        Ok(self.identity().get_identity(self.request(GetIdentityRequest {})).await?.into_inner())
     }
 
-    pub async fn capabilities(&self) -> Result<Value, ClientError> {
+    /// The advertised capabilities as `Kind/NAME` (e.g. `VolumeGroup/VOLUME_GROUP`).
+    pub async fn capabilities(&self) -> Result<Vec<String>, Status> {
         let r = self.identity().get_capabilities(self.request(GetCapabilitiesRequest {})).await?.into_inner();
-        let caps: Vec<String> = r.capabilities.iter().filter_map(|c| c.r#type.as_ref()).map(capability_name).collect();
-        Ok(json!({"capabilities": caps}))
+        Ok(r.capabilities.iter().filter_map(|c| c.r#type.as_ref()).map(capability_name).collect())
     }
 
-    pub async fn probe(&self) -> Result<Value, ClientError> {
-        let r = self.identity().probe(self.request(ProbeRequest {})).await?.into_inner();
-        Ok(json!({"ready": r.ready.unwrap_or(true)}))
+    pub async fn probe(&self) -> Result<bool, Status> {
+        Ok(self.identity().probe(self.request(ProbeRequest {})).await?.into_inner().ready.unwrap_or(true))
     }
 
-    pub async fn enable(
-        &self,
-        subject: &Subject,
-        parameters: HashMap<String, String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
+    pub async fn enable(&self, subject: &Subject, parameters: Params) -> Result<(), Status> {
         let req = EnableVolumeReplicationRequest {
             parameters,
-            secrets,
+            secrets: self.secrets.clone(),
             replication_source: subject.source(),
             ..Default::default()
         };
-        self.replication().enable_volume_replication(self.request(req)).await?;
-        Ok(subject.with(json!({"replication": "enabled"})))
+        self.replication().enable_volume_replication(self.request(req)).await.map(drop)
     }
 
-    pub async fn disable(
-        &self,
-        subject: &Subject,
-        parameters: HashMap<String, String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
+    pub async fn disable(&self, subject: &Subject, parameters: Params) -> Result<(), Status> {
         let req = DisableVolumeReplicationRequest {
             parameters,
-            secrets,
+            secrets: self.secrets.clone(),
             replication_source: subject.source(),
             ..Default::default()
         };
-        self.replication().disable_volume_replication(self.request(req)).await?;
-        Ok(subject.with(json!({"replication": "disabled"})))
+        self.replication().disable_volume_replication(self.request(req)).await.map(drop)
     }
 
-    pub async fn promote(
-        &self,
-        subject: &Subject,
-        force: bool,
-        parameters: HashMap<String, String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
+    pub async fn promote(&self, subject: &Subject, force: bool, parameters: Params) -> Result<(), Status> {
         let req = PromoteVolumeRequest {
             force,
             parameters,
-            secrets,
+            secrets: self.secrets.clone(),
             replication_source: subject.source(),
             ..Default::default()
         };
-        self.replication().promote_volume(self.request(req)).await?;
-        Ok(subject.with(json!({"role": "primary"})))
+        self.replication().promote_volume(self.request(req)).await.map(drop)
     }
 
-    pub async fn demote(
-        &self,
-        subject: &Subject,
-        force: bool,
-        parameters: HashMap<String, String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
+    pub async fn demote(&self, subject: &Subject, force: bool, parameters: Params) -> Result<(), Status> {
         let req = DemoteVolumeRequest {
             force,
             parameters,
-            secrets,
+            secrets: self.secrets.clone(),
             replication_source: subject.source(),
             ..Default::default()
         };
-        self.replication().demote_volume(self.request(req)).await?;
-        Ok(subject.with(json!({"role": "secondary"})))
+        self.replication().demote_volume(self.request(req)).await.map(drop)
     }
 
-    pub async fn resync(
-        &self,
-        subject: &Subject,
-        force: bool,
-        parameters: HashMap<String, String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
+    /// Whether the resynced copy is ready.
+    pub async fn resync(&self, subject: &Subject, force: bool, parameters: Params) -> Result<bool, Status> {
         let req = ResyncVolumeRequest {
             force,
             parameters,
-            secrets,
+            secrets: self.secrets.clone(),
             replication_source: subject.source(),
             ..Default::default()
         };
-        let r = self.replication().resync_volume(self.request(req)).await?.into_inner();
-        Ok(subject.with(json!({"ready": r.ready})))
+        Ok(self.replication().resync_volume(self.request(req)).await?.into_inner().ready)
     }
 
-    pub async fn info(&self, subject: &Subject, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
+    pub async fn info(&self, subject: &Subject) -> Result<GetVolumeReplicationInfoResponse, Status> {
+        let req = GetVolumeReplicationInfoRequest {
+            secrets: self.secrets.clone(),
+            replication_source: subject.source(),
+            ..Default::default()
+        };
+        Ok(self.replication().get_volume_replication_info(self.request(req)).await?.into_inner())
+    }
+
+    /// The peer-site handle(s) of a volume or group (GetReplicationDestinationInfo).
+    pub async fn destination(&self, subject: &Subject) -> Result<Destination, Status> {
+        use crate::proto::replication::replication_destination::Type;
         let req =
-            GetVolumeReplicationInfoRequest { secrets, replication_source: subject.source(), ..Default::default() };
-        let r = self.replication().get_volume_replication_info(self.request(req)).await?.into_inner();
-        let status = InfoStatus::try_from(r.status).unwrap_or(InfoStatus::Unknown);
-        let last = r.last_sync_time.map(|t| t.seconds);
-        Ok(subject.with(json!({
-            "last_sync_time": last.map(rfc3339),
-            "last_sync_age_seconds": last.map(|t| crate::unix_now() - t),
-            "last_sync_duration_seconds": r.last_sync_duration.map(|d| d.seconds),
-            "last_sync_bytes": r.last_sync_bytes,
-            "status": status.as_str_name(),
-            "status_message": r.status_message,
-        })))
+            GetReplicationDestinationInfoRequest { secrets: self.secrets.clone(), replication_source: subject.source() };
+        let r = self.replication().get_replication_destination_info(self.request(req)).await?.into_inner();
+        Ok(match r.replication_destination.and_then(|d| d.r#type) {
+            Some(Type::Volume(v)) => Destination::Volume(v.volume_id),
+            Some(Type::Volumegroup(g)) => {
+                Destination::Group { group_id: g.volume_group_id, volume_ids: g.volume_ids }
+            }
+            None => Destination::None,
+        })
     }
 }
 
@@ -268,131 +293,106 @@ impl Connection {
         GroupClient::new(self.channel.clone())
     }
 
-    pub async fn group_create(
-        &self,
-        name: &str,
-        volume_ids: Vec<String>,
-        parameters: HashMap<String, String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
-        let req = CreateVolumeGroupRequest { name: name.to_owned(), parameters, secrets, volume_ids };
-        let r = self.groups().create_volume_group(self.request(req)).await?.into_inner();
-        Ok(group_json(r.volume_group))
+    pub async fn group_create(&self, name: &str, volume_ids: &[&str], parameters: Params) -> Result<VolumeGroup, Status> {
+        let req = CreateVolumeGroupRequest {
+            name: name.to_owned(),
+            parameters,
+            secrets: self.secrets.clone(),
+            volume_ids: owned(volume_ids),
+        };
+        Ok(self.groups().create_volume_group(self.request(req)).await?.into_inner().volume_group.unwrap_or_default())
     }
 
-    pub async fn group_modify(
-        &self,
-        group_id: &str,
-        volume_ids: Vec<String>,
-        parameters: HashMap<String, String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
+    /// Sets the group's members to exactly `volume_ids`.
+    pub async fn group_modify(&self, group_id: &str, volume_ids: &[&str], parameters: Params) -> Result<VolumeGroup, Status> {
         let req = ModifyVolumeGroupMembershipRequest {
             volume_group_id: group_id.to_owned(),
-            volume_ids,
-            secrets,
+            volume_ids: owned(volume_ids),
+            secrets: self.secrets.clone(),
             parameters,
         };
         let r = self.groups().modify_volume_group_membership(self.request(req)).await?.into_inner();
-        Ok(group_json(r.volume_group))
+        Ok(r.volume_group.unwrap_or_default())
     }
 
-    pub async fn group_delete(&self, group_id: &str, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
-        let req = DeleteVolumeGroupRequest { volume_group_id: group_id.to_owned(), secrets };
-        self.groups().delete_volume_group(self.request(req)).await?;
-        Ok(json!({"group_id": group_id, "deleted": true}))
+    pub async fn group_delete(&self, group_id: &str) -> Result<(), Status> {
+        let req = DeleteVolumeGroupRequest { volume_group_id: group_id.to_owned(), secrets: self.secrets.clone() };
+        self.groups().delete_volume_group(self.request(req)).await.map(drop)
     }
 
-    pub async fn group_get(&self, group_id: &str, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
-        let req = ControllerGetVolumeGroupRequest { volume_group_id: group_id.to_owned(), secrets };
+    pub async fn group_get(&self, group_id: &str) -> Result<VolumeGroup, Status> {
+        let req =
+            ControllerGetVolumeGroupRequest { volume_group_id: group_id.to_owned(), secrets: self.secrets.clone() };
         let r = self.groups().controller_get_volume_group(self.request(req)).await?.into_inner();
-        Ok(group_json(r.volume_group))
+        Ok(r.volume_group.unwrap_or_default())
     }
 
+    /// One page of groups and the token of the next (empty: the last page).
     pub async fn group_list(
         &self,
         max_entries: i32,
-        starting_token: String,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
-        let req = ListVolumeGroupsRequest { max_entries, starting_token, secrets };
+        starting_token: &str,
+    ) -> Result<(Vec<VolumeGroup>, String), Status> {
+        let req = ListVolumeGroupsRequest {
+            max_entries,
+            starting_token: starting_token.to_owned(),
+            secrets: self.secrets.clone(),
+        };
         let r = self.groups().list_volume_groups(self.request(req)).await?.into_inner();
-        let groups: Vec<Value> = r.entries.into_iter().map(|e| group_json(e.volume_group)).collect();
-        let ids: Vec<Value> = groups.iter().map(|g| g["group_id"].clone()).collect();
-        Ok(json!({"groups": ids, "details": groups, "next_token": Some(r.next_token).filter(|t| !t.is_empty())}))
+        Ok((r.entries.into_iter().map(|e| e.volume_group.unwrap_or_default()).collect(), r.next_token))
     }
+}
 
-    /// The peer-site handle(s) of a volume or group (GetReplicationDestinationInfo).
-    pub async fn destination(&self, subject: &Subject, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
-        use crate::proto::replication::replication_destination::Type;
-        let req = GetReplicationDestinationInfoRequest { secrets, replication_source: subject.source() };
-        let r = self.replication().get_replication_destination_info(self.request(req)).await?.into_inner();
-        Ok(match r.replication_destination.and_then(|d| d.r#type) {
-            Some(Type::Volume(v)) => json!({"destination_volume_id": v.volume_id}),
-            Some(Type::Volumegroup(g)) => {
-                json!({"destination_group_id": g.volume_group_id, "destination_volume_ids": g.volume_ids})
-            }
-            None => json!({}),
-        })
+/// Fencing and space reclaim.
+impl Connection {
+    fn fences(&self) -> FenceControllerClient<Channel> {
+        FenceControllerClient::new(self.channel.clone())
     }
 
     /// Fences (`fence: true`) or unfences CIDR blocks on a cluster.
-    pub async fn fence(
-        &self,
-        fence: bool,
-        cidrs: &[String],
-        parameters: HashMap<String, String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
+    pub async fn fence(&self, fence: bool, cidrs: &[String], parameters: Params) -> Result<(), Status> {
         let cidrs: Vec<Cidr> = cidrs.iter().map(|c| Cidr { cidr: c.clone() }).collect();
-        let mut client = FenceControllerClient::new(self.channel.clone());
+        let secrets = self.secrets.clone();
         if fence {
-            let req = FenceClusterNetworkRequest { parameters, secrets, cidrs: cidrs.clone() };
-            client.fence_cluster_network(self.request(req)).await?;
+            let req = FenceClusterNetworkRequest { parameters, secrets, cidrs };
+            self.fences().fence_cluster_network(self.request(req)).await.map(drop)
         } else {
-            let req = UnfenceClusterNetworkRequest { parameters, secrets, cidrs: cidrs.clone() };
-            client.unfence_cluster_network(self.request(req)).await?;
+            let req = UnfenceClusterNetworkRequest { parameters, secrets, cidrs };
+            self.fences().unfence_cluster_network(self.request(req)).await.map(drop)
         }
-        let shown: Vec<&str> = cidrs.iter().map(|c| c.cidr.as_str()).collect();
-        Ok(json!({"cidrs": shown, "fenced": fence}))
     }
 
-    /// Sparsifies a volume (ControllerReclaimSpace): allocated bytes before and after.
-    pub async fn reclaim_space(&self, volume_id: &str, secrets: HashMap<String, String>) -> Result<Value, ClientError> {
+    /// The CIDR blocks fenced on a cluster now.
+    pub async fn fence_list(&self, parameters: Params) -> Result<Vec<String>, Status> {
+        let req = ListClusterFenceRequest { parameters, secrets: self.secrets.clone() };
+        let r = self.fences().list_cluster_fence(self.request(req)).await?.into_inner();
+        Ok(r.cidrs.into_iter().map(|c| c.cidr).collect())
+    }
+
+    /// Sparsifies a volume (ControllerReclaimSpace).
+    pub async fn reclaim_space(&self, volume_id: &str) -> Result<Reclaimed, Status> {
         use crate::proto::reclaimspace::ControllerReclaimSpaceRequest;
         use crate::proto::reclaimspace::reclaim_space_controller_client::ReclaimSpaceControllerClient;
-        let req = ControllerReclaimSpaceRequest { volume_id: volume_id.to_owned(), secrets, ..Default::default() };
+        let req = ControllerReclaimSpaceRequest {
+            volume_id: volume_id.to_owned(),
+            secrets: self.secrets.clone(),
+            ..Default::default()
+        };
         let r = ReclaimSpaceControllerClient::new(self.channel.clone())
             .controller_reclaim_space(self.request(req))
             .await?
             .into_inner();
-        let bytes = |u: Option<crate::proto::reclaimspace::StorageConsumption>| u.map(|u| u.usage_bytes);
-        Ok(
-            json!({"volume_id": volume_id, "pre_usage_bytes": bytes(r.pre_usage), "post_usage_bytes": bytes(r.post_usage)}),
-        )
-    }
-
-    /// The CIDR blocks fenced on a cluster now.
-    pub async fn fence_list(
-        &self,
-        parameters: HashMap<String, String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
-        let req = ListClusterFenceRequest { parameters, secrets };
-        let r = FenceControllerClient::new(self.channel.clone()).list_cluster_fence(self.request(req)).await?;
-        let cidrs: Vec<String> = r.into_inner().cidrs.into_iter().map(|c| c.cidr).collect();
-        Ok(json!({ "cidrs": cidrs }))
+        Ok(Reclaimed {
+            pre_usage_bytes: r.pre_usage.map(|u| u.usage_bytes),
+            post_usage_bytes: r.post_usage.map(|u| u.usage_bytes),
+        })
     }
 }
 
 /// `rbd-addons group generations`: reads the members' snapshots on this site
 /// directly (no server involved), so it also works while the server is down.
-pub fn generations(
-    config: &Path,
-    mapping: &Path,
-    group_id: &str,
-    secrets: &HashMap<String, String>,
-) -> Result<Value, ClientError> {
+/// Blocks on librados: call it off the async runtime.
+pub fn generations(config: &Path, mapping: &Path, group_id: &str, secrets: &Params) -> Result<Generations, ClientError> {
     use crate::ceph::ConnectionPool;
     use crate::cephcsi::{Credentials, Resolver};
     use crate::groups;
@@ -404,24 +404,22 @@ pub fn generations(
     let group = groups::find(&resolver, &id, &creds).map_err(fail)?;
     let members = groups::members_unguarded(&resolver, &group, &creds).map_err(fail)?;
     let held = groups::generations::held(&groups::open_members(&members).map_err(fail)?).map_err(fail)?;
-    let mut lines = Vec::new();
-    for (volume_id, gens) in &held {
-        let text: Vec<String> = gens
-            .iter()
-            .map(|g| format!("{}@{}{}", g.number, rfc3339(g.taken), if g.complete { "" } else { " (fence post only)" }))
-            .collect();
-        lines.push(format!("{volume_id}: {}", if text.is_empty() { "none".to_owned() } else { text.join(" ") }));
-    }
-    let complete_everywhere = held
+    let members: Vec<MemberGenerations> = held
+        .into_iter()
+        .map(|(volume_id, gens)| MemberGenerations {
+            volume_id,
+            generations: gens
+                .iter()
+                .map(|g| HeldGeneration { number: g.number, taken: g.taken, complete: g.complete })
+                .collect(),
+        })
+        .collect();
+    let newest_common = members
         .iter()
-        .map(|(_, g)| g.iter().filter(|g| g.complete).map(|g| g.number).collect::<std::collections::BTreeSet<_>>())
+        .map(|m| m.generations.iter().filter(|g| g.complete).map(|g| g.number).collect::<std::collections::BTreeSet<_>>())
         .reduce(|a, b| a.intersection(&b).copied().collect())
         .and_then(|s| s.last().copied());
-    Ok(json!({
-        "group_id": group_id,
-        "newest_common_generation": complete_everywhere,
-        "members": lines,
-    }))
+    Ok(Generations { group_id: group_id.to_owned(), newest_common, members })
 }
 
 /// The volume group snapshot calls (csi.v1.GroupController), served on the
@@ -431,93 +429,65 @@ impl Connection {
         GroupControllerClient::new(self.channel.clone())
     }
 
-    pub async fn group_snapshot_capabilities(&self) -> Result<Value, ClientError> {
+    /// The advertised RPC capabilities by name (e.g. `CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT`).
+    pub async fn group_snapshot_capabilities(&self) -> Result<Vec<String>, Status> {
         let r = self
             .group_controller()
             .group_controller_get_capabilities(self.request(GroupControllerGetCapabilitiesRequest {}))
             .await?
             .into_inner();
-        let names: Vec<&str> = r
-            .capabilities
+        Ok(r.capabilities
             .iter()
             .filter_map(|c| match &c.r#type {
                 Some(group_controller_service_capability::Type::Rpc(rpc)) => {
-                    group_controller_service_capability::rpc::Type::try_from(rpc.r#type).ok().map(|t| t.as_str_name())
+                    group_controller_service_capability::rpc::Type::try_from(rpc.r#type)
+                        .ok()
+                        .map(|t| t.as_str_name().to_owned())
                 }
                 None => None,
             })
-            .collect();
-        Ok(json!({"capabilities": names}))
+            .collect())
     }
 
     pub async fn group_snapshot_create(
         &self,
         name: &str,
-        source_volume_ids: Vec<String>,
-        parameters: HashMap<String, String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
-        let req = CreateVolumeGroupSnapshotRequest { name: name.to_owned(), source_volume_ids, secrets, parameters };
+        source_volume_ids: &[&str],
+        parameters: Params,
+    ) -> Result<VolumeGroupSnapshot, Status> {
+        let req = CreateVolumeGroupSnapshotRequest {
+            name: name.to_owned(),
+            source_volume_ids: owned(source_volume_ids),
+            secrets: self.secrets.clone(),
+            parameters,
+        };
         let r = self.group_controller().create_volume_group_snapshot(self.request(req)).await?.into_inner();
-        Ok(group_snapshot_json(r.group_snapshot))
+        Ok(r.group_snapshot.unwrap_or_default())
     }
 
-    pub async fn group_snapshot_get(
-        &self,
-        group_snapshot_id: &str,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
+    pub async fn group_snapshot_get(&self, group_snapshot_id: &str) -> Result<VolumeGroupSnapshot, Status> {
         let req = GetVolumeGroupSnapshotRequest {
             group_snapshot_id: group_snapshot_id.to_owned(),
             snapshot_ids: Vec::new(),
-            secrets,
+            secrets: self.secrets.clone(),
         };
         let r = self.group_controller().get_volume_group_snapshot(self.request(req)).await?.into_inner();
-        Ok(group_snapshot_json(r.group_snapshot))
+        Ok(r.group_snapshot.unwrap_or_default())
     }
 
     /// `snapshot_ids` empty: whatever the group snapshot holds.
-    pub async fn group_snapshot_delete(
-        &self,
-        group_snapshot_id: &str,
-        snapshot_ids: Vec<String>,
-        secrets: HashMap<String, String>,
-    ) -> Result<Value, ClientError> {
-        let req =
-            DeleteVolumeGroupSnapshotRequest { group_snapshot_id: group_snapshot_id.to_owned(), snapshot_ids, secrets };
-        self.group_controller().delete_volume_group_snapshot(self.request(req)).await?;
-        Ok(json!({"group_snapshot_id": group_snapshot_id, "deleted": true}))
+    pub async fn group_snapshot_delete(&self, group_snapshot_id: &str, snapshot_ids: &[&str]) -> Result<(), Status> {
+        let req = DeleteVolumeGroupSnapshotRequest {
+            group_snapshot_id: group_snapshot_id.to_owned(),
+            snapshot_ids: owned(snapshot_ids),
+            secrets: self.secrets.clone(),
+        };
+        self.group_controller().delete_volume_group_snapshot(self.request(req)).await.map(drop)
     }
 }
 
-fn group_snapshot_json(g: Option<VolumeGroupSnapshot>) -> Value {
-    let g = g.unwrap_or_default();
-    let created = g.creation_time.map(|t| rfc3339(t.seconds));
-    let snapshots: Vec<Value> = g
-        .snapshots
-        .iter()
-        .map(|s| {
-            json!({
-                "snapshot_id": s.snapshot_id,
-                "source_volume_id": s.source_volume_id,
-                "size_bytes": s.size_bytes,
-                "ready_to_use": s.ready_to_use,
-                "group_snapshot_id": s.group_snapshot_id,
-            })
-        })
-        .collect();
-    json!({
-        "group_snapshot_id": g.group_snapshot_id,
-        "ready_to_use": g.ready_to_use,
-        "creation_time": created,
-        "snapshots": snapshots,
-    })
-}
-
-fn group_json(g: Option<VolumeGroup>) -> Value {
-    let g = g.unwrap_or_default();
-    let volumes: Vec<&str> = g.volumes.iter().map(|v| v.volume_id.as_str()).collect();
-    json!({"group_id": g.volume_group_id, "volumes": volumes})
+fn owned(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|s| (*s).to_owned()).collect()
 }
 
 fn capability_name(t: &capability::Type) -> String {
@@ -567,7 +537,7 @@ fn source_text(e: &dyn std::error::Error) -> String {
 /// Reads `userID`/`userKey` (and anything else the secret holds) from a file:
 /// a JSON object, or `key=value` lines. Secrets never come from argv, where
 /// any user of the machine could read them in the process list.
-pub fn read_secrets(path: &Path) -> Result<HashMap<String, String>, ClientError> {
+pub fn read_secrets(path: &Path) -> Result<Params, ClientError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ClientError::Usage(format!("cannot read secrets file {}: {}", path.display(), e.kind())))?;
     let trimmed = text.trim_start();
@@ -606,7 +576,7 @@ pub fn read_secrets(path: &Path) -> Result<HashMap<String, String>, ClientError>
 }
 
 /// `--param k=v` values into a map.
-pub fn parse_params(pairs: &[String]) -> Result<HashMap<String, String>, ClientError> {
+pub fn parse_params(pairs: &[String]) -> Result<Params, ClientError> {
     pairs
         .iter()
         .map(|p| {
@@ -615,32 +585,6 @@ pub fn parse_params(pairs: &[String]) -> Result<HashMap<String, String>, ClientE
                 .ok_or_else(|| ClientError::Usage(format!("--param {p:?} is not key=value")))
         })
         .collect()
-}
-
-/// Human output: one `key: value` line per field, nulls left out.
-pub fn human(v: &Value) -> String {
-    let Value::Object(map) = v else {
-        return v.to_string();
-    };
-    map.iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| match v {
-            Value::String(s) => format!("{k}: {s}"),
-            // One level down (GetIdentity's manifest): `manifest.key: value`.
-            Value::Object(inner) => inner
-                .iter()
-                .map(|(ik, iv)| format!("{k}.{ik}: {}", iv.as_str().map_or(iv.to_string(), str::to_owned)))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            Value::Array(items) => {
-                let parts: Vec<String> =
-                    items.iter().map(|i| i.as_str().map_or(i.to_string(), str::to_owned)).collect();
-                format!("{k}: {}", parts.join(", "))
-            }
-            other => format!("{k}: {other}"),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Unix seconds as an RFC 3339 UTC time.

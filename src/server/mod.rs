@@ -404,7 +404,7 @@ mod tests {
                 .await
                 .expect("connect");
         let identity = client.identity_info().await.expect("GetIdentity");
-        assert_eq!(identity["name"], "rbd.csi.ceph.com", "{identity}");
+        assert_eq!(identity.name, "rbd.csi.ceph.com", "{identity:?}");
         stop.send(()).unwrap();
         let stopped = tokio::time::timeout(Duration::from_secs(10), server).await.expect("stopped").unwrap();
         assert_eq!(stopped.expect("a clean stop").ceph_ops_running, 0);
