@@ -203,8 +203,14 @@ async fn group_call_on_the_peer(
     let conf_b = lab["sites"]["b"]["conf"].as_str().unwrap().to_owned();
     let pool = lab["pool"].as_str().unwrap().to_owned();
     let (cluster_id, pool_id) = (lab["cluster_id"].as_str().unwrap(), lab["sites"]["a"]["pool_id"].as_i64().unwrap());
-    let a = Connection::open(&format!("unix://{}", socket_a.display()), Duration::from_secs(60)).await.unwrap();
-    let b = Connection::open(&format!("unix://{}", socket_b.display()), Duration::from_secs(60)).await.unwrap();
+    let a = Connection::open(&format!("unix://{}", socket_a.display()), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .with_secrets(secrets.clone());
+    let b = Connection::open(&format!("unix://{}", socket_b.display()), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .with_secrets(secrets.clone());
     let mut members = Vec::new();
     let mut member_specs = Vec::new();
     for _ in 0..2 {
@@ -215,10 +221,10 @@ async fn group_call_on_the_peer(
         member_specs.push(spec);
     }
     let params = HashMap::from([("clusterID".to_owned(), cluster_id.to_owned()), ("pool".to_owned(), pool.clone())]);
-    let group = a.group_create(&format!("bench-{}", uuid()), members, params, secrets.clone()).await.unwrap();
-    let group_id = group["group_id"].as_str().unwrap().to_owned();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    let group_id = a.group_create(&format!("bench-{}", uuid()), &members, params).await.unwrap().volume_group_id;
     let subject = Subject::Group(group_id.clone());
-    a.enable(&subject, HashMap::new(), secrets.clone()).await.expect("enable the group");
+    a.enable(&subject, HashMap::new()).await.expect("enable the group");
     // Timed once the peer's copies carry the group's membership metadata,
     // which arrives with their first completed sync; before that the peer
     // finds members by a scan of the pool (correct, not fast).
@@ -238,7 +244,7 @@ async fn group_call_on_the_peer(
         let mut times = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();
-            b.demote(&subject, false, HashMap::new(), secrets.clone()).await.expect("demote the secondary group");
+            b.demote(&subject, false, HashMap::new()).await.expect("demote the secondary group");
             times.push(t.elapsed());
         }
         let m = median(times);
@@ -252,9 +258,9 @@ async fn group_call_on_the_peer(
     in_threads(16, &made, |spec| {
         rbd(&conf_b, &["rm", "--no-progress", spec]);
     });
-    a.disable(&subject, HashMap::new(), secrets.clone()).await.ok();
-    a.group_modify(&group_id, Vec::new(), HashMap::new(), secrets.clone()).await.ok();
-    a.group_delete(&group_id, secrets.clone()).await.ok();
+    a.disable(&subject, HashMap::new()).await.ok();
+    a.group_modify(&group_id, &[], HashMap::new()).await.ok();
+    a.group_delete(&group_id).await.ok();
     for spec in &member_specs {
         rbd(&conf, &["mirror", "image", "disable", spec, "--force"]);
         rbd(&conf, &["rm", "--no-progress", spec]);
@@ -440,17 +446,20 @@ async fn group_info_cost(lab: &Value, members: usize) {
     let (_server, _server_b) = (spawn_server(lab, "a", &socket).await, spawn_server(lab, "b", &socket_b).await);
     let journal = rbd_addons::ceph::IoCtx::open(&connect_site(lab, "a"), pool_id, "").expect("open the pool");
     let (ids, specs) = create_volumes(lab, &journal, members);
-    let a = Connection::open(&format!("unix://{}", socket.display()), Duration::from_secs(60)).await.unwrap();
+    let a = Connection::open(&format!("unix://{}", socket.display()), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .with_secrets(secrets.clone());
     let params = HashMap::from([("clusterID".to_owned(), cluster_id.to_owned()), ("pool".to_owned(), pool.to_owned())]);
-    let group = a.group_create(&format!("bench-{}", uuid()), ids.clone(), params, secrets.clone()).await.unwrap();
-    let group_id = group["group_id"].as_str().unwrap().to_owned();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let group_id = a.group_create(&format!("bench-{}", uuid()), &refs, params).await.unwrap().volume_group_id;
     let group = Subject::Group(group_id.clone());
     let interval = HashMap::from([("generationInterval".to_owned(), "5s".to_owned())]);
-    a.enable(&group, interval, secrets.clone()).await.expect("enable the group");
+    a.enable(&group, interval).await.expect("enable the group");
     // Info answers once a generation has reached every member on the peer
     // and rbd-mirror has said so (its status refreshes every 30 s).
     let started = Instant::now();
-    while a.info(&group, secrets.clone()).await.is_err() {
+    while a.info(&group).await.is_err() {
         assert!(started.elapsed() < Duration::from_secs(300), "group Info never answered");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -460,10 +469,10 @@ async fn group_info_cost(lab: &Value, members: usize) {
     let (mut group_times, mut volume_times) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for _ in 0..rounds {
         let t = Instant::now();
-        a.info(&group, secrets.clone()).await.expect("group Info");
+        a.info(&group).await.expect("group Info");
         group_times.push(t.elapsed());
         let t = Instant::now();
-        a.info(&member, secrets.clone()).await.expect("volume Info");
+        a.info(&member).await.expect("volume Info");
         volume_times.push(t.elapsed());
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -476,9 +485,9 @@ async fn group_info_cost(lab: &Value, members: usize) {
         ms(percentile(&volume_times, 99)),
         ms(percentile(&group_times, 99)) / 2.0
     );
-    a.disable(&group, HashMap::new(), secrets.clone()).await.ok();
-    a.group_modify(&group_id, Vec::new(), HashMap::new(), secrets.clone()).await.ok();
-    a.group_delete(&group_id, secrets.clone()).await.ok();
+    a.disable(&group, HashMap::new()).await.ok();
+    a.group_modify(&group_id, &[], HashMap::new()).await.ok();
+    a.group_delete(&group_id).await.ok();
     for spec in &specs {
         for c in [conf, conf_b] {
             rbd(c, &["mirror", "image", "disable", spec, "--force"]);

@@ -17,7 +17,9 @@ use crate::proto::csi::v1::{
 use crate::proto::fence::fence_controller_client::FenceControllerClient;
 use crate::proto::fence::{Cidr, FenceClusterNetworkRequest, ListClusterFenceRequest, UnfenceClusterNetworkRequest};
 use crate::proto::identity::identity_client::IdentityClient;
-use crate::proto::identity::{GetCapabilitiesRequest, GetIdentityRequest, GetIdentityResponse, ProbeRequest, capability};
+use crate::proto::identity::{
+    GetCapabilitiesRequest, GetIdentityRequest, GetIdentityResponse, ProbeRequest, capability,
+};
 use crate::proto::replication::controller_client::ControllerClient;
 use crate::proto::replication::replication_source::{Type as SourceType, VolumeGroupSource, VolumeSource};
 use crate::proto::replication::*;
@@ -111,7 +113,10 @@ pub type Params = HashMap<String, String>;
 pub enum Destination {
     Volume(String),
     /// The peer's group handle and each member's peer handle, by this site's.
-    Group { group_id: String, volume_ids: HashMap<String, String> },
+    Group {
+        group_id: String,
+        volume_ids: HashMap<String, String>,
+    },
     /// The server answered with no destination.
     None,
 }
@@ -274,14 +279,14 @@ impl Connection {
     /// The peer-site handle(s) of a volume or group (GetReplicationDestinationInfo).
     pub async fn destination(&self, subject: &Subject) -> Result<Destination, Status> {
         use crate::proto::replication::replication_destination::Type;
-        let req =
-            GetReplicationDestinationInfoRequest { secrets: self.secrets.clone(), replication_source: subject.source() };
+        let req = GetReplicationDestinationInfoRequest {
+            secrets: self.secrets.clone(),
+            replication_source: subject.source(),
+        };
         let r = self.replication().get_replication_destination_info(self.request(req)).await?.into_inner();
         Ok(match r.replication_destination.and_then(|d| d.r#type) {
             Some(Type::Volume(v)) => Destination::Volume(v.volume_id),
-            Some(Type::Volumegroup(g)) => {
-                Destination::Group { group_id: g.volume_group_id, volume_ids: g.volume_ids }
-            }
+            Some(Type::Volumegroup(g)) => Destination::Group { group_id: g.volume_group_id, volume_ids: g.volume_ids },
             None => Destination::None,
         })
     }
@@ -293,7 +298,12 @@ impl Connection {
         GroupClient::new(self.channel.clone())
     }
 
-    pub async fn group_create(&self, name: &str, volume_ids: &[&str], parameters: Params) -> Result<VolumeGroup, Status> {
+    pub async fn group_create(
+        &self,
+        name: &str,
+        volume_ids: &[&str],
+        parameters: Params,
+    ) -> Result<VolumeGroup, Status> {
         let req = CreateVolumeGroupRequest {
             name: name.to_owned(),
             parameters,
@@ -304,7 +314,12 @@ impl Connection {
     }
 
     /// Sets the group's members to exactly `volume_ids`.
-    pub async fn group_modify(&self, group_id: &str, volume_ids: &[&str], parameters: Params) -> Result<VolumeGroup, Status> {
+    pub async fn group_modify(
+        &self,
+        group_id: &str,
+        volume_ids: &[&str],
+        parameters: Params,
+    ) -> Result<VolumeGroup, Status> {
         let req = ModifyVolumeGroupMembershipRequest {
             volume_group_id: group_id.to_owned(),
             volume_ids: owned(volume_ids),
@@ -392,7 +407,12 @@ impl Connection {
 /// `rbd-addons group generations`: reads the members' snapshots on this site
 /// directly (no server involved), so it also works while the server is down.
 /// Blocks on librados: call it off the async runtime.
-pub fn generations(config: &Path, mapping: &Path, group_id: &str, secrets: &Params) -> Result<Generations, ClientError> {
+pub fn generations(
+    config: &Path,
+    mapping: &Path,
+    group_id: &str,
+    secrets: &Params,
+) -> Result<Generations, ClientError> {
     use crate::ceph::ConnectionPool;
     use crate::cephcsi::{Credentials, Resolver};
     use crate::groups;
@@ -416,7 +436,9 @@ pub fn generations(config: &Path, mapping: &Path, group_id: &str, secrets: &Para
         .collect();
     let newest_common = members
         .iter()
-        .map(|m| m.generations.iter().filter(|g| g.complete).map(|g| g.number).collect::<std::collections::BTreeSet<_>>())
+        .map(|m| {
+            m.generations.iter().filter(|g| g.complete).map(|g| g.number).collect::<std::collections::BTreeSet<_>>()
+        })
         .reduce(|a, b| a.intersection(&b).copied().collect())
         .and_then(|s| s.last().copied());
     Ok(Generations { group_id: group_id.to_owned(), newest_common, members })

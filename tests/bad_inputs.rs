@@ -291,7 +291,7 @@ async fn table_of_bad_inputs() {
 
     // Listing groups with a key cephx refuses is UNAUTHENTICATED, not an
     // empty list that would say the secret was right.
-    let mut groups = server.groups().await;
+    let mut groups = rbd_addons::proto::volumegroup::controller_client::ControllerClient::new(server.channel().await);
     let wrong = p(&[("userID", "csi-rbd"), ("userKey", &wrong_key)]);
     let req = rbd_addons::proto::volumegroup::ListVolumeGroupsRequest { secrets: wrong, ..Default::default() };
     let err = groups.list_volume_groups(req).await.expect_err("a list with a wrong key");
@@ -305,30 +305,27 @@ async fn table_of_bad_inputs() {
 
 #[tokio::test]
 async fn oversize_ids_are_invalid_arguments_on_every_service() {
-    use rbd_addons::client::ClientError;
     let lab = Lab::load();
     let server = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let c = server.cli_client().await;
+    let c = server.client(&lab).await;
     let huge = "a".repeat(100_000);
-    let code = |r: Result<serde_json::Value, ClientError>| match r {
-        Err(ClientError::Rpc(s)) => {
-            assert!(s.message().len() < 1024, "a {}-byte message", s.message().len());
-            s.code()
-        }
-        other => panic!("{other:?}"),
-    };
+    fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
+        let s = r.expect_err("refused");
+        assert!(s.message().len() < 1024, "a {}-byte message", s.message().len());
+        s.code()
+    }
     let group = rbd_addons::client::Subject::Group(huge.clone());
-    assert_eq!(code(c.info(&group, lab.secrets()).await), Code::InvalidArgument, "group replication");
-    assert_eq!(code(c.group_get(&huge, lab.secrets()).await), Code::InvalidArgument, "ControllerGetVolumeGroup");
-    assert_eq!(code(c.group_delete(&huge, lab.secrets()).await), Code::InvalidArgument, "DeleteVolumeGroup");
-    assert_eq!(code(c.reclaim_space(&huge, lab.secrets()).await), Code::InvalidArgument, "ControllerReclaimSpace");
+    assert_eq!(code(c.info(&group).await), Code::InvalidArgument, "group replication");
+    assert_eq!(code(c.group_get(&huge).await), Code::InvalidArgument, "ControllerGetVolumeGroup");
+    assert_eq!(code(c.group_delete(&huge).await), Code::InvalidArgument, "DeleteVolumeGroup");
+    assert_eq!(code(c.reclaim_space(&huge).await), Code::InvalidArgument, "ControllerReclaimSpace");
     let cluster = HashMap::from([("clusterID".to_owned(), huge.clone())]);
-    let r = c.fence(true, &["192.0.2.0/24".to_owned()], cluster, lab.secrets()).await;
+    let r = c.fence(true, &["192.0.2.0/24".to_owned()], cluster).await;
     assert_eq!(code(r), Code::InvalidArgument, "FenceClusterNetwork");
     let mut secrets = lab.secrets();
     secrets.insert("userID".into(), huge.clone());
     let id = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
-    let r = c.info(&rbd_addons::client::Subject::Volume(id), secrets).await;
+    let r = c.clone().with_secrets(secrets).info(&Subject::volume(id)).await;
     assert_eq!(code(r), Code::InvalidArgument, "a 100 kB secret value");
 }
 

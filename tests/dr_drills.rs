@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rbd_addons::proto::replication::*;
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(150);
@@ -29,7 +28,7 @@ impl Vol {
 async fn mirrored_volume(lab: &Lab, a: &mut Client) -> (Vol, String) {
     let v = lab.create_volume(VolumeOpts::default());
     write_data(lab, Site::A, &v.spec);
-    enable(a, lab, &v.id).await.expect("enable");
+    a.enable(&Subject::volume(&v.id), Params::new()).await.expect("enable");
     let sum = checksum(lab, Site::A, &v.spec).unwrap();
     wait_same_data(lab, &v.spec, &sum, Site::B, LIMIT).await;
     (Vol { v }, sum)
@@ -43,21 +42,23 @@ fn marker(lab: &Lab, s: Site, spec: &str) -> Option<String> {
 async fn planned_failover_and_failback_lose_nothing() {
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (mut a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let (vol, sum_a) = mirrored_volume(&lab, &mut a).await;
 
     // Failover to site-b.
-    demote(&mut a, &lab, vol.id()).await.expect("demote a");
+    a.demote(&Subject::volume(vol.id()), false, Params::new()).await.expect("demote a");
     let m = marker(&lab, Site::A, vol.spec()).expect("demote records the creation-time marker");
     let secs: i64 = m.strip_prefix("seconds:").and_then(|r| r.split(' ').next()).and_then(|s| s.parse().ok()).unwrap();
     assert!(m.contains(" nanos:"), "{m}");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!((now - 600..=now).contains(&secs), "marker {m} is not this image's creation time");
     let class = std::collections::HashMap::from([("schedulingInterval".to_owned(), "3h".to_owned())]);
-    promote_with(&mut b, &lab, vol.id(), false, class.clone()).await.expect("non-forced promote on b after a's demote");
+    b.promote(&Subject::volume(vol.id()), false, class.clone())
+        .await
+        .expect("non-forced promote on b after a's demote");
     assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(true));
     assert!(has_schedule_on(&lab, Site::B, vol.spec()), "promote must apply the class's schedule");
-    promote_with(&mut b, &lab, vol.id(), false, class).await.expect("promote again: already primary is OK");
+    b.promote(&Subject::volume(vol.id()), false, class).await.expect("promote again: already primary is OK");
     assert_eq!(is_primary(&lab, Site::A, vol.spec()), Some(false));
     assert_eq!(checksum(&lab, Site::B, vol.spec()).as_deref(), Some(sum_a.as_str()), "b lost a's data");
 
@@ -67,13 +68,13 @@ async fn planned_failover_and_failback_lose_nothing() {
     let sum_b = checksum(&lab, Site::B, vol.spec()).unwrap();
     assert_ne!(sum_a, sum_b);
     wait_same_data(&lab, vol.spec(), &sum_b, Site::A, LIMIT).await;
-    demote(&mut b, &lab, vol.id()).await.expect("demote b");
+    b.demote(&Subject::volume(vol.id()), false, Params::new()).await.expect("demote b");
     assert!(!has_schedule_on(&lab, Site::B, vol.spec()), "the schedule follows the primary");
-    promote(&mut a, &lab, vol.id(), false).await.expect("non-forced promote on a");
+    a.promote(&Subject::volume(vol.id()), false, Params::new()).await.expect("non-forced promote on a");
     assert_eq!(is_primary(&lab, Site::A, vol.spec()), Some(true));
     assert_eq!(checksum(&lab, Site::A, vol.spec()).as_deref(), Some(sum_b.as_str()), "a lost b's data");
 
-    disable(&mut a, &lab, vol.id()).await.expect("disable");
+    a.disable(&Subject::volume(vol.id()), Params::new()).await.expect("disable");
     cleanup(&lab, vol.spec());
 }
 
@@ -81,15 +82,15 @@ async fn planned_failover_and_failback_lose_nothing() {
 async fn forced_promote_split_brain_then_resync_failback() {
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (mut a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let (vol, _) = mirrored_volume(&lab, &mut a).await;
 
-    let err = promote(&mut b, &lab, vol.id(), false).await.unwrap_err();
+    let err = b.promote(&Subject::volume(vol.id()), false, Params::new()).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(false), "a refused promote changed nothing");
 
     // What the controller does next: force. Both sites are now primary.
-    promote(&mut b, &lab, vol.id(), true).await.expect("forced promote");
+    b.promote(&Subject::volume(vol.id()), true, Params::new()).await.expect("forced promote");
     assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(true));
     assert_eq!(is_primary(&lab, Site::A, vol.spec()), Some(true));
     write_data(&lab, Site::B, vol.spec());
@@ -97,22 +98,25 @@ async fn forced_promote_split_brain_then_resync_failback() {
     let sum_b = checksum(&lab, Site::B, vol.spec()).unwrap();
 
     // Failback: a gives up its copy and takes b's.
-    demote(&mut a, &lab, vol.id()).await.expect("demote a");
+    a.demote(&Subject::volume(vol.id()), false, Params::new()).await.expect("demote a");
     wait_until("a to report split-brain", LIMIT, || {
         lab.mirror_status(Site::A, vol.spec()).is_some_and(|s| s["description"] == "split-brain")
     })
     .await;
-    let err = resync(&mut a, &lab, vol.id(), false).await.unwrap_err();
+    let err = a.resync(&Subject::volume(vol.id()), false, Params::new()).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "resync without force must refuse: {err:?}");
-    resync_until_ready(&mut a, &lab, vol.id(), LIMIT).await;
+    resync_until_ready(&a, vol.id(), LIMIT).await;
     assert_eq!(checksum(&lab, Site::A, vol.spec()).as_deref(), Some(sum_b.as_str()), "a does not hold b's data");
     assert!(marker(&lab, Site::A, vol.spec()).is_none(), "the re-created image must not carry the old marker");
     // Both healthy again: a replays, b is the primary.
     assert_eq!(state_of(&lab.mirror_status(Site::A, vol.spec())), "up+replaying");
     assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(true));
-    assert!(resync(&mut a, &lab, vol.id(), true).await.unwrap(), "a second resync must not start over");
+    assert!(
+        a.resync(&Subject::volume(vol.id()), true, Params::new()).await.unwrap(),
+        "a second resync must not start over"
+    );
 
-    disable(&mut b, &lab, vol.id()).await.expect("disable on the new primary");
+    b.disable(&Subject::volume(vol.id()), Params::new()).await.expect("disable on the new primary");
     lab.rbd_try(Site::B, &["rm", "--no-progress", vol.spec()]).ok();
     cleanup(&lab, vol.spec());
 }
@@ -121,19 +125,19 @@ async fn forced_promote_split_brain_then_resync_failback() {
 async fn peer_site_handles_resolve_through_cluster_mapping() {
     let lab = Lab::load();
     let server_a = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let mut a = server_a.replication().await;
+    let mut a = server_a.client(&lab).await;
     let (vol, _) = mirrored_volume(&lab, &mut a).await;
     assert_ne!(lab.pool_id(Site::A), lab.pool_id(Site::B), "the lab must have different pool IDs per site");
 
     // Without a mapping, the handle's pool ID names another pool on site-b, one
     // the CSI user has no access to: refused, and never mistaken for "gone".
     let plain = Server::start(&lab.csi_config(Site::B), &["--cluster-mapping", "/nonexistent/mapping.json"]).await;
-    let err = info(&mut plain.replication().await, &lab, vol.id()).await.unwrap_err();
+    let err = plain.client(&lab).await.info(&Subject::volume(vol.id())).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // Same clusterID on both sites, pool IDs mapped (the lab's own mapping).
     let sites = SitePair::start(&lab, &[]).await;
-    let err = info(&mut sites.b.replication().await, &lab, vol.id()).await.unwrap_err();
+    let err = sites.b.client(&lab).await.info(&Subject::volume(vol.id())).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "found, and secondary: {err:?}");
 
     // Different clusterIDs per site: both the clusterID and the pool are mapped.
@@ -153,32 +157,33 @@ async fn peer_site_handles_resolve_through_cluster_mapping() {
     )
     .unwrap();
     let other = Server::start(&config, &["--cluster-mapping", mapping.to_str().unwrap()]).await;
-    let mut ob = other.replication().await;
-    let err = info(&mut ob, &lab, vol.id()).await.unwrap_err();
+    let ob = other.client(&lab).await;
+    let err = ob.info(&Subject::volume(vol.id())).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "found through the clusterID mapping: {err:?}");
     // And the mapped handle drives real operations there.
-    demote(&mut a, &lab, vol.id()).await.expect("demote a");
-    promote(&mut ob, &lab, vol.id(), false).await.expect("promote b through the mapped handle");
+    a.demote(&Subject::volume(vol.id()), false, Params::new()).await.expect("demote a");
+    ob.promote(&Subject::volume(vol.id()), false, Params::new()).await.expect("promote b through the mapped handle");
     assert_eq!(is_primary(&lab, Site::B, vol.spec()), Some(true));
 
-    disable(&mut ob, &lab, vol.id()).await.expect("disable on b");
+    ob.disable(&Subject::volume(vol.id()), Params::new()).await.expect("disable on b");
     lab.rbd_try(Site::B, &["rm", "--no-progress", vol.spec()]).ok();
     cleanup(&lab, vol.spec());
     std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The code of a call, or "ok"/"ready=…" when it succeeded.
-async fn outcome(rpc: &str, c: &mut Client, lab: &Lab, id: &str) -> String {
+async fn outcome(rpc: &str, c: &mut Client, _lab: &Lab, id: &str) -> String {
     let code = |r: Result<(), tonic::Status>| r.map_or_else(|e| format!("{:?}", e.code()), |()| "ok".into());
     match rpc {
-        "enable" => code(enable(c, lab, id).await),
-        "disable" => code(disable(c, lab, id).await),
-        "promote" => code(promote(c, lab, id, false).await),
-        "demote" => code(demote(c, lab, id).await),
-        "resync" => {
-            resync(c, lab, id, false).await.map_or_else(|e| format!("{:?}", e.code()), |r| format!("ready={r}"))
-        }
-        "info" => code(info(c, lab, id).await.map(drop)),
+        "enable" => code(c.enable(&Subject::volume(id), Params::new()).await),
+        "disable" => code(c.disable(&Subject::volume(id), Params::new()).await),
+        "promote" => code(c.promote(&Subject::volume(id), false, Params::new()).await),
+        "demote" => code(c.demote(&Subject::volume(id), false, Params::new()).await),
+        "resync" => c
+            .resync(&Subject::volume(id), false, Params::new())
+            .await
+            .map_or_else(|e| format!("{:?}", e.code()), |r| format!("ready={r}")),
+        "info" => code(c.info(&Subject::volume(id)).await.map(drop)),
         _ => unreachable!(),
     }
 }
@@ -187,7 +192,7 @@ async fn outcome(rpc: &str, c: &mut Client, lab: &Lab, id: &str) -> String {
 async fn every_rpc_twice_in_every_state_answers_the_same() {
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (mut a, mut b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let mut report = Vec::new();
     let mut failures = Vec::new();
 
@@ -260,7 +265,7 @@ async fn every_rpc_twice_in_every_state_answers_the_same() {
                 .await;
             }
             "both demoted" => {
-                demote(&mut a, &lab, vol.id()).await.unwrap();
+                a.demote(&Subject::volume(vol.id()), false, Params::new()).await.unwrap();
                 // Both demoted shows as up+unknown ("remote image demoted", later
                 // "remote image is not primary").
                 wait_until("b to see a's demotion", LIMIT, || {
@@ -269,8 +274,8 @@ async fn every_rpc_twice_in_every_state_answers_the_same() {
                 .await;
             }
             "split-brain" => {
-                promote(&mut b, &lab, vol.id(), true).await.unwrap();
-                demote(&mut b, &lab, vol.id()).await.unwrap();
+                b.promote(&Subject::volume(vol.id()), true, Params::new()).await.unwrap();
+                b.demote(&Subject::volume(vol.id()), false, Params::new()).await.unwrap();
                 wait_until("b to report split-brain", LIMIT, || {
                     lab.mirror_status(Site::B, vol.spec()).is_some_and(|s| s["description"] == "split-brain")
                 })
@@ -305,47 +310,18 @@ enum Step {
 
 /// One concurrent wave of calls, one per volume, as the controller's parallel
 /// reconciles send them; every call must succeed. Returns the wave's duration.
-async fn wave(client: &Client, lab: &Lab, ids: &[String], step: Step) -> Duration {
+async fn wave(client: &Client, ids: &[String], step: Step) -> Duration {
     let started = Instant::now();
     let tasks: Vec<_> = ids
         .iter()
         .map(|id| {
-            let (mut c, secrets, id) = (client.clone(), lab.secrets(), id.clone());
+            let (c, subject) = (client.clone(), Subject::volume(id));
             tokio::spawn(async move {
-                let source = source(&id);
                 match step {
-                    Step::Enable => c
-                        .enable_volume_replication(EnableVolumeReplicationRequest {
-                            secrets,
-                            replication_source: source,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(drop),
-                    Step::Demote => c
-                        .demote_volume(DemoteVolumeRequest {
-                            secrets,
-                            replication_source: source,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(drop),
-                    Step::Promote => c
-                        .promote_volume(PromoteVolumeRequest {
-                            secrets,
-                            replication_source: source,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(drop),
-                    Step::Disable => c
-                        .disable_volume_replication(DisableVolumeReplicationRequest {
-                            secrets,
-                            replication_source: source,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(drop),
+                    Step::Enable => c.enable(&subject, Params::new()).await,
+                    Step::Demote => c.demote(&subject, false, Params::new()).await,
+                    Step::Promote => c.promote(&subject, false, Params::new()).await,
+                    Step::Disable => c.disable(&subject, Params::new()).await,
                 }
             })
         })
@@ -361,16 +337,16 @@ async fn twenty_volumes_fail_over_and_back_in_parallel() {
     const N: usize = 20;
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (a, b) = (sites.a.replication().await, sites.b.replication().await);
+    let (a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let vols: Vec<TestVolume> = (0..N).map(|_| lab.create_volume(VolumeOpts::default())).collect();
     let ids: Vec<String> = vols.iter().map(|v| v.id.clone()).collect();
 
-    let t_enable = wave(&a, &lab, &ids, Step::Enable).await;
+    let t_enable = wave(&a, &ids, Step::Enable).await;
     for v in &vols {
         wait_until("b's copy", LIMIT, || lab.rbd_try(Site::B, &["info", &v.spec]).is_ok()).await;
     }
-    let t_demote = wave(&a, &lab, &ids, Step::Demote).await;
-    let t_promote = wave(&b, &lab, &ids, Step::Promote).await;
+    let t_demote = wave(&a, &ids, Step::Demote).await;
+    let t_promote = wave(&b, &ids, Step::Promote).await;
     for v in &vols {
         assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true), "{}", v.spec);
     }
@@ -379,8 +355,8 @@ async fn twenty_volumes_fail_over_and_back_in_parallel() {
         wait_until("a to replay from b", LIMIT, || state_of(&lab.mirror_status(Site::A, &v.spec)) == "up+replaying")
             .await;
     }
-    let t_back_demote = wave(&b, &lab, &ids, Step::Demote).await;
-    let t_back_promote = wave(&a, &lab, &ids, Step::Promote).await;
+    let t_back_demote = wave(&b, &ids, Step::Demote).await;
+    let t_back_promote = wave(&a, &ids, Step::Promote).await;
     for v in &vols {
         assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true), "{}", v.spec);
     }
@@ -388,7 +364,7 @@ async fn twenty_volumes_fail_over_and_back_in_parallel() {
         "{N} volumes: enable {t_enable:?}; failover: demote {t_demote:?}, promote {t_promote:?}; \
          failback: demote {t_back_demote:?}, promote {t_back_promote:?}"
     );
-    wave(&a, &lab, &ids, Step::Disable).await;
+    wave(&a, &ids, Step::Disable).await;
     for v in &vols {
         cleanup(&lab, &v.spec);
     }

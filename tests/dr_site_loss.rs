@@ -17,7 +17,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn mirrored(lab: &Lab, a: &mut Client) -> TestVolume {
     let v = lab.create_volume(VolumeOpts::default());
     write_data(lab, Site::A, &v.spec);
-    enable(a, lab, &v.id).await.expect("enable");
+    a.enable(&Subject::volume(&v.id), Params::new()).await.expect("enable");
     let sum = checksum(lab, Site::A, &v.spec).unwrap();
     wait_same_data(lab, &v.spec, &sum, Site::B, LIMIT).await;
     v
@@ -38,14 +38,14 @@ async fn unplanned_failover_after_site_loss_then_resync_restores_replication() {
     let lab = Lab::load();
     // A short op deadline, so that a forced promote that hung would show.
     let sites = SitePair::start(&lab, &["--op-timeout", "30s"]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (mut a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let vol = mirrored(&lab, &mut a).await;
     let id = vol.id.clone();
 
     // Site-a is lost: every daemon frozen mid-flight.
     let frozen = Frozen::daemons(&lab, "site-a", &[]);
     let started = Instant::now();
-    let promoted = promote(&mut b, &lab, &id, true).await;
+    let promoted = b.promote(&Subject::volume(&id), true, Params::new()).await;
     let took = started.elapsed();
     println!("forced promote with site-a frozen took {took:?}");
     assert!(took < Duration::from_secs(35), "forced promote outlived the op deadline: {took:?}");
@@ -58,16 +58,16 @@ async fn unplanned_failover_after_site_loss_then_resync_restores_replication() {
     // Site-a comes back, still believing it is primary; fail it back.
     drop(frozen);
     wait_until("site-a to answer again", LIMIT, || lab.rbd_try(Site::A, &["info", &vol.spec]).is_ok()).await;
-    demote(&mut a, &lab, &id).await.expect("demote the returning site-a");
+    a.demote(&Subject::volume(&id), false, Params::new()).await.expect("demote the returning site-a");
     wait_until("a to report split-brain", LIMIT, || {
         lab.mirror_status(Site::A, &vol.spec).is_some_and(|s| s["description"] == "split-brain")
     })
     .await;
-    resync_until_ready(&mut a, &lab, &id, LIMIT).await;
+    resync_until_ready(&a, &id, LIMIT).await;
     assert_eq!(checksum(&lab, Site::A, &vol.spec).as_deref(), Some(sum_b.as_str()), "a does not hold b's data");
     assert_eq!(state_of(&lab.mirror_status(Site::A, &vol.spec)), "up+replaying");
 
-    disable(&mut b, &lab, &id).await.expect("disable");
+    b.disable(&Subject::volume(&id), Params::new()).await.expect("disable");
     lab.rbd_try(Site::B, &["rm", "--no-progress", &vol.spec]).ok();
     cleanup(&lab, &vol.spec);
 }
@@ -77,12 +77,12 @@ async fn resync_with_the_rbd_mirror_daemon_down_is_an_error_not_progress() {
     let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (mut a, b) = (sites.a.replication().await, sites.b.replication().await);
+    let (mut a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let vol = mirrored(&lab, &mut a).await;
     let resync_b = || {
-        let mut c = b.clone();
-        let (lab, id) = (&lab, vol.id.clone());
-        async move { resync(&mut c, lab, &id, true).await }
+        let c = b.clone();
+        let (_lab, id) = (&lab, vol.id.clone());
+        async move { c.resync(&Subject::volume(&id), true, Params::new()).await }
     };
 
     {
@@ -120,13 +120,13 @@ async fn a_forced_promote_takes_the_image_from_a_stuck_rbd_mirror() {
     let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let journal = || std::collections::HashMap::from([("mirroringMode".to_owned(), "journal".to_owned())]);
     let mut vols = Vec::new();
     for _ in 0..2 {
         let v = lab.create_volume(VolumeOpts::default());
         write_data(&lab, Site::A, &v.spec);
-        enable_with(&mut a, &lab, &v.id, journal()).await.expect("enable in journal mode");
+        a.enable(&Subject::volume(&v.id), journal()).await.expect("enable in journal mode");
         let sum = checksum(&lab, Site::A, &v.spec).unwrap();
         wait_same_data(&lab, &v.spec, &sum, Site::B, LIMIT).await;
         vols.push(v);
@@ -141,7 +141,9 @@ async fn a_forced_promote_takes_the_image_from_a_stuck_rbd_mirror() {
         let _site_a = Frozen::daemons(&lab, "site-a", &[]);
         let _mirror_b = Frozen::daemons(&lab, "site-b", &["rbd-mirror"]);
         let started = Instant::now();
-        promote(&mut b, &lab, &x.id, true).await.expect("forced promote with site-a lost and rbd-mirror stuck");
+        b.promote(&Subject::volume(&x.id), true, Params::new())
+            .await
+            .expect("forced promote with site-a lost and rbd-mirror stuck");
         let took = started.elapsed();
         // Answered only once the image takes writes.
         lab.rbd(Site::B, &["bench", "--io-type", "write", "--io-size", "4K", "--io-total", "64K", &x.spec]);
@@ -159,14 +161,14 @@ async fn a_forced_promote_takes_the_image_from_a_stuck_rbd_mirror() {
 
     // Fail x back to site-a; site-b's rbd-mirror then replays it again.
     write_data(&lab, Site::B, &x.spec);
-    demote(&mut a, &lab, &x.id).await.expect("demote the returning site-a");
-    resync_until_ready(&mut a, &lab, &x.id, LIMIT).await;
+    a.demote(&Subject::volume(&x.id), false, Params::new()).await.expect("demote the returning site-a");
+    resync_until_ready(&a, &x.id, LIMIT).await;
     let sum_b = checksum(&lab, Site::B, &x.spec).unwrap();
     wait_same_data(&lab, &x.spec, &sum_b, Site::A, LIMIT).await;
-    demote(&mut b, &lab, &x.id).await.expect("planned failback: demote b");
+    b.demote(&Subject::volume(&x.id), false, Params::new()).await.expect("planned failback: demote b");
     let started = Instant::now();
     loop {
-        match promote(&mut a, &lab, &x.id, false).await {
+        match a.promote(&Subject::volume(&x.id), false, Params::new()).await {
             Ok(()) => break,
             Err(e) if matches!(e.code(), Code::Unavailable | Code::FailedPrecondition) && started.elapsed() < LIMIT => {
                 tokio::time::sleep(Duration::from_secs(1)).await
@@ -179,7 +181,7 @@ async fn a_forced_promote_takes_the_image_from_a_stuck_rbd_mirror() {
     wait_same_data(&lab, &x.spec, &sum_a, Site::B, LIMIT).await;
 
     for v in &vols {
-        disable(&mut a, &lab, &v.id).await.ok();
+        a.disable(&Subject::volume(&v.id), Params::new()).await.ok();
         lab.rbd_try(Site::B, &["rm", "--no-progress", &v.spec]).ok();
         cleanup(&lab, &v.spec);
     }

@@ -45,13 +45,14 @@ struct Cut {
 }
 
 async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64, honour_quiesce: bool) -> Cut {
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
-    let mut groups_a = sites.a.groups().await;
+    let (a, b) = (sites.a.client(lab).await, sites.b.client(lab).await);
+    let groups_a = sites.a.client(lab).await;
     let vols: Vec<TestVolume> =
         (0..MEMBERS).map(|_| lab.create_volume(VolumeOpts { size_mb: 64, ..Default::default() })).collect();
     let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
     let names: Vec<String> = vols.iter().map(|v| v.spec.rsplit('/').next().unwrap().to_owned()).collect();
-    let group = create_group(&mut groups_a, lab, &format!("consistency-{round}-{}", new_uuid()), &ids)
+    let group = groups_a
+        .group_create(&format!("consistency-{round}-{}", new_uuid()), &ids, group_params(lab))
         .await
         .expect("create group");
     let gid = group.volume_group_id;
@@ -62,7 +63,7 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64, honou
     let armed =
         arm_writer(cluster_a, lab.pool_id(Site::A), names.clone(), stop.clone(), written.clone(), None, honour_quiesce);
     // At the default generationInterval: the proof holds for what admins get.
-    group_enable(&mut a, lab, &gid, HashMap::new()).await.expect("enable group replication");
+    a.enable(&Subject::group(&gid), HashMap::new()).await.expect("enable group replication");
     // Site-b holds every member, replaying.
     for v in &vols {
         wait_until(&format!("{} on site-b", v.spec), Duration::from_secs(60), || {
@@ -91,7 +92,7 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64, honou
     let pool_b = lab.pool_id(Site::B);
     let control = records_on(&cluster_b, pool_b, &names, acknowledged + 64);
     let started = Instant::now();
-    group_promote_after_site_loss(&mut b, lab, &gid).await.expect("forced group promote on site-b with site-a frozen");
+    group_promote_after_site_loss(&b, &gid).await.expect("forced group promote on site-b with site-a frozen");
     let promote_s = started.elapsed().as_secs_f64();
     for v in &vols {
         assert_eq!(is_primary(lab, Site::B, &v.spec), Some(true), "{} is not primary on site-b", v.spec);
@@ -164,18 +165,19 @@ async fn group_failback_after_site_loss_through_resync() {
     let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &["--ceph-timeout", "10s"]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
-    let mut groups_a = sites.a.groups().await;
+    let (a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
+    let groups_a = sites.a.client(&lab).await;
     let vols: Vec<TestVolume> = (0..MEMBERS).map(|_| lab.create_volume(VolumeOpts::default())).collect();
     for v in &vols {
         write_data(&lab, Site::A, &v.spec);
     }
     let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
-    let gid = create_group(&mut groups_a, &lab, &format!("site-loss-{}", new_uuid()), &ids)
+    let gid = groups_a
+        .group_create(&format!("site-loss-{}", new_uuid()), &ids, group_params(&lab))
         .await
         .expect("create group")
         .volume_group_id;
-    group_enable(&mut a, &lab, &gid, HashMap::new()).await.expect("enable");
+    a.enable(&Subject::group(&gid), HashMap::new()).await.expect("enable");
     for v in &vols {
         let sum = checksum(&lab, Site::A, &v.spec).unwrap();
         wait_same_data(&lab, &v.spec, &sum, Site::B, LIMIT).await;
@@ -186,7 +188,7 @@ async fn group_failback_after_site_loss_through_resync() {
     wait_group_cut(&lab, Site::B, &specs, LIMIT).await;
     {
         let _frozen = Frozen::daemons(&lab, "site-a", &[]);
-        group_promote_after_site_loss(&mut b, &lab, &gid).await.expect("forced promote with site-a frozen");
+        group_promote_after_site_loss(&b, &gid).await.expect("forced promote with site-a frozen");
     }
     for v in &vols {
         write_data(&lab, Site::B, &v.spec);
@@ -194,11 +196,11 @@ async fn group_failback_after_site_loss_through_resync() {
     let sums_b: Vec<String> = vols.iter().map(|v| checksum(&lab, Site::B, &v.spec).unwrap()).collect();
 
     // Site-a is back and still primary: demote, then resync until ready.
-    group_demote(&mut a, &lab, &gid).await.expect("demote the old primary");
+    a.demote(&Subject::group(&gid), false, Params::new()).await.expect("demote the old primary");
     let started = Instant::now();
     let mut first = true;
     loop {
-        match group_resync(&mut a, &lab, &gid, true).await {
+        match a.resync(&Subject::group(&gid), true, Params::new()).await {
             Ok(true) => break,
             Ok(false) => first = false,
             Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound) => first = false,
@@ -215,14 +217,14 @@ async fn group_failback_after_site_loss_through_resync() {
         wait_same_data(&lab, &v.spec, sum, Site::A, LIMIT).await;
     }
     // Planned failback.
-    group_fail_over(&mut b, &mut a, &lab, &gid, &vols, &sums_b, Site::A).await;
+    group_fail_over(&b, &a, &lab, &gid, &vols, &sums_b, Site::A).await;
     // The resynced members are back in site-a's RBD group, and generations go on.
     let group = format!("{}/csi-vol-group-{}", lab.pool(), &gid[gid.len() - 36..]);
     let listed = lab.rbd(Site::A, &["group", "image", "ls", &group]);
     for v in &vols {
         assert!(listed.contains(&v.spec), "{} not in {group}: {listed}", v.spec);
     }
-    group_disable(&mut a, &lab, &gid).await.expect("disable");
+    a.disable(&Subject::group(&gid), Params::new()).await.expect("disable");
     for v in &vols {
         remove_everywhere(&lab, &v.spec);
     }
@@ -239,18 +241,19 @@ async fn a_refused_forced_promote_and_the_way_out_it_names() {
     let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let mut sites = SitePair::start(&lab, &[]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
-    let mut groups_a = sites.a.groups().await;
+    let (a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
+    let groups_a = sites.a.client(&lab).await;
     let vols: Vec<TestVolume> = (0..MEMBERS).map(|_| lab.create_volume(VolumeOpts::default())).collect();
     for v in &vols {
         write_data(&lab, Site::A, &v.spec);
     }
     let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
-    let gid = create_group(&mut groups_a, &lab, &format!("no-cut-{}", new_uuid()), &ids)
+    let gid = groups_a
+        .group_create(&format!("no-cut-{}", new_uuid()), &ids, group_params(&lab))
         .await
         .expect("create group")
         .volume_group_id;
-    group_enable(&mut a, &lab, &gid, HashMap::new()).await.expect("enable");
+    a.enable(&Subject::group(&gid), HashMap::new()).await.expect("enable");
     drop((a, groups_a));
     sites.a.stop().await;
     let mut sums = Vec::new();
@@ -261,15 +264,15 @@ async fn a_refused_forced_promote_and_the_way_out_it_names() {
     }
     {
         let _frozen = Frozen::daemons(&lab, "site-a", &[]);
-        let refused = group_promote_after_site_loss(&mut b, &lab, &gid).await.expect_err("promote without a cut");
+        let refused = group_promote_after_site_loss(&b, &gid).await.expect_err("promote without a cut");
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         assert!(
             refused.message().contains("disable the group's replication on this site and enable it again"),
             "the refusal names no way out: {}",
             refused.message()
         );
-        group_disable(&mut b, &lab, &gid).await.expect("disable on site-b, as the refusal says");
-        group_enable(&mut b, &lab, &gid, HashMap::new()).await.expect("enable again on site-b");
+        b.disable(&Subject::group(&gid), Params::new()).await.expect("disable on site-b, as the refusal says");
+        b.enable(&Subject::group(&gid), HashMap::new()).await.expect("enable again on site-b");
         for (v, sum) in vols.iter().zip(&sums) {
             assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true), "{} is not primary on site-b", v.spec);
             assert_eq!(checksum(&lab, Site::B, &v.spec).as_ref(), Some(sum), "{} lost data on site-b", v.spec);
@@ -283,7 +286,7 @@ async fn a_refused_forced_promote_and_the_way_out_it_names() {
         let specs: Vec<&str> = vols.iter().map(|v| v.spec.as_str()).collect();
         wait_group_cut(&lab, Site::B, &specs, LIMIT).await;
     }
-    group_disable(&mut b, &lab, &gid).await.expect("disable");
+    b.disable(&Subject::group(&gid), Params::new()).await.expect("disable");
     for v in &vols {
         remove_everywhere(&lab, &v.spec);
     }

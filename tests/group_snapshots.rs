@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use common::interleave::{MEMBERS, arm_writer, first_gap, join_writer, records_on};
 use common::*;
 use rbd_addons::ceph::IoCtx;
-use rbd_addons::client::{ClientError, Connection};
+use rbd_addons::client::Connection;
+use rbd_addons::proto::csi::v1::VolumeGroupSnapshot;
 use serde_json::Value;
 use tonic::Code;
 
@@ -43,15 +44,13 @@ async fn front_on(lab: &Lab, site: Site) -> (Server, Connection) {
     let server = Server::start_with_front(&lab.csi_config(site), Path::new("/nonexistent/csi.sock"), &extra).await;
     let conn = Connection::open(&format!("unix://{}", server.front().display()), Duration::from_secs(120))
         .await
-        .expect("connect to the CSI front");
+        .expect("connect to the CSI front")
+        .with_secrets(lab.secrets());
     (server, conn)
 }
 
-fn code(e: ClientError) -> Code {
-    match e {
-        ClientError::Rpc(s) => s.code(),
-        other => panic!("not an RPC error: {other}"),
-    }
+fn code(e: tonic::Status) -> Code {
+    e.code()
 }
 
 fn uuid_of(id: &str) -> &str {
@@ -87,26 +86,25 @@ fn image_of(spec: &str) -> String {
     spec.rsplit('/').next().unwrap().to_owned()
 }
 
-async fn until_ready(conn: &Connection, lab: &Lab, id: &str) -> Value {
+async fn until_ready(conn: &Connection, id: &str) -> VolumeGroupSnapshot {
     let started = Instant::now();
     loop {
-        let v = conn.group_snapshot_get(id, lab.secrets()).await.expect("get group snapshot");
-        if v["ready_to_use"] == true {
+        let v = conn.group_snapshot_get(id).await.expect("get group snapshot");
+        if v.ready_to_use {
             return v;
         }
-        assert!(started.elapsed() < LIMIT, "group snapshot {id} not ready after {LIMIT:?}: {v}");
+        assert!(started.elapsed() < LIMIT, "group snapshot {id} not ready after {LIMIT:?}: {v:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 /// The snapshot IDs of a group snapshot, in the order of `vols`.
-fn member_snapshots(v: &Value, vols: &[TestVolume]) -> Vec<String> {
-    let snaps = v["snapshots"].as_array().expect("snapshots");
+fn member_snapshots(v: &VolumeGroupSnapshot, vols: &[TestVolume]) -> Vec<String> {
     vols.iter()
         .map(|vol| {
-            let s = snaps.iter().find(|s| s["source_volume_id"] == vol.id.as_str()).expect("a snapshot per volume");
-            assert_eq!(s["group_snapshot_id"], v["group_snapshot_id"], "{s}");
-            s["snapshot_id"].as_str().unwrap().to_owned()
+            let s = v.snapshots.iter().find(|s| s.source_volume_id == vol.id).expect("a snapshot per volume");
+            assert_eq!(s.group_snapshot_id, v.group_snapshot_id, "{s:?}");
+            s.snapshot_id.clone()
         })
         .collect()
 }
@@ -167,10 +165,9 @@ async fn group_snapshots_restore_as_ceph_csi_does_and_hold_one_instant() {
         }
         let started = Instant::now();
         let name = format!("groupsnapshot-{}", new_uuid());
-        let created =
-            conn.group_snapshot_create(&name, ids.clone(), params(&lab), lab.secrets()).await.expect("create");
-        let gid = created["group_snapshot_id"].as_str().unwrap().to_owned();
-        let ready = until_ready(&conn, &lab, &gid).await;
+        let created = conn.group_snapshot_create(&name, &refs(&ids), params(&lab)).await.expect("create");
+        let gid = created.group_snapshot_id.clone();
+        let ready = until_ready(&conn, &gid).await;
         let took = started.elapsed();
         let snapshot_ids = member_snapshots(&ready, &vols);
 
@@ -212,7 +209,7 @@ async fn group_snapshots_restore_as_ceph_csi_does_and_hold_one_instant() {
         for v in &vols {
             lab.rbd(Site::A, &["snap", "rm", "--no-progress", &format!("{}@{control}", v.spec)]);
         }
-        conn.group_snapshot_delete(&gid, snapshot_ids.clone(), lab.secrets()).await.expect("delete");
+        conn.group_snapshot_delete(&gid, &refs(&snapshot_ids)).await.expect("delete");
         assert_gone(&lab, &gid, &snapshot_ids);
     }
     stop.store(true, Ordering::Relaxed);
@@ -243,12 +240,12 @@ async fn create_is_idempotent_by_name_and_get_and_delete_answer_as_csi_says() {
     }
     let ids: Vec<String> = vols.iter().map(|v| v.id.clone()).collect();
     let name = format!("groupsnapshot-{}", new_uuid());
-    let first = conn.group_snapshot_create(&name, ids.clone(), params(&lab), lab.secrets()).await.expect("create");
-    assert_eq!(first["ready_to_use"], true, "{first}");
-    let again = conn.group_snapshot_create(&name, ids.clone(), params(&lab), lab.secrets()).await.expect("retry");
+    let first = conn.group_snapshot_create(&name, &refs(&ids), params(&lab)).await.expect("create");
+    assert!(first.ready_to_use, "{first:?}");
+    let again = conn.group_snapshot_create(&name, &refs(&ids), params(&lab)).await.expect("retry");
     assert_eq!(first, again, "a retried Create must give the same answer");
-    let gid = first["group_snapshot_id"].as_str().unwrap().to_owned();
-    assert_eq!(conn.group_snapshot_get(&gid, lab.secrets()).await.expect("get"), first);
+    let gid = first.group_snapshot_id.clone();
+    assert_eq!(conn.group_snapshot_get(&gid).await.expect("get"), first);
     let snapshot_ids = member_snapshots(&first, &vols);
     // With rbd_clone4 (Tentacle) a member image is a clone of the group
     // snapshot; without it (Pacific, Reef) a copy with no parent.
@@ -266,15 +263,15 @@ async fn create_is_idempotent_by_name_and_get_and_delete_answer_as_csi_says() {
 
     // The same name for other volumes, and bad or missing group snapshots.
     let other = lab.create_volume(VolumeOpts::default());
-    let e = conn.group_snapshot_create(&name, vec![other.id.clone()], params(&lab), lab.secrets()).await.unwrap_err();
+    let e = conn.group_snapshot_create(&name, &[other.id.as_str()], params(&lab)).await.unwrap_err();
     assert_eq!(code(e), Code::AlreadyExists);
     let wrong = vec![snapshot_ids[0].clone()];
-    assert_eq!(code(conn.group_snapshot_delete(&gid, wrong, lab.secrets()).await.unwrap_err()), Code::InvalidArgument);
+    assert_eq!(code(conn.group_snapshot_delete(&gid, &refs(&wrong)).await.unwrap_err()), Code::InvalidArgument);
 
-    conn.group_snapshot_delete(&gid, snapshot_ids.clone(), lab.secrets()).await.expect("delete");
+    conn.group_snapshot_delete(&gid, &refs(&snapshot_ids)).await.expect("delete");
     assert_gone(&lab, &gid, &snapshot_ids);
-    conn.group_snapshot_delete(&gid, snapshot_ids.clone(), lab.secrets()).await.expect("delete again: OK");
-    assert_eq!(code(conn.group_snapshot_get(&gid, lab.secrets()).await.unwrap_err()), Code::NotFound);
+    conn.group_snapshot_delete(&gid, &refs(&snapshot_ids)).await.expect("delete again: OK");
+    assert_eq!(code(conn.group_snapshot_get(&gid).await.unwrap_err()), Code::NotFound);
     for v in vols.iter().chain([&other]) {
         cleanup(&lab, &v.spec);
     }
@@ -290,11 +287,11 @@ async fn delete_while_a_restored_volume_depends_on_a_member() {
     let v = lab.create_volume(VolumeOpts::default());
     write_data(&lab, Site::A, &v.spec);
     let name = format!("groupsnapshot-{}", new_uuid());
-    let created = conn.group_snapshot_create(&name, vec![v.id.clone()], params(&lab), lab.secrets()).await.unwrap();
-    let gid = created["group_snapshot_id"].as_str().unwrap().to_owned();
+    let created = conn.group_snapshot_create(&name, &[v.id.as_str()], params(&lab)).await.unwrap();
+    let gid = created.group_snapshot_id.clone();
     let snapshot_ids = member_snapshots(&created, std::slice::from_ref(&v));
     let restored = restore(&lab, &snapshot_ids[0]);
-    conn.group_snapshot_delete(&gid, Vec::new(), lab.secrets()).await.expect("delete with a dependent clone");
+    conn.group_snapshot_delete(&gid, &[]).await.expect("delete with a dependent clone");
     assert_gone(&lab, &gid, &snapshot_ids);
     let spec = format!("{}/{restored}", lab.pool());
     assert_eq!(checksum(&lab, Site::A, &spec), checksum(&lab, Site::A, &v.spec), "the restored volume still reads");
@@ -322,9 +319,9 @@ async fn delete_while_a_restored_volume_depends_on_a_member() {
 /// Creates and deletes one more group snapshot of the volume.
 async fn another_round(lab: &Lab, conn: &Connection, volume_id: &str) {
     let name = format!("groupsnapshot-{}", new_uuid());
-    let made = conn.group_snapshot_create(&name, vec![volume_id.to_owned()], params(lab), lab.secrets()).await.unwrap();
-    let gid = made["group_snapshot_id"].as_str().unwrap().to_owned();
-    conn.group_snapshot_delete(&gid, Vec::new(), lab.secrets()).await.unwrap();
+    let made = conn.group_snapshot_create(&name, &[volume_id], params(lab)).await.unwrap();
+    let gid = made.group_snapshot_id.clone();
+    conn.group_snapshot_delete(&gid, &[]).await.unwrap();
 }
 
 /// The copy of a member that a crash interrupted is made again by the next
@@ -352,8 +349,8 @@ async fn an_interrupted_copy_resumes_after_a_restart() {
         let (mut server, conn) = front_server(&lab).await;
         let name = format!("groupsnapshot-{}", new_uuid());
         let create = {
-            let (ids, params, secrets) = (ids.clone(), params(&lab), lab.secrets());
-            tokio::spawn(async move { conn.group_snapshot_create(&name, ids, params, secrets).await })
+            let (ids, params) = (ids.clone(), params(&lab));
+            tokio::spawn(async move { conn.group_snapshot_create(&name, &refs(&ids), params).await })
         };
         let started = Instant::now();
         while !copying() && started.elapsed() < Duration::from_secs(30) {
@@ -373,9 +370,9 @@ async fn an_interrupted_copy_resumes_after_a_restart() {
     let gid = interrupted.expect("never caught a copy in progress");
     let (_server, conn) = front_server(&lab).await;
     let resumed = Instant::now();
-    let first = conn.group_snapshot_get(&gid, lab.secrets()).await.expect("get after the restart");
-    assert_eq!(first["ready_to_use"], false, "the copy was interrupted: {first}");
-    let ready = until_ready(&conn, &lab, &gid).await;
+    let first = conn.group_snapshot_get(&gid).await.expect("get after the restart");
+    assert!(!first.ready_to_use, "the copy was interrupted: {first:?}");
+    let ready = until_ready(&conn, &gid).await;
     println!(
         "resumed: {MEMBERS} x 256 MiB members restorable {:.2}s after the first Get",
         resumed.elapsed().as_secs_f64()
@@ -386,7 +383,7 @@ async fn an_interrupted_copy_resumes_after_a_restart() {
         assert_eq!(checksum(&lab, Site::A, &format!("{}/{r}", lab.pool())), checksum(&lab, Site::A, &v.spec));
         remove_images(&lab, &[r]);
     }
-    conn.group_snapshot_delete(&gid, Vec::new(), lab.secrets()).await.expect("delete");
+    conn.group_snapshot_delete(&gid, &[]).await.expect("delete");
     assert_gone(&lab, &gid, &snapshot_ids);
     for v in &vols {
         cleanup(&lab, &v.spec);
@@ -420,8 +417,8 @@ async fn bad_requests_get_exact_codes() {
     let missing = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
     let create = |name: &str, ids: Vec<String>, params: HashMap<String, String>| {
         let conn = &conn;
-        let (name, secrets) = (name.to_owned(), lab.secrets());
-        async move { conn.group_snapshot_create(&name, ids, params, secrets).await.map(drop).map_err(code) }
+        let name = name.to_owned();
+        async move { conn.group_snapshot_create(&name, &refs(&ids), params).await.map(drop).map_err(code) }
     };
     let name = format!("groupsnapshot-{}", new_uuid());
     let many: Vec<String> = (0..101).map(|_| volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid())).collect();
@@ -472,23 +469,24 @@ async fn bad_requests_get_exact_codes() {
     }
     // Nothing was left behind by the refusals.
     assert!(!lab.rbd(Site::A, &["group", "ls", &lab.pool()]).contains("csi-vgs-"));
-    assert_eq!(code(conn.group_snapshot_get("", lab.secrets()).await.unwrap_err()), Code::InvalidArgument);
-    let e = conn.group_snapshot_delete("bad", Vec::new(), lab.secrets()).await.unwrap_err();
+    assert_eq!(code(conn.group_snapshot_get("").await.unwrap_err()), Code::InvalidArgument);
+    let e = conn.group_snapshot_delete("bad", &[]).await.unwrap_err();
     assert_eq!(code(e), Code::InvalidArgument);
     // A volume group's ID is not a group snapshot's (they share ceph-csi's journal).
-    let mut groups = server.groups().await;
-    let vg = create_group(&mut groups, &lab, &format!("not-a-snapshot-{}", new_uuid()), &[]).await.unwrap();
-    let e = conn.group_snapshot_delete(&vg.volume_group_id, Vec::new(), lab.secrets()).await.unwrap_err();
+    let groups = server.client(&lab).await;
+    let vg = groups.group_create(&format!("not-a-snapshot-{}", new_uuid()), &[], group_params(&lab)).await.unwrap();
+    let e = conn.group_snapshot_delete(&vg.volume_group_id, &[]).await.unwrap_err();
     assert_eq!(code(e), Code::InvalidArgument);
-    assert_eq!(code(conn.group_snapshot_get(&vg.volume_group_id, lab.secrets()).await.unwrap_err()), Code::NotFound);
-    delete_group(&mut groups, &lab, &vg.volume_group_id).await.expect("delete the volume group");
+    assert_eq!(code(conn.group_snapshot_get(&vg.volume_group_id).await.unwrap_err()), Code::NotFound);
+    groups.group_delete(&vg.volume_group_id).await.expect("delete the volume group");
     let unknown = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
-    assert_eq!(code(conn.group_snapshot_get(&unknown, lab.secrets()).await.unwrap_err()), Code::NotFound);
-    assert_eq!(code(conn.group_snapshot_get("bad", lab.secrets()).await.unwrap_err()), Code::InvalidArgument);
-    conn.group_snapshot_delete(&unknown, Vec::new(), lab.secrets()).await.expect("deleting what is not there is OK");
+    assert_eq!(code(conn.group_snapshot_get(&unknown).await.unwrap_err()), Code::NotFound);
+    assert_eq!(code(conn.group_snapshot_get("bad").await.unwrap_err()), Code::InvalidArgument);
+    conn.group_snapshot_delete(&unknown, &[]).await.expect("deleting what is not there is OK");
     let mut bad_secrets = lab.secrets();
     bad_secrets.insert("userKey".into(), "AQBAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==".into());
-    let e = conn.group_snapshot_create(&name, vec![v.id.clone()], params(&lab), bad_secrets).await.unwrap_err();
+    let e = conn.clone().with_secrets(bad_secrets).group_snapshot_create(&name, &[v.id.as_str()], params(&lab)).await;
+    let e = e.unwrap_err();
     assert!(!e.to_string().contains("AQBAAAAA"), "the key leaked: {e}");
     assert_eq!(code(e), Code::Unauthenticated);
     assert!(!server.log_text().contains("AQBAAAAA") && !server.log_text().contains(&lab.key()), "a key in the log");
@@ -550,7 +548,7 @@ async fn dells_extension_round_trip() {
     // Dell's extension has no delete: the CSI front's GroupController does it.
     let conn =
         Connection::open(&format!("unix://{}", server.front().display()), Duration::from_secs(60)).await.unwrap();
-    conn.group_snapshot_delete(&resp.snapshot_group_id, Vec::new(), lab.secrets()).await.expect("delete");
+    conn.group_snapshot_delete(&resp.snapshot_group_id, &[]).await.expect("delete");
 
     // Without a mounted Secret the extension says what is missing.
     drop(server);
@@ -578,13 +576,13 @@ async fn a_replicated_volume_groups_rbd_group_is_reused_beside_its_generations()
     let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (mut a, mut groups_a) = (sites.a.replication().await, sites.a.groups().await);
+    let (a, groups_a) = (sites.a.client(&lab).await, sites.a.client(&lab).await);
     let vols: Vec<TestVolume> =
         (0..MEMBERS).map(|_| lab.create_volume(VolumeOpts { size_mb: 64, ..Default::default() })).collect();
     let ids: Vec<String> = vols.iter().map(|v| v.id.clone()).collect();
     let names: Vec<String> = vols.iter().map(|v| image_of(&v.spec)).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let group = create_group(&mut groups_a, &lab, &format!("vgs-beside-{}", new_uuid()), &refs).await.unwrap();
+    let group = groups_a.group_create(&format!("vgs-beside-{}", new_uuid()), &refs, group_params(&lab)).await.unwrap();
     let gid = group.volume_group_id;
     let params_2s = HashMap::from([("generationInterval".to_owned(), "2s".to_owned())]);
     // Generations are taken while the members change: the writer changes
@@ -599,7 +597,7 @@ async fn a_replicated_volume_groups_rbd_group_is_reused_beside_its_generations()
         None,
         true,
     );
-    group_enable(&mut a, &lab, &gid, params_2s).await.expect("enable group replication");
+    a.enable(&Subject::group(&gid), params_2s).await.expect("enable group replication");
     let rbd_group = format!("{}/csi-vol-group-{}", lab.pool(), uuid_of(&gid));
     let generations =
         |lab: &Lab| snap_names(lab, Site::A, &vols[0].spec).iter().filter(|n| n.starts_with("rbd-addons.pre.")).count();
@@ -614,9 +612,9 @@ async fn a_replicated_volume_groups_rbd_group_is_reused_beside_its_generations()
 
     let (_front_a, conn) = front_on(&lab, Site::A).await;
     let name = format!("groupsnapshot-{}", new_uuid());
-    let created = conn.group_snapshot_create(&name, ids.clone(), params(&lab), lab.secrets()).await.expect("create");
-    let vgs = created["group_snapshot_id"].as_str().unwrap().to_owned();
-    let ready = until_ready(&conn, &lab, &vgs).await;
+    let created = conn.group_snapshot_create(&name, &refs, params(&lab)).await.expect("create");
+    let vgs = created.group_snapshot_id.clone();
+    let ready = until_ready(&conn, &vgs).await;
     // The VolumeGroup's RBD group gave the instant, and kept its members.
     assert!(!lab.rbd(Site::A, &["group", "ls", &lab.pool()]).contains("csi-vgs-"), "a temporary group was made");
     let listed = lab.rbd(Site::A, &["group", "image", "ls", &rbd_group]);
@@ -644,14 +642,14 @@ async fn a_replicated_volume_groups_rbd_group_is_reused_beside_its_generations()
     // On site-b the members are secondary: no group snapshot there.
     let (_front_b, conn_b) = front_on(&lab, Site::B).await;
     let err = conn_b
-        .group_snapshot_create(&format!("groupsnapshot-{}", new_uuid()), ids.clone(), HashMap::new(), lab.secrets())
+        .group_snapshot_create(&format!("groupsnapshot-{}", new_uuid()), &refs, HashMap::new())
         .await
         .unwrap_err();
     assert_eq!(code(err), Code::FailedPrecondition);
 
-    conn.group_snapshot_delete(&vgs, Vec::new(), lab.secrets()).await.expect("delete");
-    group_disable(&mut a, &lab, &gid).await.expect("disable");
-    delete_group(&mut groups_a, &lab, &gid).await.ok();
+    conn.group_snapshot_delete(&vgs, &[]).await.expect("delete");
+    a.disable(&Subject::group(&gid), Params::new()).await.expect("disable");
+    groups_a.group_delete(&gid).await.ok();
     for v in &vols {
         remove_everywhere(&lab, &v.spec);
     }

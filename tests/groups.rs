@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rbd_addons::proto::volumegroup::{ListVolumeGroupsRequest, VolumeGroup};
+use rbd_addons::proto::volumegroup::VolumeGroup;
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(150);
@@ -56,9 +56,9 @@ fn image_of(v: &TestVolume) -> String {
 }
 
 /// The end of a test: the group emptied and deleted, its volumes removed.
-async fn retire_group(g: &mut GroupClient, lab: &Lab, gid: &str, vols: &[TestVolume]) {
-    modify_group(g, lab, gid, &[]).await.expect("empty the group");
-    delete_group(g, lab, gid).await.expect("delete the group");
+async fn retire_group(g: &Client, lab: &Lab, gid: &str, vols: &[TestVolume]) {
+    g.group_modify(gid, &[], Params::new()).await.expect("empty the group");
+    g.group_delete(gid).await.expect("delete the group");
     for v in vols {
         cleanup(lab, &v.spec);
     }
@@ -75,12 +75,12 @@ fn code(r: Result<impl Sized, tonic::Status>) -> Code {
 async fn volume_group_lifecycle_in_ceph_and_the_journal() {
     let lab = Lab::load();
     let mut server = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let mut g = server.groups().await;
+    let g = server.client(&lab).await;
     let vols: Vec<TestVolume> = (0..3).map(|_| lab.create_volume(VolumeOpts::default())).collect();
     let (v1, v2, v3) = (vols[0].id.as_str(), vols[1].id.as_str(), vols[2].id.as_str());
     let name = format!("vgrc-{}", new_uuid());
 
-    let group = create_group(&mut g, &lab, &name, &[v1, v2]).await.expect("create");
+    let group = g.group_create(&name, &[v1, v2], group_params(&lab)).await.expect("create");
     let gid = group.volume_group_id.clone();
     assert!(gid.starts_with("0001-0009-rook-ceph-"), "{gid}");
     let mut listed: Vec<String> = group.volumes.iter().map(|v| v.volume_id.clone()).collect();
@@ -104,18 +104,18 @@ async fn volume_group_lifecycle_in_ceph_and_the_journal() {
     assert_eq!(tag.trim(), uuid_of(&gid));
 
     // Create is idempotent by name; other members under the same name are not.
-    let again = create_group(&mut g, &lab, &name, &[v2, v1]).await.expect("create again");
+    let again = g.group_create(&name, &[v2, v1], group_params(&lab)).await.expect("create again");
     assert_eq!(again.volume_group_id, gid);
-    assert_eq!(code(create_group(&mut g, &lab, &name, &[v3]).await), Code::AlreadyExists);
+    assert_eq!(code(g.group_create(&name, &[v3], group_params(&lab)).await), Code::AlreadyExists);
     // A volume in another group cannot join, and nothing is left behind.
     let other = format!("vgrc-other-{}", new_uuid());
-    assert_eq!(code(create_group(&mut g, &lab, &other, &[v3, v1]).await), Code::FailedPrecondition);
+    assert_eq!(code(g.group_create(&other, &[v3, v1], group_params(&lab)).await), Code::FailedPrecondition);
     assert!(!directory_names(&lab).contains(&format!("csi.volume.group.{other}")), "a refused create left a name");
-    let other_group = create_group(&mut g, &lab, &other, &[]).await.expect("an empty group is allowed");
+    let other_group = g.group_create(&other, &[], group_params(&lab)).await.expect("an empty group is allowed");
     assert!(other_group.volumes.is_empty());
 
     // Modify takes the full desired list.
-    let modified = modify_group(&mut g, &lab, &gid, &[v2, v3]).await.expect("modify");
+    let modified = g.group_modify(&gid, &[v2, v3], Params::new()).await.expect("modify");
     assert_eq!(modified.volumes.len(), 2);
     let mut members = rbd_group_members(&lab, Site::A, &gid);
     members.sort();
@@ -124,59 +124,40 @@ async fn volume_group_lifecycle_in_ceph_and_the_journal() {
     assert_eq!(members, images);
     assert!(lab.rbd_try(Site::A, &["image-meta", "get", &vols[0].spec, "rbd-addons.group"]).is_err(), "v1 untagged");
     assert!(!journal_keys(&lab, &gid).iter().any(|k| k == v1));
-    modify_group(&mut g, &lab, &gid, &[v3, v2]).await.expect("modify again is a no-op");
+    g.group_modify(&gid, &[v3, v2], Params::new()).await.expect("modify again is a no-op");
     assert_eq!(rbd_group_members(&lab, Site::A, &gid).len(), 2);
 
     // State lives in RADOS: a new server sees the same group.
     server.stop().await;
     let server = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let mut g = server.groups().await;
-    assert_eq!(get_group(&mut g, &lab, &gid).await.expect("get after restart").volumes.len(), 2);
+    let g = server.client(&lab).await;
+    assert_eq!(g.group_get(&gid).await.expect("get after restart").volumes.len(), 2);
 
     // Listing pages through every group; a token that names no group is ABORTED.
-    let first = g
-        .list_volume_groups(ListVolumeGroupsRequest {
-            max_entries: 1,
-            starting_token: String::new(),
-            secrets: lab.secrets(),
-        })
-        .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(first.entries.len(), 1);
-    assert!(!first.next_token.is_empty());
-    let mut seen = vec![first.entries[0].volume_group.clone().unwrap().volume_group_id];
-    let mut token = first.next_token;
+    let (first, mut token) = g.group_list(1, "").await.expect("list");
+    assert_eq!(first.len(), 1);
+    assert!(!token.is_empty());
+    let mut seen = vec![first[0].volume_group_id.clone()];
     while !token.is_empty() {
-        let page = g
-            .list_volume_groups(ListVolumeGroupsRequest {
-                max_entries: 2,
-                starting_token: token,
-                secrets: lab.secrets(),
-            })
-            .await
-            .expect("next page")
-            .into_inner();
-        seen.extend(page.entries.iter().map(|e| e.volume_group.clone().unwrap().volume_group_id));
-        token = page.next_token;
+        let (page, next) = g.group_list(2, &token).await.expect("next page");
+        seen.extend(page.into_iter().map(|g| g.volume_group_id));
+        token = next;
     }
     assert!(seen.contains(&gid) && seen.contains(&other_group.volume_group_id), "{seen:?}");
-    let bad = ListVolumeGroupsRequest { max_entries: 0, starting_token: "nope".into(), secrets: lab.secrets() };
-    assert_eq!(code(g.list_volume_groups(bad).await), Code::Aborted);
-    let negative = ListVolumeGroupsRequest { max_entries: -1, starting_token: String::new(), secrets: lab.secrets() };
-    assert_eq!(code(g.list_volume_groups(negative).await), Code::InvalidArgument);
+    assert_eq!(code(g.group_list(0, "nope").await), Code::Aborted);
+    assert_eq!(code(g.group_list(-1, "").await), Code::InvalidArgument);
 
     // Delete: refused with members; fine once empty; fine when gone.
-    assert_eq!(code(delete_group(&mut g, &lab, &gid).await), Code::FailedPrecondition);
-    modify_group(&mut g, &lab, &gid, &[]).await.expect("remove all members");
-    delete_group(&mut g, &lab, &gid).await.expect("delete");
+    assert_eq!(code(g.group_delete(&gid).await), Code::FailedPrecondition);
+    g.group_modify(&gid, &[], Params::new()).await.expect("remove all members");
+    g.group_delete(&gid).await.expect("delete");
     let rbd_group = format!("csi-vol-group-{}", uuid_of(&gid));
     assert!(!rbd_groups(&lab, Site::A).contains(&rbd_group), "the RBD group is gone");
     assert!(journal_keys(&lab, &gid).is_empty(), "the journal object is gone");
-    delete_group(&mut g, &lab, &gid).await.expect("delete again is OK");
-    assert_eq!(code(get_group(&mut g, &lab, &gid).await), Code::NotFound);
-    assert_eq!(code(modify_group(&mut g, &lab, &gid, &[v1]).await), Code::NotFound);
-    delete_group(&mut g, &lab, &other_group.volume_group_id).await.expect("delete the empty group");
+    g.group_delete(&gid).await.expect("delete again is OK");
+    assert_eq!(code(g.group_get(&gid).await), Code::NotFound);
+    assert_eq!(code(g.group_modify(&gid, &[v1], Params::new()).await), Code::NotFound);
+    g.group_delete(&other_group.volume_group_id).await.expect("delete the empty group");
     for v in &vols {
         cleanup(&lab, &v.spec);
     }
@@ -186,17 +167,14 @@ async fn volume_group_lifecycle_in_ceph_and_the_journal() {
 async fn volume_group_bad_inputs_have_exact_codes() {
     let lab = Lab::load();
     let server = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let mut g = server.groups().await;
-    let mut c = server.replication().await;
+    let g = server.client(&lab).await;
+    let c = server.client(&lab).await;
     let v = lab.create_volume(VolumeOpts::default());
     let missing_group = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
-    let create = |name: &str, params: HashMap<String, String>, ids: Vec<String>| CreateVolumeGroupRequest {
-        name: name.into(),
-        parameters: params,
-        secrets: lab.secrets(),
-        volume_ids: ids,
-    };
-    use rbd_addons::proto::volumegroup::CreateVolumeGroupRequest;
+    // A CreateVolumeGroup's name, class parameters and members.
+    type Create = (String, Params, Vec<String>);
+    let create =
+        |name: &str, params: HashMap<String, String>, ids: Vec<String>| -> Create { (name.to_owned(), params, ids) };
     let mut no_pool = group_params(&lab);
     no_pool.remove("pool");
     let mut no_cluster = group_params(&lab);
@@ -209,7 +187,7 @@ async fn volume_group_bad_inputs_have_exact_codes() {
     bad_mode.insert("mirroringMode".into(), "sync".into());
     let too_many: Vec<String> =
         (0..101).map(|_| volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid())).collect();
-    let cases: Vec<(&str, CreateVolumeGroupRequest, Code)> = vec![
+    let cases: Vec<(&str, Create, Code)> = vec![
         ("empty name", create("", group_params(&lab), vec![]), Code::InvalidArgument),
         ("overlong name", create(&"n".repeat(300), group_params(&lab), vec![]), Code::InvalidArgument),
         ("no pool", create("x", no_pool, vec![]), Code::InvalidArgument),
@@ -221,36 +199,38 @@ async fn volume_group_bad_inputs_have_exact_codes() {
         ("101 members", create("x", group_params(&lab), too_many.clone()), Code::ResourceExhausted),
         ("member image missing", create("x", group_params(&lab), vec![too_many[0].clone()]), Code::InvalidArgument),
     ];
-    for (what, req, want) in cases {
-        assert_eq!(code(g.create_volume_group(req).await), want, "{what}");
+    for (what, (name, params, ids), want) in cases {
+        assert_eq!(code(g.group_create(&name, &refs(&ids), params).await), want, "{what}");
     }
-    let mut no_secret = create("x", group_params(&lab), vec![v.id.clone()]);
-    no_secret.secrets.clear();
-    assert_eq!(code(g.create_volume_group(no_secret).await), Code::InvalidArgument, "no secret");
-    let mut wrong_key = create("x", group_params(&lab), vec![v.id.clone()]);
-    wrong_key.secrets.insert("userKey".into(), "AQBkZXJwIHNlY3JldCBrZXkgbm90IHZhbGlkAAAAAA==".into());
-    assert_eq!(code(g.create_volume_group(wrong_key).await), Code::Unauthenticated, "wrong key");
-    assert_eq!(code(get_group(&mut g, &lab, "").await), Code::InvalidArgument, "empty group ID");
-    assert_eq!(code(get_group(&mut g, &lab, "0001-xyz").await), Code::InvalidArgument, "malformed group ID");
-    assert_eq!(code(get_group(&mut g, &lab, &missing_group).await), Code::NotFound, "unknown group");
-    assert_eq!(code(delete_group(&mut g, &lab, &missing_group).await), Code::Ok, "delete unknown group");
-    assert_eq!(code(modify_group(&mut g, &lab, &missing_group, &[]).await), Code::NotFound, "modify unknown group");
+    let no_secret = g.clone().with_secrets(Params::new());
+    let r = no_secret.group_create("x", &[v.id.as_str()], group_params(&lab)).await;
+    assert_eq!(code(r), Code::InvalidArgument, "no secret");
+    let mut wrong_key = lab.secrets();
+    wrong_key.insert("userKey".into(), "AQBkZXJwIHNlY3JldCBrZXkgbm90IHZhbGlkAAAAAA==".into());
+    let r = g.clone().with_secrets(wrong_key).group_create("x", &[v.id.as_str()], group_params(&lab)).await;
+    assert_eq!(code(r), Code::Unauthenticated, "wrong key");
+    assert_eq!(code(g.group_get("").await), Code::InvalidArgument, "empty group ID");
+    assert_eq!(code(g.group_get("0001-xyz").await), Code::InvalidArgument, "malformed group ID");
+    assert_eq!(code(g.group_get(&missing_group).await), Code::NotFound, "unknown group");
+    assert_eq!(code(g.group_delete(&missing_group).await), Code::Ok, "delete unknown group");
+    assert_eq!(code(g.group_modify(&missing_group, &[], Params::new()).await), Code::NotFound, "modify unknown group");
     // Group replication's own inputs.
-    assert_eq!(code(group_enable(&mut c, &lab, &missing_group, HashMap::new()).await), Code::NotFound);
+    assert_eq!(code(c.enable(&Subject::group(&missing_group), HashMap::new()).await), Code::NotFound);
     let bad_interval = HashMap::from([("generationInterval".to_owned(), "5x".to_owned())]);
-    assert_eq!(code(group_enable(&mut c, &lab, &missing_group, bad_interval).await), Code::InvalidArgument);
+    assert_eq!(code(c.enable(&Subject::group(&missing_group), bad_interval).await), Code::InvalidArgument);
     let zero = HashMap::from([("generationInterval".to_owned(), "0s".to_owned())]);
-    assert_eq!(code(group_enable(&mut c, &lab, &missing_group, zero).await), Code::InvalidArgument);
-    let group = create_group(&mut g, &lab, &format!("vgrc-empty-{}", new_uuid()), &[]).await.unwrap();
+    assert_eq!(code(c.enable(&Subject::group(&missing_group), zero).await), Code::InvalidArgument);
+    let group = g.group_create(&format!("vgrc-empty-{}", new_uuid()), &[], group_params(&lab)).await.unwrap();
     assert_eq!(
-        code(group_enable(&mut c, &lab, &group.volume_group_id, HashMap::new()).await),
+        code(c.enable(&Subject::group(&group.volume_group_id), HashMap::new()).await),
         Code::FailedPrecondition,
         "an empty group cannot replicate"
     );
-    delete_group(&mut g, &lab, &group.volume_group_id).await.unwrap();
+    g.group_delete(&group.volume_group_id).await.unwrap();
     // A member that fails is named, with its own code; nothing else is hidden.
     let gone = lab.create_volume(VolumeOpts::default());
-    let group = create_group(&mut g, &lab, &format!("vgrc-gone-{}", new_uuid()), &[&v.id, &gone.id]).await.unwrap();
+    let group =
+        g.group_create(&format!("vgrc-gone-{}", new_uuid()), &[&v.id, &gone.id], group_params(&lab)).await.unwrap();
     lab.rbd(
         Site::A,
         &[
@@ -262,15 +242,15 @@ async fn volume_group_bad_inputs_have_exact_codes() {
         ],
     );
     lab.rbd(Site::A, &["rm", "--no-progress", &gone.spec]);
-    let err = group_enable(&mut c, &lab, &group.volume_group_id, HashMap::new()).await.unwrap_err();
+    let err = c.enable(&Subject::group(&group.volume_group_id), HashMap::new()).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains(&format!("member {}", gone.id)), "{}", err.message());
     // Disable skips the member that is gone (nothing to disable there) and
     // disables the rest: NOT_FOUND would tell the controller all was done.
-    group_disable(&mut c, &lab, &group.volume_group_id).await.expect("disable with a member gone");
+    c.disable(&Subject::group(&group.volume_group_id), Params::new()).await.expect("disable with a member gone");
     assert_eq!(lab.mirror_info(Site::A, &v.spec).unwrap()["state"], "disabled");
-    modify_group(&mut g, &lab, &group.volume_group_id, &[]).await.unwrap();
-    delete_group(&mut g, &lab, &group.volume_group_id).await.unwrap();
+    g.group_modify(&group.volume_group_id, &[], Params::new()).await.unwrap();
+    g.group_delete(&group.volume_group_id).await.unwrap();
     cleanup(&lab, &v.spec);
     let log = server.log_text();
     assert!(!log.contains(&lab.key()), "the key reached the log");
@@ -279,16 +259,17 @@ async fn volume_group_bad_inputs_have_exact_codes() {
 /// A group of three volumes with data, replicating in journal mode, with
 /// site-b holding every member.
 async fn replicated_group(lab: &Lab, sites: &SitePair, params: HashMap<String, String>) -> (String, Vec<TestVolume>) {
-    let mut a = sites.a.replication().await;
-    let mut g = sites.a.groups().await;
+    let a = sites.a.client(lab).await;
+    let g = sites.a.client(lab).await;
     let vols: Vec<TestVolume> = (0..3).map(|_| lab.create_volume(VolumeOpts::default())).collect();
     for v in &vols {
         write_data(lab, Site::A, &v.spec);
     }
     let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
-    let group = create_group(&mut g, lab, &format!("vgrc-dr-{}", new_uuid()), &ids).await.expect("create group");
+    let group =
+        g.group_create(&format!("vgrc-dr-{}", new_uuid()), &ids, group_params(lab)).await.expect("create group");
     let gid = group.volume_group_id;
-    group_enable(&mut a, lab, &gid, params).await.expect("enable group replication");
+    a.enable(&Subject::group(&gid), params).await.expect("enable group replication");
     for v in &vols {
         let sum = checksum(lab, Site::A, &v.spec).unwrap();
         wait_same_data(lab, &v.spec, &sum, Site::B, LIMIT).await;
@@ -300,7 +281,7 @@ async fn replicated_group(lab: &Lab, sites: &SitePair, params: HashMap<String, S
 async fn group_planned_failover_and_failback_lose_nothing() {
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let params = HashMap::from([("generationInterval".to_owned(), "3s".to_owned())]);
     let (gid, vols) = replicated_group(&lab, &sites, params).await;
     for v in &vols {
@@ -310,7 +291,7 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     // The generations reach site-b through journal replay; info reports one.
     let start = Instant::now();
     let info = loop {
-        match group_info(&mut a, &lab, &gid).await {
+        match a.info(&Subject::group(&gid)).await {
             Ok(i) => break i,
             Err(e) if e.code() == Code::NotFound && start.elapsed() < LIMIT => {
                 tokio::time::sleep(Duration::from_secs(1)).await
@@ -350,7 +331,7 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     for v in &vols {
         assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true));
     }
-    assert_eq!(code(group_info(&mut b, &lab, &gid).await), Code::FailedPrecondition, "info on the secondary");
+    assert_eq!(code(b.info(&Subject::group(&gid)).await), Code::FailedPrecondition, "info on the secondary");
 
     // While the group is worked on, a call that changes one of its members is
     // refused (ABORTED), and the other way round: a group call that finds a
@@ -359,22 +340,21 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     let (mut aborted, mut infos_during, mut infos_aborted) = (0, 0, 0);
     for attempt in 0.. {
         let racing = {
-            let lab2 = Lab::load();
-            let mut a2 = sites.a.replication().await;
+            let a2 = sites.a.client(&lab).await;
             let gid = gid.clone();
-            tokio::spawn(async move { group_demote(&mut a2, &lab2, &gid).await })
+            tokio::spawn(async move { a2.demote(&Subject::group(&gid), false, Params::new()).await })
         };
         // Let the group call take its guards first (it works for a few hundred ms).
         tokio::time::sleep(Duration::from_millis(20)).await;
         while !racing.is_finished() {
             // Enable on an enabled member keeps it as it is.
-            if let Err(e) = common::enable(&mut a, &lab, &vols[0].id).await
+            if let Err(e) = a.enable(&Subject::volume(&vols[0].id), Params::new()).await
                 && e.code() == Code::Aborted
             {
                 aborted += 1;
             }
-            let info = common::info(&mut a, &lab, &vols[0].id).await;
-            let whole = group_info(&mut a, &lab, &gid).await;
+            let info = a.info(&Subject::volume(&vols[0].id)).await;
+            let whole = a.info(&Subject::group(&gid)).await;
             if !racing.is_finished() {
                 infos_during += 1;
                 infos_aborted += usize::from(info.as_ref().is_err_and(|e| e.code() == Code::Aborted));
@@ -395,24 +375,24 @@ async fn group_planned_failover_and_failback_lose_nothing() {
         "{infos_aborted} Info calls (of {infos_during} rounds) were ABORTED during the demote"
     );
     let sums: Vec<String> = vols.iter().map(|v| checksum(&lab, Site::A, &v.spec).unwrap()).collect();
-    group_demote(&mut a, &lab, &gid).await.expect("demote again is OK");
+    a.demote(&Subject::group(&gid), false, Params::new()).await.expect("demote again is OK");
     for v in &vols {
         assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(false));
     }
     // Group Info reads the pool-wide view, which held every member as primary
     // a moment ago: right after the demote it shows the new role.
     assert_eq!(
-        code(group_info(&mut a, &lab, &gid).await),
+        code(a.info(&Subject::group(&gid)).await),
         Code::FailedPrecondition,
         "group Info right after the demote"
     );
 
     // Failover: non-forced promote on b, with the handle minted on a.
-    group_promote(&mut b, &lab, &gid, false).await.expect("promote on b");
-    group_promote(&mut b, &lab, &gid, false).await.expect("promote again is OK");
+    b.promote(&Subject::group(&gid), false, Params::new()).await.expect("promote on b");
+    b.promote(&Subject::group(&gid), false, Params::new()).await.expect("promote again is OK");
     // Primary on b at once: Info answers or says no generation has reached
     // site-a yet, never that the group is not primary.
-    match group_info(&mut b, &lab, &gid).await {
+    match b.info(&Subject::group(&gid)).await {
         Ok(_) => {}
         Err(e) => assert_eq!(e.code(), Code::NotFound, "group Info on b right after the promote: {e:?}"),
     }
@@ -428,7 +408,7 @@ async fn group_planned_failover_and_failback_lose_nothing() {
             .unwrap()
     };
     assert!(rados_b(&["setomapval", &state, "promoting", "1"]).status.success());
-    group_promote(&mut b, &lab, &gid, false).await.expect("the retried promote finishes the job");
+    b.promote(&Subject::group(&gid), false, Params::new()).await.expect("the retried promote finishes the job");
     let keys = String::from_utf8_lossy(&rados_b(&["listomapkeys", &state]).stdout).into_owned();
     assert!(!keys.lines().any(|k| k == "promoting"), "marker left behind: {keys}");
     assert!(sites.b.log_text().contains("members reverted"), "the retry did not revert");
@@ -444,8 +424,8 @@ async fn group_planned_failover_and_failback_lose_nothing() {
         assert_eq!(checksum(&lab, Site::B, &v.spec).as_deref(), Some(sum.as_str()), "{} lost data", v.spec);
     }
     assert_eq!(rbd_group_members(&lab, Site::B, &gid).len(), 3, "site-b's RBD group holds every member");
-    let mut gb = sites.b.groups().await;
-    let seen_on_b = get_group(&mut gb, &lab, &gid).await.expect("the peer's view of the group");
+    let gb = sites.b.client(&lab).await;
+    let seen_on_b = gb.group_get(&gid).await.expect("the peer's view of the group");
     let mut named: Vec<String> = seen_on_b.volumes.iter().map(|v| v.volume_id.clone()).collect();
     named.sort();
     let mut want: Vec<String> = vols.iter().map(|v| handle_on(&lab, Site::B, &v.id)).collect();
@@ -460,7 +440,7 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     for (v, sum) in vols.iter().zip(&sums_b) {
         wait_same_data(&lab, &v.spec, sum, Site::A, LIMIT).await;
     }
-    group_fail_over(&mut b, &mut a, &lab, &gid, &vols, &sums_b, Site::A).await;
+    group_fail_over(&b, &a, &lab, &gid, &vols, &sums_b, Site::A).await;
 
     // Old generations are pruned: the three newest stay, and those taken
     // within ten intervals (30 s) of the newest, at most one per interval,
@@ -469,8 +449,8 @@ async fn group_planned_failover_and_failback_lose_nothing() {
         let pre = snap_names(&lab, Site::A, &v.spec).iter().filter(|s| s.starts_with("rbd-addons.pre.")).count();
         assert!((1..=12).contains(&pre), "{} holds {pre} fence posts", v.spec);
     }
-    group_disable(&mut a, &lab, &gid).await.expect("disable");
-    group_disable(&mut a, &lab, &gid).await.expect("disable again is OK");
+    a.disable(&Subject::group(&gid), Params::new()).await.expect("disable");
+    a.disable(&Subject::group(&gid), Params::new()).await.expect("disable again is OK");
     for v in &vols {
         assert_eq!(lab.mirror_info(Site::A, &v.spec).unwrap()["state"], "disabled");
         assert!(
@@ -478,15 +458,15 @@ async fn group_planned_failover_and_failback_lose_nothing() {
             "generations removed"
         );
     }
-    let mut g = sites.a.groups().await;
-    retire_group(&mut g, &lab, &gid, &vols).await;
+    let g = sites.a.client(&lab).await;
+    retire_group(&g, &lab, &gid, &vols).await;
 }
 
 #[tokio::test]
 async fn snapshot_mode_groups_say_they_are_not_crash_consistent() {
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let mut a = sites.a.replication().await;
+    let a = sites.a.client(&lab).await;
     let params = HashMap::from([("mirroringMode".to_owned(), "snapshot".to_owned())]);
     let (gid, vols) = replicated_group(&lab, &sites, params).await;
     for v in &vols {
@@ -495,7 +475,7 @@ async fn snapshot_mode_groups_say_they_are_not_crash_consistent() {
     }
     let start = Instant::now();
     let info = loop {
-        match group_info(&mut a, &lab, &gid).await {
+        match a.info(&Subject::group(&gid)).await {
             Ok(i) => break i,
             Err(e) if e.code() == Code::NotFound && start.elapsed() < LIMIT => {
                 for v in &vols {
@@ -510,16 +490,16 @@ async fn snapshot_mode_groups_say_they_are_not_crash_consistent() {
     assert!(sites.a.log_text().contains("NOT crash-consistent"), "the log says it too");
     // Pacific has no native group mirroring; the server looked and says so.
     assert!(sites.a.log_text().contains("librbd has no native group mirroring"));
-    group_disable(&mut a, &lab, &gid).await.expect("disable");
-    let mut g = sites.a.groups().await;
-    retire_group(&mut g, &lab, &gid, &vols).await;
+    a.disable(&Subject::group(&gid), Params::new()).await.expect("disable");
+    let g = sites.a.client(&lab).await;
+    retire_group(&g, &lab, &gid, &vols).await;
 }
 
 #[tokio::test]
 async fn a_group_ceph_csi_created_is_served() {
     let lab = Lab::load();
     let server = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let mut g = server.groups().await;
+    let g = server.client(&lab).await;
     let vols: Vec<TestVolume> = (0..2).map(|_| lab.create_volume(VolumeOpts::default())).collect();
     // What ceph-csi's CreateVolumeGroup leaves: an RBD group, a directory entry
     // and a group object with one key per member.
@@ -551,19 +531,19 @@ async fn a_group_ceph_csi_created_is_served() {
     }
     let gid = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &uuid);
 
-    let group = get_group(&mut g, &lab, &gid).await.expect("get a ceph-csi group");
+    let group = g.group_get(&gid).await.expect("get a ceph-csi group");
     let mut got: Vec<String> = group.volumes.iter().map(|v| v.volume_id.clone()).collect();
     got.sort();
     let mut want: Vec<String> = vols.iter().map(|v| v.id.clone()).collect();
     want.sort();
     assert_eq!(got, want);
     // Create with the same name finds it rather than making another.
-    let again = create_group(&mut g, &lab, &name, &[]).await.expect("create by the same name");
+    let again = g.group_create(&name, &[], group_params(&lab)).await.expect("create by the same name");
     assert_eq!(again.volume_group_id, gid);
-    modify_group(&mut g, &lab, &gid, &[&vols[1].id]).await.expect("modify a ceph-csi group");
+    g.group_modify(&gid, &[&vols[1].id], Params::new()).await.expect("modify a ceph-csi group");
     assert_eq!(rbd_group_members(&lab, Site::A, &gid), vec![vols[1].spec.rsplit('/').next().unwrap().to_owned()]);
-    modify_group(&mut g, &lab, &gid, &[]).await.unwrap();
-    delete_group(&mut g, &lab, &gid).await.expect("delete a ceph-csi group");
+    g.group_modify(&gid, &[], Params::new()).await.unwrap();
+    g.group_delete(&gid).await.expect("delete a ceph-csi group");
     assert!(directory_names(&lab).iter().all(|k| k != &format!("csi.volume.group.{name}")));
     for v in &vols {
         cleanup(&lab, &v.spec);
@@ -578,9 +558,9 @@ async fn one_server_takes_the_generations_and_old_ones_are_pruned_on_both_sites(
     let twin = Server::start(&lab.csi_config(Site::A), &[]).await;
     let params = HashMap::from([("generationInterval".to_owned(), "1s".to_owned())]);
     let (gid, vols) = replicated_group(&lab, &sites, params).await;
-    let mut t = twin.replication().await;
+    let t = twin.client(&lab).await;
     // Any call makes the twin watch the group too; the RADOS lock decides.
-    group_info(&mut t, &lab, &gid).await.ok();
+    t.info(&Subject::group(&gid)).await.ok();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(12) {
         for v in &vols {
@@ -632,47 +612,42 @@ async fn one_server_takes_the_generations_and_old_ones_are_pruned_on_both_sites(
         })
         .await;
     }
-    let mut a = sites.a.replication().await;
-    group_disable(&mut a, &lab, &gid).await.expect("disable");
-    let mut g = sites.a.groups().await;
-    retire_group(&mut g, &lab, &gid, &vols).await;
+    let a = sites.a.client(&lab).await;
+    a.disable(&Subject::group(&gid), Params::new()).await.expect("disable");
+    let g = sites.a.client(&lab).await;
+    retire_group(&g, &lab, &gid, &vols).await;
 }
 
 #[tokio::test]
 async fn a_volume_joining_a_replicated_group_is_replicated_like_the_others() {
     let lab = Lab::load();
     let server = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let (mut g, mut c) = (server.groups().await, server.replication().await);
+    let (g, c) = (server.client(&lab).await, server.client(&lab).await);
     let vols: Vec<TestVolume> = (0..4).map(|_| lab.create_volume(VolumeOpts::default())).collect();
     let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
     let mut params = group_params(&lab);
     params.insert("volumeGroupNamePrefix".into(), "app-".into());
-    let req = rbd_addons::proto::volumegroup::CreateVolumeGroupRequest {
-        name: format!("vgrc-join-{}", new_uuid()),
-        parameters: params,
-        secrets: lab.secrets(),
-        volume_ids: vec![ids[0].into(), ids[1].into()],
-    };
-    let gid = g.create_volume_group(req).await.expect("create").into_inner().volume_group.unwrap().volume_group_id;
+    let name = format!("vgrc-join-{}", new_uuid());
+    let gid = g.group_create(&name, &ids[..2], params).await.expect("create").volume_group_id;
     let rbd_group = format!("app-{}", uuid_of(&gid));
     assert!(rbd_groups(&lab, Site::A).contains(&rbd_group), "the RBD group takes the class's prefix");
     let snapshot = HashMap::from([("mirroringMode".to_owned(), "snapshot".to_owned())]);
-    group_enable(&mut c, &lab, &gid, snapshot).await.expect("enable");
+    c.enable(&Subject::group(&gid), snapshot).await.expect("enable");
 
-    modify_group(&mut g, &lab, &gid, &ids[..3]).await.expect("add a volume to the replicated group");
+    g.group_modify(&gid, &ids[..3], Params::new()).await.expect("add a volume to the replicated group");
     let joined = lab.mirror_info(Site::A, &vols[2].spec).unwrap();
     assert_eq!((joined["state"].as_str(), joined["mode"].as_str()), (Some("enabled"), Some("snapshot")), "{joined}");
     assert_eq!(joined["primary"], true);
 
     // Secondary here: adding is refused, with nothing done.
-    group_demote(&mut c, &lab, &gid).await.expect("demote");
-    assert_eq!(code(modify_group(&mut g, &lab, &gid, &ids).await), Code::FailedPrecondition);
+    c.demote(&Subject::group(&gid), false, Params::new()).await.expect("demote");
+    assert_eq!(code(g.group_modify(&gid, &ids, Params::new()).await), Code::FailedPrecondition);
     assert!(lab.rbd_json(Site::A, &["info", &vols[3].spec]).unwrap()["group"].is_null());
     assert_eq!(lab.mirror_info(Site::A, &vols[3].spec).unwrap()["state"], "disabled");
 
-    group_promote(&mut c, &lab, &gid, false).await.expect("promote back after our own demote");
-    group_disable(&mut c, &lab, &gid).await.expect("disable");
-    retire_group(&mut g, &lab, &gid, &vols).await;
+    c.promote(&Subject::group(&gid), false, Params::new()).await.expect("promote back after our own demote");
+    c.disable(&Subject::group(&gid), Params::new()).await.expect("disable");
+    retire_group(&g, &lab, &gid, &vols).await;
 }
 
 /// The peer site finds a replicated group's members through its index (one
@@ -682,15 +657,16 @@ async fn a_volume_joining_a_replicated_group_is_replicated_like_the_others() {
 async fn the_peer_sees_members_join_and_leave_through_its_index() {
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (mut ga, mut c) = (sites.a.groups().await, sites.a.replication().await);
-    let mut gb = sites.b.groups().await;
+    let (ga, c) = (sites.a.client(&lab).await, sites.a.client(&lab).await);
+    let gb = sites.b.client(&lab).await;
     let vols: Vec<TestVolume> = (0..3).map(|_| lab.create_volume(VolumeOpts::default())).collect();
     let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
-    let gid = create_group(&mut ga, &lab, &format!("vgrc-peer-{}", new_uuid()), &ids[..2])
+    let gid = ga
+        .group_create(&format!("vgrc-peer-{}", new_uuid()), &ids[..2], group_params(&lab))
         .await
         .expect("create")
         .volume_group_id;
-    group_enable(&mut c, &lab, &gid, HashMap::new()).await.expect("enable (journal mode)");
+    c.enable(&Subject::group(&gid), HashMap::new()).await.expect("enable (journal mode)");
     // Site-b names the members as it names them: its own pool ID.
     let want = |members: &[&str]| {
         let mut want: Vec<String> = members.iter().map(|id| handle_on(&lab, Site::B, id)).collect();
@@ -705,7 +681,7 @@ async fn the_peer_sees_members_join_and_leave_through_its_index() {
     let index = || lab.rados_omap_keys(Site::B, "rbd-addons.group-index");
     let started = Instant::now();
     loop {
-        match get_group(&mut gb, &lab, &gid).await {
+        match gb.group_get(&gid).await {
             Ok(g) if members_on_b(g.clone()) == want(&ids[..2]) => break,
             other => assert!(started.elapsed() < LIMIT, "site-b never found both members: {other:?}"),
         }
@@ -713,17 +689,17 @@ async fn the_peer_sees_members_join_and_leave_through_its_index() {
     }
     assert!(index().contains(&uuid_of(&gid).to_owned()), "site-b indexed the group: {:?}", index());
 
-    modify_group(&mut ga, &lab, &gid, &ids).await.expect("a third member joins on site-a");
+    ga.group_modify(&gid, &ids, Params::new()).await.expect("a third member joins on site-a");
     let started = Instant::now();
-    while members_on_b(get_group(&mut gb, &lab, &gid).await.expect("get on site-b")) != want(&ids) {
+    while members_on_b(gb.group_get(&gid).await.expect("get on site-b")) != want(&ids) {
         assert!(started.elapsed() < LIMIT, "site-b never saw the member join");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     println!("site-b saw the join after {:.1} s", started.elapsed().as_secs_f64());
 
-    modify_group(&mut ga, &lab, &gid, &ids[1..]).await.expect("the first member leaves on site-a");
+    ga.group_modify(&gid, &ids[1..], Params::new()).await.expect("the first member leaves on site-a");
     let started = Instant::now();
-    while members_on_b(get_group(&mut gb, &lab, &gid).await.expect("get on site-b")) != want(&ids[1..]) {
+    while members_on_b(gb.group_get(&gid).await.expect("get on site-b")) != want(&ids[1..]) {
         assert!(started.elapsed() < LIMIT, "site-b never saw the member leave");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -735,12 +711,12 @@ async fn the_peer_sees_members_join_and_leave_through_its_index() {
     while !index().contains(&uuid_of(&gid).to_owned()) {
         assert!(started.elapsed() < LIMIT, "site-b never renewed its index after the leave: {:?}", index());
         tokio::time::sleep(Duration::from_secs(1)).await;
-        get_group(&mut gb, &lab, &gid).await.expect("get on site-b");
+        gb.group_get(&gid).await.expect("get on site-b");
     }
     println!("site-b renewed its index {:.1} s after", started.elapsed().as_secs_f64());
 
-    group_disable(&mut c, &lab, &gid).await.expect("disable");
-    retire_group(&mut ga, &lab, &gid, &vols).await;
+    c.disable(&Subject::group(&gid), Params::new()).await.expect("disable");
+    retire_group(&ga, &lab, &gid, &vols).await;
 }
 
 /// Ceph's view of the group snapshots a member holds on a site: (the group

@@ -11,24 +11,17 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rbd_addons::client::{ClientError, Subject};
+use rbd_addons::client::Subject;
 use tonic::Code;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn code_of(r: &Result<serde_json::Value, ClientError>) -> Code {
-    match r {
-        Ok(_) => Code::Ok,
-        Err(ClientError::Rpc(s)) => s.code(),
-        Err(e) => panic!("not a gRPC answer: {e}"),
-    }
+fn code_of<T>(r: &Result<T, tonic::Status>) -> Code {
+    r.as_ref().err().map_or(Code::Ok, tonic::Status::code)
 }
 
-fn message_of(r: &Result<serde_json::Value, ClientError>) -> String {
-    match r {
-        Err(ClientError::Rpc(s)) => s.message().to_owned(),
-        other => format!("{other:?}"),
-    }
+fn message_of<T>(r: &Result<T, tonic::Status>) -> String {
+    r.as_ref().err().map_or_else(|| "OK".to_owned(), |s| s.message().to_owned())
 }
 
 /// Waits (bounded) for a child to exit; the time it took, or None.
@@ -53,12 +46,12 @@ async fn sigterm_with_a_call_stuck_on_a_frozen_cluster_exits_within_the_grace_pe
         &["--shutdown-grace", "3s", "--ceph-timeout", "60s", "--log-format", "text"],
     )
     .await;
-    let client = server.cli_client().await;
+    let client = server.client(&lab).await;
     let id = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
     // A monitor that stops answering: the first call's connect hangs in
     // librados for the whole Ceph timeout.
     let frozen = Frozen::daemons(&lab, "site-a", &["mon"]);
-    let stuck = tokio::spawn(async move { client.info(&Subject::Volume(id), lab_secrets()).await });
+    let stuck = tokio::spawn(async move { client.info(&Subject::Volume(id)).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!stuck.is_finished(), "the call was expected to hang on the frozen monitor");
 
@@ -75,10 +68,6 @@ async fn sigterm_with_a_call_stuck_on_a_frozen_cluster_exits_within_the_grace_pe
     let log = server.log_text();
     assert!(log.contains("calls still running after the grace period"), "{log}");
     stuck.abort();
-}
-
-fn lab_secrets() -> HashMap<String, String> {
-    Lab::load().secrets()
 }
 
 #[tokio::test]
@@ -102,8 +91,8 @@ async fn a_second_server_on_a_live_socket_refuses_to_start_and_takes_nothing() {
     assert!(stderr.contains("another server is listening"), "{stderr}");
     assert!(took < Duration::from_secs(5), "refusing took {took:?}");
     // The first one still owns its path and answers.
-    let probe = first.cli_client().await.probe().await.expect("the first server no longer answers");
-    assert_eq!(probe["ready"], true);
+    let probe = first.client(&lab).await.probe().await.expect("the first server no longer answers");
+    assert!(probe);
 
     // A frozen server is still live (its backlog accepts): not stale either.
     // SAFETY: kill(2) on our own child.
@@ -113,7 +102,7 @@ async fn a_second_server_on_a_live_socket_refuses_to_start_and_takes_nothing() {
     unsafe { libc::kill(first.pid(), libc::SIGCONT) };
     assert!(!out.status.success(), "a server started over a frozen one's socket");
     assert!(String::from_utf8_lossy(&out.stderr).contains("another server is listening"));
-    assert_eq!(first.cli_client().await.probe().await.unwrap()["ready"], true);
+    assert!(first.client(&lab).await.probe().await.unwrap());
     first.stop().await;
 }
 
@@ -121,14 +110,14 @@ async fn a_second_server_on_a_live_socket_refuses_to_start_and_takes_nothing() {
 async fn racing_first_calls_share_one_ceph_connection() {
     let lab = Lab::load();
     let mut server = Server::start(&lab.csi_config(Site::A), &["--log-format", "text"]).await;
-    let client = server.replication().await;
+    let client = server.client(&lab).await;
     let calls: Vec<_> = (0..16)
         .map(|_| {
-            let mut c = client.clone();
+            let c = client.clone();
             let lab = Lab::load();
             // Volumes that do not exist: each call connects, then answers NOT_FOUND.
             let id = volume_id(&lab.cluster_id(), lab.pool_id(Site::A), &new_uuid());
-            tokio::spawn(async move { info(&mut c, &lab, &id).await.map(drop) })
+            tokio::spawn(async move { c.info(&Subject::volume(&id)).await.map(drop) })
         })
         .collect();
     for call in calls {
@@ -166,7 +155,7 @@ async fn refused_credentials_are_unauthenticated_at_once_also_with_bare_monitor_
     let dir = std::env::temp_dir().join(format!("rbd-addons-bare-{}", new_uuid()));
     std::fs::create_dir_all(&dir).unwrap();
     let server = Server::start(&bare_monitor_config(&lab, &dir), &["--ceph-timeout", "30s"]).await;
-    let client = server.cli_client().await;
+    let client = server.client(&lab).await;
     let wrong_key =
         String::from_utf8(Command::new("ceph-authtool").arg("--gen-print-key").output().unwrap().stdout).unwrap();
     for cluster in ["bare-v2", "bare-v1"] {
@@ -178,7 +167,7 @@ async fn refused_credentials_are_unauthenticated_at_once_also_with_bare_monitor_
         let wrong = HashMap::from([("userID".to_owned(), lab.user()), ("userKey".to_owned(), wrong_key.trim().into())]);
         for (what, secrets) in [("unknown user", unknown_user), ("wrong key", wrong)] {
             let started = Instant::now();
-            let r = client.info(&Subject::Volume(id.clone()), secrets).await;
+            let r = client.clone().with_secrets(secrets).info(&Subject::Volume(id.clone())).await;
             let took = started.elapsed();
             println!("{what} through {cluster}: {:?} after {took:?}", code_of(&r));
             assert_eq!(code_of(&r), Code::Unauthenticated, "{what} via {cluster}: {}", message_of(&r));
@@ -186,7 +175,7 @@ async fn refused_credentials_are_unauthenticated_at_once_also_with_bare_monitor_
             assert!(!message_of(&r).contains(&lab.key()), "the key reached the message");
         }
         // The right credentials reach the cluster through the same entry.
-        let r = client.info(&Subject::Volume(id), lab.secrets()).await;
+        let r = client.info(&Subject::Volume(id)).await;
         assert_eq!(code_of(&r), Code::NotFound, "valid user via {cluster}: {}", message_of(&r));
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -220,11 +209,11 @@ async fn a_restart_after_sigkill_fences_the_dead_server_and_its_locks_break_at_o
     let mut all = Vec::new();
     for round in 0..12u64 {
         let mut dead = Server::start_in(dir.clone(), &lab.csi_config(Site::A), &[]).await;
-        let client = dead.replication().await;
+        let client = dead.client(&lab).await;
         let vols: Vec<TestVolume> = (0..4).map(|_| lab.create_volume(VolumeOpts::default())).collect();
         for v in &vols {
-            let (mut c, lab, id) = (client.clone(), Lab::load(), v.id.clone());
-            tokio::spawn(async move { enable(&mut c, &lab, &id).await });
+            let (c, _lab, id) = (client.clone(), Lab::load(), v.id.clone());
+            tokio::spawn(async move { c.enable(&Subject::volume(&id), Params::new()).await });
         }
         tokio::time::sleep(Duration::from_millis(15 + 10 * round)).await;
         // SAFETY: kill(2) on our own child.
@@ -253,9 +242,9 @@ async fn a_restart_after_sigkill_fences_the_dead_server_and_its_locks_break_at_o
     // Its successor on the same socket: the retried call must not wait out
     // the dead one's watch (30 s).
     let mut next = Server::start_in(dir.clone(), &lab.csi_config(Site::A), &["--log-format", "text"]).await;
-    let mut c = next.replication().await;
+    let c = next.client(&lab).await;
     let started = Instant::now();
-    enable(&mut c, &lab, &vol_id).await.expect("retried enable");
+    c.enable(&Subject::volume(&vol_id), Params::new()).await.expect("retried enable");
     let enable_took = started.elapsed();
     // Writing needs the exclusive lock: it is free now, not in 30 s.
     let started = Instant::now();
@@ -285,24 +274,22 @@ async fn demote_before_the_peer_has_a_copy_is_refused_and_promote_tells_the_trut
     let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let sites = SitePair::start(&lab, &[]).await;
-    let (a, mut a_raw) = (sites.a.cli_client().await, sites.a.replication().await);
-    let mut g = sites.a.groups().await;
+    let (a, a_raw) = (sites.a.client(&lab).await, sites.a.client(&lab).await);
+    let g = sites.a.client(&lab).await;
     // Site-b's rbd-mirror stopped: it cannot create its copies.
     let frozen = Frozen::daemons(&lab, "site-b", &["rbd-mirror"]);
     let vol = lab.create_volume(VolumeOpts::default());
     let members: Vec<TestVolume> = (0..2).map(|_| lab.create_volume(VolumeOpts::default())).collect();
-    enable(&mut a_raw, &lab, &vol.id).await.expect("enable");
+    a_raw.enable(&Subject::volume(&vol.id), Params::new()).await.expect("enable");
     let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
-    let group = create_group(&mut g, &lab, &format!("strand-{}", new_uuid()), &ids).await.expect("group");
-    group_enable(&mut a_raw, &lab, &group.volume_group_id, HashMap::new()).await.expect("group enable");
+    let group = g.group_create(&format!("strand-{}", new_uuid()), &ids, group_params(&lab)).await.expect("group");
+    a_raw.enable(&Subject::group(&group.volume_group_id), HashMap::new()).await.expect("group enable");
 
     let (volume, group_subject) = (Subject::Volume(vol.id.clone()), Subject::Group(group.volume_group_id.clone()));
     let no_params = HashMap::new;
     let started = Instant::now();
-    let (refused, group_refused) = tokio::join!(
-        a.demote(&volume, false, no_params(), lab.secrets()),
-        a.demote(&group_subject, false, no_params(), lab.secrets())
-    );
+    let (refused, group_refused) =
+        tokio::join!(a.demote(&volume, false, no_params()), a.demote(&group_subject, false, no_params()));
     println!("demote refused after {:?}: {}", started.elapsed(), message_of(&refused));
     assert_eq!(code_of(&refused), Code::FailedPrecondition, "{}", message_of(&refused));
     assert!(message_of(&refused).contains("no copy on the peer site"), "{}", message_of(&refused));
@@ -317,7 +304,7 @@ async fn demote_before_the_peer_has_a_copy_is_refused_and_promote_tells_the_trut
     // Forced, the demote strands the volume knowingly; then a non-forced
     // promote on site-a is the way back and must not be refused with a story
     // about a primary peer that holds no copy at all.
-    a.demote(&volume, true, no_params(), lab.secrets()).await.expect("forced demote");
+    a.demote(&volume, true, no_params()).await.expect("forced demote");
     assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(false));
     assert!(lab.mirror_info(Site::B, &vol.spec).is_none(), "site-b has a copy after all");
     // Let site-a's rbd-mirror report its failed bootstrap, the state in
@@ -326,14 +313,14 @@ async fn demote_before_the_peer_has_a_copy_is_refused_and_promote_tells_the_trut
         state_of(&lab.mirror_status(Site::A, &vol.spec)) == "up+error"
     })
     .await;
-    let promoted = a.promote(&volume, false, no_params(), lab.secrets()).await;
+    let promoted = a.promote(&volume, false, no_params()).await;
     assert_eq!(code_of(&promoted), Code::Ok, "{}", message_of(&promoted));
     assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(true));
 
     drop(frozen);
-    group_disable(&mut a_raw, &lab, &group.volume_group_id).await.ok();
-    modify_group(&mut g, &lab, &group.volume_group_id, &[]).await.ok();
-    delete_group(&mut g, &lab, &group.volume_group_id).await.ok();
+    a_raw.disable(&Subject::group(&group.volume_group_id), Params::new()).await.ok();
+    g.group_modify(&group.volume_group_id, &[], Params::new()).await.ok();
+    g.group_delete(&group.volume_group_id).await.ok();
     for v in members.iter().chain([&vol]) {
         remove_everywhere(&lab, &v.spec);
     }

@@ -29,11 +29,11 @@ async fn probes_answer_and_volume_metrics_match_cephs_view() {
     assert_eq!(http_get(&address, "/readyz").0, 200);
     assert_eq!(http_get(&address, "/nothing-here").0, 404);
 
-    let mut c = server.replication().await;
+    let c = server.client(&lab).await;
     let vol = lab.create_volume(VolumeOpts::default());
     write_data(&lab, Site::A, &vol.spec);
-    enable(&mut c, &lab, &vol.id).await.expect("enable");
-    let synced = info_once_synced(&mut c, &lab, &vol.id, SYNC_LIMIT).await;
+    c.enable(&Subject::volume(&vol.id), Params::new()).await.expect("enable");
+    let synced = info_once_synced(&c, &vol.id, SYNC_LIMIT).await;
     let (_, page) = http_get(&address, "/metrics");
     let id = format!(r#"{{id="{}""#, vol.id);
     let state =
@@ -62,7 +62,7 @@ async fn probes_answer_and_volume_metrics_match_cephs_view() {
     assert_eq!(ok(&page, "Probe"), 1.0, "{page}");
 
     // A bad request is counted by its code.
-    let err = info(&mut c, &lab, "not-a-volume-id").await.unwrap_err();
+    let err = c.info(&Subject::volume("not-a-volume-id")).await.unwrap_err();
     let (_, page) = http_get(&address, "/metrics");
     let code = format!("{:?}", err.code());
     assert_eq!(code, "InvalidArgument");
@@ -73,17 +73,17 @@ async fn probes_answer_and_volume_metrics_match_cephs_view() {
     );
 
     // Demote: the series says secondary, as Ceph does.
-    demote(&mut c, &lab, &vol.id).await.expect("demote");
+    c.demote(&Subject::volume(&vol.id), false, Params::new()).await.expect("demote");
     assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(false));
     let (_, page) = http_get(&address, "/metrics");
     assert_eq!(state(&page, "secondary"), Some(1.0), "{page}");
     assert_eq!(state(&page, "primary"), None, "one state per volume");
 
     // Promote back and disable: the volume's series are gone.
-    promote(&mut c, &lab, &vol.id, false).await.expect("promote");
+    c.promote(&Subject::volume(&vol.id), false, Params::new()).await.expect("promote");
     let (_, page) = http_get(&address, "/metrics");
     assert_eq!(state(&page, "primary"), Some(1.0), "{page}");
-    disable(&mut c, &lab, &vol.id).await.expect("disable");
+    c.disable(&Subject::volume(&vol.id), Params::new()).await.expect("disable");
     assert_eq!(lab.mirror_info(Site::A, &vol.spec).unwrap()["state"], "disabled");
     let (_, page) = http_get(&address, "/metrics");
     assert!(!page.contains(&vol.id), "a disabled volume drops out: {page}");

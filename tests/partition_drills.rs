@@ -51,7 +51,7 @@ impl<'a> Drill<'a> {
         let v = self.lab.create_volume(VolumeOpts::default());
         self.specs.push(v.spec.clone());
         write_data(self.lab, Site::A, &v.spec);
-        enable(a, self.lab, &v.id).await.expect("enable");
+        a.enable(&Subject::volume(&v.id), Params::new()).await.expect("enable");
         let sum = checksum(self.lab, Site::A, &v.spec).unwrap();
         wait_same_data(self.lab, &v.spec, &sum, Site::B, LIMIT).await;
         (v, sum)
@@ -123,10 +123,10 @@ impl Drop for Writer {
 }
 
 /// Info on the primary, once it answers at all.
-async fn info_now(c: &mut Client, lab: &Lab, id: &str) -> GetInfo {
+async fn info_now(c: &mut Client, _lab: &Lab, id: &str) -> GetInfo {
     let start = Instant::now();
     loop {
-        match info(c, lab, id).await {
+        match c.info(&Subject::volume(id)).await {
             Ok(i) => return i,
             Err(e) if e.code() == Code::NotFound && start.elapsed() < LIMIT => {
                 tokio::time::sleep(Duration::from_secs(1)).await
@@ -148,12 +148,12 @@ async fn planned_failover_and_failback_across_the_namespaced_link() {
     let lab = Lab::load();
     let mut drill = Drill::new(&lab);
     let sites = SitePair::start(&lab, &[]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (mut a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let (vol, sum_a) = drill.mirrored(&mut a).await;
 
     drill.step("planned failover to site-b");
-    demote(&mut a, &lab, &vol.id).await.expect("demote a");
-    promote(&mut b, &lab, &vol.id, false).await.expect("promote b");
+    a.demote(&Subject::volume(&vol.id), false, Params::new()).await.expect("demote a");
+    b.promote(&Subject::volume(&vol.id), false, Params::new()).await.expect("promote b");
     assert_eq!(is_primary(&lab, Site::B, &vol.spec), Some(true));
     assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(false));
     assert_eq!(checksum(&lab, Site::B, &vol.spec).as_deref(), Some(sum_a.as_str()), "b lost a's data");
@@ -165,12 +165,12 @@ async fn planned_failover_and_failback_across_the_namespaced_link() {
     wait_same_data(&lab, &vol.spec, &sum_b, Site::A, LIMIT).await;
 
     drill.step("planned failback to site-a");
-    demote(&mut b, &lab, &vol.id).await.expect("demote b");
-    promote(&mut a, &lab, &vol.id, false).await.expect("promote a");
+    b.demote(&Subject::volume(&vol.id), false, Params::new()).await.expect("demote b");
+    a.promote(&Subject::volume(&vol.id), false, Params::new()).await.expect("promote a");
     assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(true));
     assert_eq!(checksum(&lab, Site::A, &vol.spec).as_deref(), Some(sum_b.as_str()), "a lost b's data");
 
-    disable(&mut a, &lab, &vol.id).await.expect("disable");
+    a.disable(&Subject::volume(&vol.id), Params::new()).await.expect("disable");
     cleanup(&lab, &vol.spec);
 }
 
@@ -181,7 +181,7 @@ async fn partition_forced_promote_two_primaries_then_resync_and_failback() {
     let mut drill = Drill::new(&lab);
     // A short op deadline, so that a forced promote that hung would show.
     let sites = SitePair::start(&lab, &["--op-timeout", "30s"]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (mut a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let (vol, _) = drill.mirrored(&mut a).await;
     let synced_before = last_sync(&info_now(&mut a, &lab, &vol.id).await);
 
@@ -206,7 +206,7 @@ async fn partition_forced_promote_two_primaries_then_resync_and_failback() {
 
     drill.step("forced promote on site-b while site-a is alive but cut off");
     let started = Instant::now();
-    promote(&mut b, &lab, &vol.id, true).await.expect("forced promote on b");
+    b.promote(&Subject::volume(&vol.id), true, Params::new()).await.expect("forced promote on b");
     let promote_took = started.elapsed();
     println!("forced promote under partition took {promote_took:?}");
     assert!(promote_took < Duration::from_secs(35), "forced promote outlived the op deadline: {promote_took:?}");
@@ -225,15 +225,15 @@ async fn partition_forced_promote_two_primaries_then_resync_and_failback() {
 
     drill.step("heal; demote site-a; rbd-mirror reports the split-brain");
     lab.heal();
-    demote(&mut a, &lab, &vol.id).await.expect("demote the old primary");
+    a.demote(&Subject::volume(&vol.id), false, Params::new()).await.expect("demote the old primary");
     drill.wait_split_brain(&vol.spec).await;
-    let refused = promote(&mut a, &lab, &vol.id, false).await.unwrap_err();
+    let refused = a.promote(&Subject::volume(&vol.id), false, Params::new()).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("split-brain"), "{refused:?}");
 
     drill.step("forced resync brings site-a back as a secondary with b's data");
     let started = Instant::now();
-    resync_until_ready(&mut a, &lab, &vol.id, LIMIT).await;
+    resync_until_ready(&a, &vol.id, LIMIT).await;
     let used = lab.rbd_json(Site::B, &["du", &vol.spec]).ok().and_then(|d| d["images"][0]["used_size"].as_u64());
     println!(
         "resync after the partition took {:.1?} for {:.1} MiB in use",
@@ -244,10 +244,10 @@ async fn partition_forced_promote_two_primaries_then_resync_and_failback() {
     assert_eq!(state_of(&lab.mirror_status(Site::A, &vol.spec)), "up+replaying");
 
     drill.step("failback to site-a: nothing b acknowledged is lost");
-    demote(&mut b, &lab, &vol.id).await.expect("demote b");
+    b.demote(&Subject::volume(&vol.id), false, Params::new()).await.expect("demote b");
     let start = Instant::now();
     loop {
-        match promote(&mut a, &lab, &vol.id, false).await {
+        match a.promote(&Subject::volume(&vol.id), false, Params::new()).await {
             Ok(()) => break,
             Err(e) if start.elapsed() < LIMIT => {
                 println!("promote a: {e:?}; retrying");
@@ -258,7 +258,7 @@ async fn partition_forced_promote_two_primaries_then_resync_and_failback() {
     }
     assert_eq!(checksum(&lab, Site::A, &vol.spec).as_deref(), Some(sum_b.as_str()), "the failback lost b's writes");
 
-    disable(&mut a, &lab, &vol.id).await.expect("disable");
+    a.disable(&Subject::volume(&vol.id), Params::new()).await.expect("disable");
     cleanup(&lab, &vol.spec);
 }
 
@@ -268,7 +268,7 @@ async fn a_partition_that_heals_before_any_promote_needs_no_call() {
     let lab = Lab::load();
     let mut drill = Drill::new(&lab);
     let sites = SitePair::start(&lab, &[]).await;
-    let mut a = sites.a.replication().await;
+    let mut a = sites.a.client(&lab).await;
     let (vol, _) = drill.mirrored(&mut a).await;
     let before = last_sync(&info_now(&mut a, &lab, &vol.id).await);
 
@@ -290,13 +290,13 @@ async fn a_partition_that_heals_before_any_promote_needs_no_call() {
     while closed <= before {
         assert!(healed.elapsed() < LIMIT, "Info still shows the sync of before the partition after {LIMIT:?}");
         tokio::time::sleep(Duration::from_secs(1)).await;
-        closed = info(&mut a, &lab, &vol.id).await.map(|i| last_sync(&i)).unwrap_or(0);
+        closed = a.info(&Subject::volume(&vol.id)).await.map(|i| last_sync(&i)).unwrap_or(0);
     }
     println!("Info showed the gap closed {:.1} s after the heal", healed.elapsed().as_secs_f64());
     assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(true));
     assert_eq!(is_primary(&lab, Site::B, &vol.spec), Some(false));
 
-    disable(&mut a, &lab, &vol.id).await.expect("disable");
+    a.disable(&Subject::volume(&vol.id), Params::new()).await.expect("disable");
     cleanup(&lab, &vol.spec);
 }
 
@@ -312,19 +312,19 @@ async fn a_flapping_link_during_resync_finishes_it_once() {
     let lab = Lab::load();
     let mut drill = Drill::new(&lab);
     let sites = SitePair::start(&lab, &["--op-timeout", "30s"]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
+    let (mut a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
     let (vol, _) = drill.mirrored(&mut a).await;
 
     drill.step("partition; forced promote on site-b; both write; heal; demote site-a");
     lab.partition();
-    promote(&mut b, &lab, &vol.id, true).await.expect("forced promote on b");
+    b.promote(&Subject::volume(&vol.id), true, Params::new()).await.expect("forced promote on b");
     write_data(&lab, Site::A, &vol.spec);
     // Enough for the resync to take a while: 8 MiB more on the new primary.
     lab.rbd(Site::B, &["bench", "--io-type", "write", "--io-size", "64K", "--io-total", "8M", &vol.spec]);
     mirror_snapshot(&lab, Site::B, &vol.spec);
     let sum_b = checksum(&lab, Site::B, &vol.spec).unwrap();
     lab.heal();
-    demote(&mut a, &lab, &vol.id).await.expect("demote the old primary");
+    a.demote(&Subject::volume(&vol.id), false, Params::new()).await.expect("demote the old primary");
     drill.wait_split_brain(&vol.spec).await;
     let old_id = image_id(&lab, Site::A, &vol.spec).expect("site-a's image");
 
@@ -342,7 +342,7 @@ async fn a_flapping_link_during_resync_finishes_it_once() {
             let phase = Instant::now();
             while phase.elapsed() < Duration::from_secs(4) {
                 // The controller keeps asking, whatever the link does.
-                let answer = resync(&mut a, &lab, &vol.id, true).await;
+                let answer = a.resync(&Subject::volume(&vol.id), true, Params::new()).await;
                 answers.push(match &answer {
                     Ok(ready) => format!("ready={ready}"),
                     Err(e) => format!("{:?}", e.code()),
@@ -356,7 +356,7 @@ async fn a_flapping_link_during_resync_finishes_it_once() {
     drill.step("after the flapping the resync finishes");
     let settle = Instant::now();
     loop {
-        match resync(&mut a, &lab, &vol.id, true).await {
+        match a.resync(&Subject::volume(&vol.id), true, Params::new()).await {
             Ok(true) => break,
             Ok(false) => {}
             // rbd-mirror re-creating the image, or not yet back in the map.
@@ -373,9 +373,12 @@ async fn a_flapping_link_during_resync_finishes_it_once() {
     assert!(ids.len() <= 2, "site-a's image was re-created more than once: IDs {ids:?}");
     let requested = sites.a.log_text().matches("resync from the peer requested").count();
     assert_eq!(requested, 1, "the resync was requested {requested} times for one demotion");
-    assert!(resync(&mut a, &lab, &vol.id, true).await.unwrap(), "a resync after the end must not start over");
+    assert!(
+        a.resync(&Subject::volume(&vol.id), true, Params::new()).await.unwrap(),
+        "a resync after the end must not start over"
+    );
 
-    disable(&mut b, &lab, &vol.id).await.expect("disable on the new primary");
+    b.disable(&Subject::volume(&vol.id), Params::new()).await.expect("disable on the new primary");
     lab.rbd_try(Site::B, &["rm", "--no-progress", &vol.spec]).ok();
     cleanup(&lab, &vol.spec);
 }
@@ -389,15 +392,16 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
     let lab = Lab::load();
     let mut drill = Drill::new(&lab);
     let sites = SitePair::start(&lab, &["--ceph-timeout", "10s"]).await;
-    let (mut a, mut b) = (sites.a.replication().await, sites.b.replication().await);
-    let mut groups_a = sites.a.groups().await;
+    let (a, b) = (sites.a.client(&lab).await, sites.b.client(&lab).await);
+    let groups_a = sites.a.client(&lab).await;
     drill.step("a journal-mode group of three, generations every 2 s, replaying on site-b");
     let vols: Vec<TestVolume> =
         (0..MEMBERS).map(|_| lab.create_volume(VolumeOpts { size_mb: 64, ..Default::default() })).collect();
     drill.specs = vols.iter().map(|v| v.spec.clone()).collect();
     let ids: Vec<&str> = vols.iter().map(|v| v.id.as_str()).collect();
     let names: Vec<String> = vols.iter().map(|v| v.spec.rsplit('/').next().unwrap().to_owned()).collect();
-    let gid = create_group(&mut groups_a, &lab, &format!("partition-{}", new_uuid()), &ids)
+    let gid = groups_a
+        .group_create(&format!("partition-{}", new_uuid()), &ids, group_params(&lab))
         .await
         .expect("create group")
         .volume_group_id;
@@ -413,7 +417,7 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
         true,
     );
     let params = std::collections::HashMap::from([("generationInterval".to_owned(), "2s".to_owned())]);
-    group_enable(&mut a, &lab, &gid, params).await.expect("enable group replication");
+    a.enable(&Subject::group(&gid), params).await.expect("enable group replication");
     for v in &vols {
         wait_until(&format!("{} on site-b", v.spec), LIMIT, || {
             lab.mirror_info(Site::B, &v.spec).is_some_and(|m| m["primary"] == false)
@@ -434,7 +438,7 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
 
     drill.step("forced group promote on site-b while site-a keeps writing");
     let started = Instant::now();
-    let attempts = group_promote_after_site_loss(&mut b, &lab, &gid).await.expect("forced group promote on site-b");
+    let attempts = group_promote_after_site_loss(&b, &gid).await.expect("forced group promote on site-b");
     let promote_took = started.elapsed();
     for v in &vols {
         assert_eq!(is_primary(&lab, Site::B, &v.spec), Some(true), "{} is not primary on site-b", v.spec);
@@ -465,11 +469,11 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
 
     drill.step("heal; demote site-a's group; forced group resync until ready");
     lab.heal();
-    group_demote(&mut a, &lab, &gid).await.expect("demote the old primary group");
+    a.demote(&Subject::group(&gid), false, Params::new()).await.expect("demote the old primary group");
     let started = Instant::now();
     let mut first = true;
     loop {
-        match group_resync(&mut a, &lab, &gid, true).await {
+        match a.resync(&Subject::group(&gid), true, Params::new()).await {
             Ok(true) => break,
             Ok(false) => first = false,
             Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound | Code::FailedPrecondition) => {
@@ -491,7 +495,7 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
     for (v, sum) in vols.iter().zip(&sums_b) {
         wait_same_data(&lab, &v.spec, sum, Site::A, LIMIT).await;
     }
-    group_disable(&mut b, &lab, &gid).await.expect("disable on the new primary");
+    b.disable(&Subject::group(&gid), Params::new()).await.expect("disable on the new primary");
     for v in &vols {
         remove_everywhere(&lab, &v.spec);
     }

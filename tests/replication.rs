@@ -18,23 +18,6 @@ fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-fn enable_req(lab: &Lab, id: &str, p: &[(&str, &str)]) -> EnableVolumeReplicationRequest {
-    EnableVolumeReplicationRequest {
-        parameters: params(p),
-        secrets: lab.secrets(),
-        replication_source: source(id),
-        ..Default::default()
-    }
-}
-
-fn disable_req(lab: &Lab, id: &str) -> DisableVolumeReplicationRequest {
-    DisableVolumeReplicationRequest { secrets: lab.secrets(), replication_source: source(id), ..Default::default() }
-}
-
-fn info_req(lab: &Lab, id: &str) -> GetVolumeReplicationInfoRequest {
-    GetVolumeReplicationInfoRequest { secrets: lab.secrets(), replication_source: source(id), ..Default::default() }
-}
-
 fn same_volume_on_b(lab: &Lab, vol: &TestVolume) -> String {
     volume_id(&lab.cluster_id(), lab.pool_id(Site::B), &vol.uuid)
 }
@@ -44,23 +27,19 @@ async fn snapshot_mode_enable_info_disable_round_trip() {
     let lab = Lab::load();
     let a = Server::start(&lab.csi_config(Site::A), &[]).await;
     let b = Server::start(&lab.csi_config(Site::B), &[]).await;
-    let mut ca = a.replication().await;
-    let mut cb = b.replication().await;
+    let ca = a.client(&lab).await;
+    let cb = b.client(&lab).await;
     let vol = lab.create_volume(VolumeOpts::default());
     write_data(&lab, Site::A, &vol.spec);
     let name = vol.spec.rsplit('/').next().unwrap().to_owned();
 
     // Info before enabling: not enabled.
-    let err = ca.get_volume_replication_info(info_req(&lab, &vol.id)).await.unwrap_err();
+    let err = ca.info(&Subject::volume(&vol.id)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
-    ca.enable_volume_replication(enable_req(
-        &lab,
-        &vol.id,
-        &[("mirroringMode", "snapshot"), ("schedulingInterval", "1h")],
-    ))
-    .await
-    .expect("enable");
+    ca.enable(&Subject::volume(&vol.id), params(&[("mirroringMode", "snapshot"), ("schedulingInterval", "1h")]))
+        .await
+        .expect("enable");
     let m = lab.mirror_info(Site::A, &vol.spec).expect("rbd info on site-a");
     assert_eq!(
         (m["state"].as_str(), m["mode"].as_str(), m["primary"].as_bool()),
@@ -70,9 +49,9 @@ async fn snapshot_mode_enable_info_disable_round_trip() {
     // No completed sync reported by the peer yet: "no info yet" for the
     // controller. (On a fast lab the first sync may already be reported;
     // then the answer must carry it.)
-    match ca.get_volume_replication_info(info_req(&lab, &vol.id)).await {
+    match ca.info(&Subject::volume(&vol.id)).await {
         Err(early) => assert_eq!(early.code(), Code::NotFound, "{early:?}"),
-        Ok(r) => assert!(r.into_inner().last_sync_time.is_some(), "an answer before any sync must be NOT_FOUND"),
+        Ok(r) => assert!(r.last_sync_time.is_some(), "an answer before any sync must be NOT_FOUND"),
     }
 
     // The mgr really holds the schedule.
@@ -80,9 +59,7 @@ async fn snapshot_mode_enable_info_disable_round_trip() {
     assert!(sched.as_array().unwrap().iter().any(|s| s["interval"] == "1h"), "schedule list: {sched}");
 
     // Repeated Enable is a no-op success.
-    ca.enable_volume_replication(enable_req(&lab, &vol.id, &[("schedulingInterval", "1h")]))
-        .await
-        .expect("enable again");
+    ca.enable(&Subject::volume(&vol.id), params(&[("schedulingInterval", "1h")])).await.expect("enable again");
 
     // Site-b holds the same data, and its rbd-mirror reports up+replaying.
     let sum_a = checksum(&lab, Site::A, &vol.spec).unwrap();
@@ -96,7 +73,7 @@ async fn snapshot_mode_enable_info_disable_round_trip() {
     .await;
 
     // Info after a real sync: the peer's newest synced snapshot, health from site-a.
-    let info = info_once_synced(&mut ca, &lab, &vol.id, SYNC_LIMIT).await;
+    let info = info_once_synced(&ca, &vol.id, SYNC_LIMIT).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let t = info.last_sync_time.unwrap().seconds;
     assert!(t > now - 600 && t <= now + 5, "last_sync_time {t} vs now {now}");
@@ -106,21 +83,21 @@ async fn snapshot_mode_enable_info_disable_round_trip() {
 
     // On site-b the volume is a healthy secondary: Info refuses, Disable is a no-op.
     let b_id = same_volume_on_b(&lab, &vol);
-    let err = cb.get_volume_replication_info(info_req(&lab, &b_id)).await.unwrap_err();
+    let err = cb.info(&Subject::volume(&b_id)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    cb.disable_volume_replication(disable_req(&lab, &b_id)).await.expect("disable on the healthy secondary");
+    cb.disable(&Subject::volume(&b_id), Params::new()).await.expect("disable on the healthy secondary");
     let mb = lab.mirror_info(Site::B, &vol.spec).expect("site-b image still there");
     assert_eq!((mb["state"].as_str(), mb["primary"].as_bool()), (Some("enabled"), Some(false)));
 
     // Disable on the primary: mirroring off, site-b's copy deleted, schedule gone.
-    ca.disable_volume_replication(disable_req(&lab, &vol.id)).await.expect("disable");
+    ca.disable(&Subject::volume(&vol.id), Params::new()).await.expect("disable");
     assert_eq!(lab.mirror_info(Site::A, &vol.spec).unwrap()["state"], "disabled");
     wait_until("site-b's copy to be removed", SYNC_LIMIT, || lab.rbd_try(Site::B, &["info", &vol.spec]).is_err()).await;
     assert!(!has_schedule(&lab, &vol.spec), "schedule left behind");
 
     // Idempotent: disabled already → OK; Info → not enabled.
-    ca.disable_volume_replication(disable_req(&lab, &vol.id)).await.expect("disable again");
-    let err = ca.get_volume_replication_info(info_req(&lab, &vol.id)).await.unwrap_err();
+    ca.disable(&Subject::volume(&vol.id), Params::new()).await.expect("disable again");
+    let err = ca.info(&Subject::volume(&vol.id)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     cleanup(&lab, &vol.spec);
 }
@@ -129,24 +106,18 @@ async fn snapshot_mode_enable_info_disable_round_trip() {
 async fn journal_mode_replicates_every_write() {
     let lab = Lab::load();
     let a = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let mut ca = a.replication().await;
+    let ca = a.client(&lab).await;
     let vol = lab.create_volume(VolumeOpts::default());
 
     // The schedule is ignored in journal mode (there are no mirror snapshots).
-    ca.enable_volume_replication(enable_req(
-        &lab,
-        &vol.id,
-        &[("mirroringMode", "journal"), ("schedulingInterval", "5m")],
-    ))
-    .await
-    .expect("enable journal");
+    ca.enable(&Subject::volume(&vol.id), params(&[("mirroringMode", "journal"), ("schedulingInterval", "5m")]))
+        .await
+        .expect("enable journal");
     let m = lab.mirror_info(Site::A, &vol.spec).unwrap();
     assert_eq!((m["state"].as_str(), m["mode"].as_str()), (Some("enabled"), Some("journal")));
     let features = lab.rbd_json(Site::A, &["info", &vol.spec]).unwrap()["features"].clone();
     assert!(features.as_array().unwrap().iter().any(|f| f == "journaling"), "{features}");
-    ca.enable_volume_replication(enable_req(&lab, &vol.id, &[("mirroringMode", "journal")]))
-        .await
-        .expect("enable again");
+    ca.enable(&Subject::volume(&vol.id), params(&[("mirroringMode", "journal")])).await.expect("enable again");
 
     write_data(&lab, Site::A, &vol.spec);
     let sum_a = checksum(&lab, Site::A, &vol.spec).unwrap();
@@ -159,11 +130,11 @@ async fn journal_mode_replicates_every_write() {
     })
     .await;
 
-    let info = info_once_synced(&mut ca, &lab, &vol.id, SYNC_LIMIT).await;
+    let info = info_once_synced(&ca, &vol.id, SYNC_LIMIT).await;
     assert!(info.last_sync_time.unwrap().seconds > 0);
     assert_eq!(info.status, InfoStatus::Healthy as i32);
 
-    ca.disable_volume_replication(disable_req(&lab, &vol.id)).await.expect("disable");
+    ca.disable(&Subject::volume(&vol.id), Params::new()).await.expect("disable");
     assert_eq!(lab.mirror_info(Site::A, &vol.spec).unwrap()["state"], "disabled");
     cleanup(&lab, &vol.spec);
 }
@@ -203,11 +174,11 @@ async fn custom_image_name_from_the_journal_and_legacy_volume_id_field() {
 async fn rados_namespace_from_config_json() {
     let lab = Lab::load();
     let a = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let mut ca = a.replication().await;
+    let ca = a.client(&lab).await;
     let vol = lab.create_volume(VolumeOpts { namespace: true, ..Default::default() });
     assert!(vol.spec.contains(&format!("/{}/", lab.namespace())));
 
-    ca.enable_volume_replication(enable_req(&lab, &vol.id, &[("schedulingInterval", "2h")])).await.expect("enable");
+    ca.enable(&Subject::volume(&vol.id), params(&[("schedulingInterval", "2h")])).await.expect("enable");
     assert_eq!(lab.mirror_info(Site::A, &vol.spec).unwrap()["state"], "enabled");
     let image = vol.spec.rsplit('/').next().unwrap();
     let (pool, ns) = (lab.pool(), lab.namespace());
@@ -216,7 +187,7 @@ async fn rados_namespace_from_config_json() {
     wait_until("the namespaced image on site-b", SYNC_LIMIT, || lab.rbd_try(Site::B, &["info", &vol.spec]).is_ok())
         .await;
 
-    ca.disable_volume_replication(disable_req(&lab, &vol.id)).await.expect("disable");
+    ca.disable(&Subject::volume(&vol.id), Params::new()).await.expect("disable");
     assert_eq!(lab.mirror_info(Site::A, &vol.spec).unwrap()["state"], "disabled");
     assert!(!has_schedule(&lab, &vol.spec), "schedule left behind");
     cleanup(&lab, &vol.spec);
@@ -237,27 +208,27 @@ async fn second_call_on_a_busy_volume_is_aborted_and_a_dead_cluster_cannot_hang_
     let vol = volume_id("blackhole", 2, &new_uuid());
     let other = volume_id("blackhole", 2, &new_uuid());
 
-    let mut c1 = server.replication().await;
-    let req = enable_req(&lab, &vol, &[]);
-    let first = tokio::spawn(async move { c1.enable_volume_replication(req).await });
+    let c1 = server.client(&lab).await;
+    let subject = Subject::volume(&vol);
+    let first = tokio::spawn(async move { c1.enable(&subject, Params::new()).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let mut c2 = server.replication().await;
+    let c2 = server.client(&lab).await;
     let started = std::time::Instant::now();
-    let busy = c2.disable_volume_replication(disable_req(&lab, &vol)).await.unwrap_err();
+    let busy = c2.disable(&Subject::volume(&vol), Params::new()).await.unwrap_err();
     assert_eq!(busy.code(), Code::Aborted, "{busy:?}");
     assert!(busy.message().contains(&vol), "{busy:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
     let read = tokio::spawn({
-        let mut c = server.replication().await;
-        let req = info_req(&lab, &vol);
-        async move { c.get_volume_replication_info(req).await }
+        let c = server.client(&lab).await;
+        let subject = Subject::volume(&vol);
+        async move { c.info(&subject).await }
     });
 
     let other_call = tokio::spawn({
-        let mut c3 = server.replication().await;
-        let req = info_req(&lab, &other);
-        async move { c3.get_volume_replication_info(req).await }
+        let c3 = server.client(&lab).await;
+        let subject = Subject::volume(&other);
+        async move { c3.info(&subject).await }
     });
 
     let first = first.await.unwrap().unwrap_err();
@@ -268,7 +239,7 @@ async fn second_call_on_a_busy_volume_is_aborted_and_a_dead_cluster_cannot_hang_
     assert_eq!(read.code(), Code::Unavailable, "Info on the busy volume went to the cluster: {read:?}");
 
     // The guard is released once the work ends.
-    let again = c2.disable_volume_replication(disable_req(&lab, &vol)).await.unwrap_err();
+    let again = c2.disable(&Subject::volume(&vol), Params::new()).await.unwrap_err();
     assert_eq!(again.code(), Code::Unavailable, "{again:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -280,33 +251,33 @@ async fn second_call_on_a_busy_volume_is_aborted_and_a_dead_cluster_cannot_hang_
 async fn info_right_after_a_role_change_shows_the_new_role() {
     let lab = Lab::load();
     let a = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let mut ca = a.replication().await;
+    let ca = a.client(&lab).await;
     let vol = lab.create_volume(VolumeOpts::default());
     write_data(&lab, Site::A, &vol.spec);
-    ca.enable_volume_replication(enable_req(&lab, &vol.id, &[])).await.expect("enable");
-    info_once_synced(&mut ca, &lab, &vol.id, SYNC_LIMIT).await;
+    ca.enable(&Subject::volume(&vol.id), Params::new()).await.expect("enable");
+    info_once_synced(&ca, &vol.id, SYNC_LIMIT).await;
     // Warm: the pool's view now holds the volume as primary.
-    ca.get_volume_replication_info(info_req(&lab, &vol.id)).await.expect("info");
+    ca.info(&Subject::volume(&vol.id)).await.expect("info");
 
-    demote(&mut ca, &lab, &vol.id).await.expect("demote");
-    let err = ca.get_volume_replication_info(info_req(&lab, &vol.id)).await.unwrap_err();
+    ca.demote(&Subject::volume(&vol.id), false, Params::new()).await.expect("demote");
+    let err = ca.info(&Subject::volume(&vol.id)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "right after Demote: {err:?}");
     assert!(err.message().contains("not primary"), "{err:?}");
     assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(false), "Ceph agrees");
 
-    promote(&mut ca, &lab, &vol.id, false).await.expect("promote");
-    match ca.get_volume_replication_info(info_req(&lab, &vol.id)).await {
+    ca.promote(&Subject::volume(&vol.id), false, Params::new()).await.expect("promote");
+    match ca.info(&Subject::volume(&vol.id)).await {
         Ok(_) => {}
         Err(e) => assert_eq!(e.code(), Code::NotFound, "right after Promote: primary, no new sync yet: {e:?}"),
     }
     assert_eq!(is_primary(&lab, Site::A, &vol.spec), Some(true));
 
     // Behind the server's back: seen within the view's age, bounded.
-    ca.get_volume_replication_info(info_req(&lab, &vol.id)).await.ok();
+    ca.info(&Subject::volume(&vol.id)).await.ok();
     lab.rbd(Site::A, &["mirror", "image", "demote", &vol.spec]);
     let started = std::time::Instant::now();
     loop {
-        match ca.get_volume_replication_info(info_req(&lab, &vol.id)).await {
+        match ca.info(&Subject::volume(&vol.id)).await {
             Err(e) if e.code() == Code::FailedPrecondition => break,
             other => assert!(started.elapsed() < Duration::from_secs(5), "still {other:?} after an rbd CLI demote"),
         }
@@ -314,7 +285,7 @@ async fn info_right_after_a_role_change_shows_the_new_role() {
     }
     println!("an rbd CLI demote showed in Info after {:.2} s", started.elapsed().as_secs_f64());
     lab.rbd(Site::A, &["mirror", "image", "promote", &vol.spec]);
-    ca.disable_volume_replication(disable_req(&lab, &vol.id)).await.expect("disable");
+    ca.disable(&Subject::volume(&vol.id), Params::new()).await.expect("disable");
     cleanup(&lab, &vol.spec);
 }
 
@@ -326,9 +297,9 @@ async fn info_right_after_a_role_change_shows_the_new_role() {
 async fn a_blocklisted_server_client_reconnects_on_the_retry() {
     let lab = Lab::load();
     let server = Server::start(&lab.csi_config(Site::A), &[]).await;
-    let mut c = server.replication().await;
+    let c = server.client(&lab).await;
     let vol = lab.create_volume(VolumeOpts::default());
-    enable(&mut c, &lab, &vol.id).await.expect("enable");
+    c.enable(&Subject::volume(&vol.id), Params::new()).await.expect("enable");
     let ledger: serde_json::Value =
         serde_json::from_slice(&std::fs::read(format!("{}.clients", server.socket.display())).unwrap()).unwrap();
     let addrs = ledger["own"][0]["addrs"].as_str().expect("the server's client address").to_owned();
@@ -343,7 +314,7 @@ async fn a_blocklisted_server_client_reconnects_on_the_retry() {
     let started = Instant::now();
     let mut refused = 0;
     loop {
-        match disable(&mut c, &lab, &vol.id).await {
+        match c.disable(&Subject::volume(&vol.id), Params::new()).await {
             Ok(()) => break,
             Err(e) if e.code() == Code::Unavailable && started.elapsed() < Duration::from_secs(60) => {
                 refused += 1;

@@ -74,7 +74,9 @@ impl Run for GroupSnapshotCommand {
                 conn.group_snapshot_delete(&a.group_snapshot_id, &[]).await?;
                 Ok(render::deleted("group_snapshot_id", &a.group_snapshot_id))
             }
-            Self::Capabilities(a) => Ok(render::capabilities(&a.connect(None).await?.group_snapshot_capabilities().await?)),
+            Self::Capabilities(a) => {
+                Ok(render::capabilities(&a.connect(None).await?.group_snapshot_capabilities().await?))
+            }
         }
     }
 }

@@ -116,7 +116,9 @@ pub(super) fn generations(g: &Generations) -> Value {
             let held: Vec<String> = m
                 .generations
                 .iter()
-                .map(|h| format!("{}@{}{}", h.number, rfc3339(h.taken), if h.complete { "" } else { " (fence post only)" }))
+                .map(|h| {
+                    format!("{}@{}{}", h.number, rfc3339(h.taken), if h.complete { "" } else { " (fence post only)" })
+                })
                 .collect();
             format!("{}: {}", m.volume_id, if held.is_empty() { "none".to_owned() } else { held.join(" ") })
         })

@@ -122,15 +122,13 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
         }
     };
     let csi_front = match (&args.csi_endpoint, &args.csi_upstream) {
-        (Some(front), Some(upstream)) => {
-            match (server::parse_endpoint(front), server::parse_endpoint(upstream)) {
-                (Ok(endpoint), Ok(upstream)) => Some(server::CsiFront { endpoint, upstream }),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!("{e}");
-                    return ExitCode::from(2);
-                }
+        (Some(front), Some(upstream)) => match (server::parse_endpoint(front), server::parse_endpoint(upstream)) {
+            (Ok(endpoint), Ok(upstream)) => Some(server::CsiFront { endpoint, upstream }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("{e}");
+                return ExitCode::from(2);
             }
-        }
+        },
         _ => None,
     };
     let cfg = ServeConfig {

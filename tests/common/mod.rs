@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use rbd_addons::client::{Params, Subject};
 use rbd_addons::proto::identity::identity_client::IdentityClient;
 use rbd_addons::proto::replication::controller_client::ControllerClient;
-use rbd_addons::proto::replication::replication_source::{Type as SourceType, VolumeGroupSource, VolumeSource};
+use rbd_addons::proto::replication::replication_source::{Type as SourceType, VolumeSource};
 use rbd_addons::proto::replication::*;
-use rbd_addons::proto::volumegroup::controller_client::ControllerClient as VolumeGroupClient;
-use rbd_addons::proto::volumegroup::*;
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
@@ -444,6 +443,11 @@ impl Server {
     }
 
     /// The CLI's own typed client on this server's socket.
+    /// The typed client, carrying the lab's replication secret.
+    pub async fn client(&self, lab: &Lab) -> Client {
+        self.cli_client().await.with_secrets(lab.secrets())
+    }
+
     pub async fn cli_client(&self) -> rbd_addons::client::Connection {
         let endpoint = format!("unix://{}", self.socket.display());
         rbd_addons::client::Connection::open(&endpoint, Duration::from_secs(180)).await.expect("connect")
@@ -595,73 +599,21 @@ pub fn secrets_for(lab: &Lab) -> HashMap<String, String> {
     lab.secrets()
 }
 
-pub type Client = ControllerClient<Channel>;
+/// The typed client the CLI uses, carrying the lab's replication secret.
+pub type Client = rbd_addons::client::Connection;
 
-// One helper per replication RPC, as the controller sends them: the handle
-// minted on site-a and the lab's replication secret.
-
-pub async fn enable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    enable_source(c, lab, source(id), HashMap::new()).await
-}
-
-pub async fn disable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    let req = DisableVolumeReplicationRequest {
-        secrets: lab.secrets(),
-        replication_source: source(id),
-        ..Default::default()
-    };
-    c.disable_volume_replication(req).await.map(drop)
-}
-
-pub async fn promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<(), tonic::Status> {
-    promote_with(c, lab, id, force, HashMap::new()).await
-}
-
-/// Promote with the class parameters (the schedule is applied on promote).
-pub async fn promote_with(
-    c: &mut Client,
-    lab: &Lab,
-    id: &str,
-    force: bool,
-    parameters: HashMap<String, String>,
-) -> Result<(), tonic::Status> {
-    let req = PromoteVolumeRequest {
-        force,
-        parameters,
-        secrets: lab.secrets(),
-        replication_source: source(id),
-        ..Default::default()
-    };
-    c.promote_volume(req).await.map(drop)
-}
-
-pub async fn demote(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    let req = DemoteVolumeRequest { secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
-    c.demote_volume(req).await.map(drop)
-}
-
-pub async fn resync(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<bool, tonic::Status> {
-    let req =
-        ResyncVolumeRequest { force, secrets: lab.secrets(), replication_source: source(id), ..Default::default() };
-    c.resync_volume(req).await.map(|r| r.into_inner().ready)
-}
-
-pub async fn info(c: &mut Client, lab: &Lab, id: &str) -> Result<GetVolumeReplicationInfoResponse, tonic::Status> {
-    let req = GetVolumeReplicationInfoRequest {
-        secrets: lab.secrets(),
-        replication_source: source(id),
-        ..Default::default()
-    };
-    c.get_volume_replication_info(req).await.map(|r| r.into_inner())
+/// The `&str`s of owned IDs, as the typed client takes them.
+pub fn refs(ids: &[String]) -> Vec<&str> {
+    ids.iter().map(String::as_str).collect()
 }
 
 /// Polls Resync(force) until it answers ready, tolerating the window in which
 /// rbd-mirror re-creates the image (ABORTED); asserts it was not ready first.
-pub async fn resync_until_ready(c: &mut Client, lab: &Lab, id: &str, limit: Duration) {
+pub async fn resync_until_ready(c: &Client, id: &str, limit: Duration) {
     let start = Instant::now();
     let mut first = None;
     loop {
-        match resync(c, lab, id, true).await {
+        match c.resync(&Subject::volume(id), true, Params::new()).await {
             Ok(true) if first.is_none() => panic!("a split-brained secondary cannot be ready before its resync"),
             Ok(true) => return,
             Ok(false) => first = Some(false),
@@ -678,15 +630,10 @@ pub async fn resync_until_ready(c: &mut Client, lab: &Lab, id: &str, limit: Dura
 
 /// Polls GetVolumeReplicationInfo until the peer has reported a sync (the
 /// controller's "no info yet" is NOT_FOUND).
-pub async fn info_once_synced(
-    c: &mut Client,
-    lab: &Lab,
-    id: &str,
-    limit: Duration,
-) -> GetVolumeReplicationInfoResponse {
+pub async fn info_once_synced(c: &Client, id: &str, limit: Duration) -> GetVolumeReplicationInfoResponse {
     let start = Instant::now();
     loop {
-        match info(c, lab, id).await {
+        match c.info(&Subject::volume(id)).await {
             Ok(r) => return r,
             Err(e) if e.code() == tonic::Code::NotFound && start.elapsed() < limit => {
                 tokio::time::sleep(Duration::from_millis(500)).await
@@ -771,83 +718,9 @@ pub fn revive_mirror(lab: &Lab, s: Site) -> bool {
 // controller drives them (VolumeGroupReplicationContent, then a VR whose
 // source is the group).
 
-pub type GroupClient = VolumeGroupClient<Channel>;
-
-impl Server {
-    pub async fn groups(&self) -> GroupClient {
-        VolumeGroupClient::new(self.channel().await)
-    }
-}
-
-pub fn group_source(group_id: &str) -> Option<ReplicationSource> {
-    Some(ReplicationSource {
-        r#type: Some(SourceType::Volumegroup(VolumeGroupSource { volume_group_id: group_id.into() })),
-    })
-}
-
 /// The class parameters ceph-csi requires for a group.
 pub fn group_params(lab: &Lab) -> HashMap<String, String> {
     HashMap::from([("clusterID".into(), lab.cluster_id()), ("pool".into(), lab.pool())])
-}
-
-pub async fn create_group(
-    g: &mut GroupClient,
-    lab: &Lab,
-    name: &str,
-    volume_ids: &[&str],
-) -> Result<VolumeGroup, tonic::Status> {
-    let req = CreateVolumeGroupRequest {
-        name: name.into(),
-        parameters: group_params(lab),
-        secrets: lab.secrets(),
-        volume_ids: volume_ids.iter().map(|s| s.to_string()).collect(),
-    };
-    g.create_volume_group(req).await.map(|r| r.into_inner().volume_group.unwrap())
-}
-
-pub async fn modify_group(
-    g: &mut GroupClient,
-    lab: &Lab,
-    id: &str,
-    volume_ids: &[&str],
-) -> Result<VolumeGroup, tonic::Status> {
-    let req = ModifyVolumeGroupMembershipRequest {
-        volume_group_id: id.into(),
-        volume_ids: volume_ids.iter().map(|s| s.to_string()).collect(),
-        secrets: lab.secrets(),
-        ..Default::default()
-    };
-    g.modify_volume_group_membership(req).await.map(|r| r.into_inner().volume_group.unwrap())
-}
-
-pub async fn get_group(g: &mut GroupClient, lab: &Lab, id: &str) -> Result<VolumeGroup, tonic::Status> {
-    let req = ControllerGetVolumeGroupRequest { volume_group_id: id.into(), secrets: lab.secrets() };
-    g.controller_get_volume_group(req).await.map(|r| r.into_inner().volume_group.unwrap())
-}
-
-pub async fn delete_group(g: &mut GroupClient, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    let req = DeleteVolumeGroupRequest { volume_group_id: id.into(), secrets: lab.secrets() };
-    g.delete_volume_group(req).await.map(drop)
-}
-
-/// A replication request's common fields for a group.
-pub async fn group_enable(
-    c: &mut Client,
-    lab: &Lab,
-    id: &str,
-    parameters: HashMap<String, String>,
-) -> Result<(), tonic::Status> {
-    enable_source(c, lab, group_source(id), parameters).await
-}
-
-pub async fn group_promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<(), tonic::Status> {
-    let req = PromoteVolumeRequest {
-        force,
-        secrets: lab.secrets(),
-        replication_source: group_source(id),
-        ..Default::default()
-    };
-    c.promote_volume(req).await.map(drop)
 }
 
 /// A forced group promote with the other site lost, retried as the
@@ -856,11 +729,11 @@ pub async fn group_promote(c: &mut Client, lab: &Lab, id: &str, force: bool) -> 
 /// it from rbd-mirror (after `MIRROR_RELEASE_GRACE`); rbd-mirror runs at
 /// Ceph's defaults in the lab, with no op timeout. Bounded: the whole
 /// failover must answer OK within 60 s. Returns the attempts.
-pub async fn group_promote_after_site_loss(c: &mut Client, lab: &Lab, id: &str) -> Result<u32, tonic::Status> {
+pub async fn group_promote_after_site_loss(c: &Client, id: &str) -> Result<u32, tonic::Status> {
     let started = Instant::now();
     let mut attempts = 1;
     loop {
-        match group_promote(c, lab, id, true).await {
+        match c.promote(&Subject::group(id), true, Params::new()).await {
             Ok(()) => {
                 let took = started.elapsed();
                 assert!(took < Duration::from_secs(60), "the forced group promote took {took:?} (bound: 60 s)");
@@ -896,65 +769,6 @@ pub async fn wait_group_cut(lab: &Lab, s: Site, specs: &[&str], limit: Duration)
         keys.first().is_some_and(|first| first.iter().any(|k| keys.iter().all(|m| m.contains(k))))
     })
     .await;
-}
-
-/// Enable with the class parameters (e.g. `mirroringMode`).
-pub async fn enable_with(
-    c: &mut Client,
-    lab: &Lab,
-    id: &str,
-    parameters: HashMap<String, String>,
-) -> Result<(), tonic::Status> {
-    enable_source(c, lab, source(id), parameters).await
-}
-
-async fn enable_source(
-    c: &mut Client,
-    lab: &Lab,
-    replication_source: Option<ReplicationSource>,
-    parameters: HashMap<String, String>,
-) -> Result<(), tonic::Status> {
-    let req =
-        EnableVolumeReplicationRequest { parameters, secrets: lab.secrets(), replication_source, ..Default::default() };
-    c.enable_volume_replication(req).await.map(drop)
-}
-
-pub async fn group_demote(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    let req =
-        DemoteVolumeRequest { secrets: lab.secrets(), replication_source: group_source(id), ..Default::default() };
-    c.demote_volume(req).await.map(drop)
-}
-
-pub async fn group_disable(c: &mut Client, lab: &Lab, id: &str) -> Result<(), tonic::Status> {
-    let req = DisableVolumeReplicationRequest {
-        secrets: lab.secrets(),
-        replication_source: group_source(id),
-        ..Default::default()
-    };
-    c.disable_volume_replication(req).await.map(drop)
-}
-
-pub async fn group_resync(c: &mut Client, lab: &Lab, id: &str, force: bool) -> Result<bool, tonic::Status> {
-    let req = ResyncVolumeRequest {
-        force,
-        secrets: lab.secrets(),
-        replication_source: group_source(id),
-        ..Default::default()
-    };
-    c.resync_volume(req).await.map(|r| r.into_inner().ready)
-}
-
-pub async fn group_info(
-    c: &mut Client,
-    lab: &Lab,
-    id: &str,
-) -> Result<GetVolumeReplicationInfoResponse, tonic::Status> {
-    let req = GetVolumeReplicationInfoRequest {
-        secrets: lab.secrets(),
-        replication_source: group_source(id),
-        ..Default::default()
-    };
-    c.get_volume_replication_info(req).await.map(|r| r.into_inner())
 }
 
 /// Snapshot names of an image on a site, all namespaces (empty if absent).
@@ -1005,18 +819,18 @@ pub fn remove_everywhere(lab: &Lab, spec: &str) {
 /// force, retrying the transient UNAVAILABLE right after the peer's demote;
 /// then every member is primary on `to_site` and holds the data in `sums`.
 pub async fn group_fail_over(
-    from: &mut Client,
-    to: &mut Client,
+    from: &Client,
+    to: &Client,
     lab: &Lab,
     id: &str,
     vols: &[TestVolume],
     sums: &[String],
     to_site: Site,
 ) {
-    group_demote(from, lab, id).await.expect("group demote");
+    from.demote(&Subject::group(id), false, Params::new()).await.expect("group demote");
     let started = Instant::now();
     loop {
-        match group_promote(to, lab, id, false).await {
+        match to.promote(&Subject::group(id), false, Params::new()).await {
             Ok(()) => break,
             Err(e) if e.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(150) => {
                 tokio::time::sleep(Duration::from_secs(1)).await
