@@ -73,8 +73,8 @@ fn in_threads<T: Sync>(threads: usize, items: &[T], work: impl Fn(&T) + Sync) {
     });
 }
 
-fn connect_site(lab: &Value, site: &str) -> std::sync::Arc<rbd_addons::ceph::Cluster> {
-    rbd_addons::ceph::Cluster::connect(&rbd_addons::ceph::ConnectOptions {
+fn connect_site(lab: &Value, site: &str) -> std::sync::Arc<rbd_addons::testkit::Cluster> {
+    rbd_addons::testkit::Cluster::connect(&rbd_addons::testkit::ConnectOptions {
         mon_host: lab["sites"][site]["mon_host"].as_str().unwrap(),
         user: lab["user"].as_str().unwrap(),
         key: lab["key"].as_str().unwrap(),
@@ -87,7 +87,7 @@ fn connect_site(lab: &Value, site: &str) -> std::sync::Arc<rbd_addons::ceph::Clu
 /// then promote each on `to`, retrying while `to`'s rbd-mirror still holds
 /// it (as the server does), 16 threads per site. Returns (demotes, total).
 fn librbd_fail_over(lab: &Value, specs: &[String], from: &str, to: &str) -> (Duration, Duration) {
-    use rbd_addons::ceph::{Image, IoCtx};
+    use rbd_addons::testkit::{Image, IoCtx};
     let (a, b) = (connect_site(lab, from), connect_site(lab, to));
     let (pool_a, pool_b) =
         (lab["sites"][from]["pool_id"].as_i64().unwrap(), lab["sites"][to]["pool_id"].as_i64().unwrap());
@@ -277,7 +277,7 @@ fn percentile(v: &[Duration], p: usize) -> Duration {
 /// librbd's own cost of what Info needs, on the same volumes: (the status
 /// call on an image opened once, open + status + mode per call).
 fn librbd_info_costs(lab: &Value, specs: &[String], rounds: usize) -> (Vec<Duration>, Vec<Duration>) {
-    use rbd_addons::ceph::{Cluster, ConnectOptions, Image, IoCtx};
+    use rbd_addons::testkit::{Cluster, ConnectOptions, Image, IoCtx};
     let site = &lab["sites"]["a"];
     let cluster = Cluster::connect(&ConnectOptions {
         mon_host: site["mon_host"].as_str().unwrap(),
@@ -330,7 +330,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// journal entry, which names the image (a handle without one costs the
 /// server a round trip to the OSD on every call; ceph-csi's volumes always
 /// have one). Returns their handles and `pool/image` specs.
-fn create_volumes(lab: &Value, journal: &rbd_addons::ceph::IoCtx, count: usize) -> (Vec<String>, Vec<String>) {
+fn create_volumes(lab: &Value, journal: &rbd_addons::testkit::IoCtx, count: usize) -> (Vec<String>, Vec<String>) {
     let conf = lab["sites"]["a"]["conf"].as_str().unwrap();
     let pool = lab["pool"].as_str().unwrap();
     let (cluster_id, pool_id) = (lab["cluster_id"].as_str().unwrap(), lab["sites"]["a"]["pool_id"].as_i64().unwrap());
@@ -347,7 +347,7 @@ fn create_volumes(lab: &Value, journal: &rbd_addons::ceph::IoCtx, count: usize) 
     (ids, uuids.iter().map(|u| format!("{pool}/csi-vol-{u}")).collect())
 }
 
-fn remove_journal(journal: &rbd_addons::ceph::IoCtx, specs: &[String]) {
+fn remove_journal(journal: &rbd_addons::testkit::IoCtx, specs: &[String]) {
     for spec in specs {
         let uuid = spec.rsplit('/').next().unwrap().trim_start_matches("csi-vol-");
         journal.remove(&format!("csi.volume.{uuid}")).ok();
@@ -444,7 +444,7 @@ async fn group_info_cost(lab: &Value, members: usize) {
     std::fs::create_dir_all(&dir).unwrap();
     let (socket, socket_b) = (dir.join("a.sock"), dir.join("b.sock"));
     let (_server, _server_b) = (spawn_server(lab, "a", &socket).await, spawn_server(lab, "b", &socket_b).await);
-    let journal = rbd_addons::ceph::IoCtx::open(&connect_site(lab, "a"), pool_id, "").expect("open the pool");
+    let journal = rbd_addons::testkit::IoCtx::open(&connect_site(lab, "a"), pool_id, "").expect("open the pool");
     let (ids, specs) = create_volumes(lab, &journal, members);
     let a = Connection::open(&format!("unix://{}", socket.display()), Duration::from_secs(60))
         .await
@@ -506,7 +506,7 @@ async fn at_scale(lab: &Value, volumes: usize) {
     let (conf, conf_b) = (lab["sites"]["a"]["conf"].as_str().unwrap(), lab["sites"]["b"]["conf"].as_str().unwrap());
     let pool = lab["pool"].as_str().unwrap();
     let journal =
-        rbd_addons::ceph::IoCtx::open(&connect_site(lab, "a"), lab["sites"]["a"]["pool_id"].as_i64().unwrap(), "")
+        rbd_addons::testkit::IoCtx::open(&connect_site(lab, "a"), lab["sites"]["a"]["pool_id"].as_i64().unwrap(), "")
             .expect("open the pool");
     let dir = std::env::temp_dir().join(format!("rbd-addons-bench-{}", uuid()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -604,7 +604,7 @@ async fn main() {
     // names the image; a handle without one costs the server a round trip
     // to the OSD on every call, which ceph-csi's volumes never do). A third
     // each is enabled through the server, by the CLI, and by librbd.
-    let journal = rbd_addons::ceph::IoCtx::open(&connect_site(&lab, "a"), pool_id, "").expect("open the pool");
+    let journal = rbd_addons::testkit::IoCtx::open(&connect_site(&lab, "a"), pool_id, "").expect("open the pool");
     let (ids, specs) = create_volumes(&lab, &journal, volumes * 3);
 
     // 2. Mass enable.

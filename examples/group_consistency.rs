@@ -54,12 +54,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use interleave::{
     Acks, CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on, revive_rbd_mirror,
 };
-use rbd_addons::ceph::{Cluster, ConnectOptions};
 use rbd_addons::proto::replication::controller_client::ControllerClient;
 use rbd_addons::proto::replication::replication_source::{Type, VolumeGroupSource};
 use rbd_addons::proto::replication::*;
 use rbd_addons::proto::volumegroup::CreateVolumeGroupRequest;
 use rbd_addons::proto::volumegroup::controller_client::ControllerClient as GroupClient;
+use rbd_addons::testkit::{Cluster, ConnectOptions};
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
@@ -271,8 +271,8 @@ impl Drop for Server {
 /// 64 KiB writes at random places of other journal-mirrored images, until
 /// stopped or cut off (site-a frozen): other work on the same pool.
 fn background_writer(cluster: Arc<Cluster>, pool_id: i64, names: Vec<String>, stop: Arc<AtomicBool>) {
-    let io = rbd_addons::ceph::IoCtx::open(&cluster, pool_id, "").unwrap();
-    let images: Vec<_> = names.iter().map(|n| rbd_addons::ceph::Image::open(&io, n).unwrap()).collect();
+    let io = rbd_addons::testkit::IoCtx::open(&cluster, pool_id, "").unwrap();
+    let images: Vec<_> = names.iter().map(|n| rbd_addons::testkit::Image::open(&io, n).unwrap()).collect();
     let buf = vec![0x5au8; 64 << 10];
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     while !stop.load(Ordering::Relaxed) {

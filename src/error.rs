@@ -7,7 +7,7 @@ use crate::cephcsi;
 use crate::exec::ExecError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The request itself is wrong: a bad ID, parameter, secret or argument.
     #[error("{0}")]
     Malformed(String),
@@ -61,7 +61,7 @@ pub enum Error {
 /// runs from the crate's error up into a layer that uses it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("parameter {key} {problem}")]
-pub struct ParamError {
+pub(crate) struct ParamError {
     pub key: &'static str,
     pub problem: String,
 }

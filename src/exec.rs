@@ -15,7 +15,7 @@ use tokio::time::{Instant, timeout_at};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ExecError {
+pub(crate) enum ExecError {
     #[error("an operation on {0} is already in progress; retry when it has finished")]
     Busy(String),
     #[error("too many Ceph operations are queued; none became free within {}s", .0.as_secs())]
@@ -30,12 +30,12 @@ pub enum ExecError {
 /// Marks further keys (a group's member volumes) as worked on from inside a
 /// running call; each claim lasts as long as the guard it returns.
 #[derive(Clone)]
-pub struct Claims {
+pub(crate) struct Claims {
     in_flight: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Claims {
-    pub fn claim(&self, key: &str) -> Result<KeyGuard, ExecError> {
+    pub(crate) fn claim(&self, key: &str) -> Result<KeyGuard, ExecError> {
         claim(&self.in_flight, key)
     }
 }
@@ -48,7 +48,7 @@ fn claim(in_flight: &Arc<Mutex<HashSet<String>>>, key: &str) -> Result<KeyGuard,
     Ok(KeyGuard { in_flight: in_flight.clone(), key: key.to_owned() })
 }
 
-pub struct Executor {
+pub(crate) struct Executor {
     /// Blocking work handed to the pool and not yet returned, idling or not.
     works: Arc<AtomicUsize>,
     permits: Arc<Semaphore>,
@@ -60,7 +60,7 @@ pub struct Executor {
 /// Marks a key as being worked on; dropping it frees the key. It is moved into
 /// the blocking closure, so a caller that gives up (deadline, cancel) cannot
 /// free the key while librbd is still working on the volume.
-pub struct KeyGuard {
+pub(crate) struct KeyGuard {
     in_flight: Arc<Mutex<HashSet<String>>>,
     key: String,
 }
@@ -91,7 +91,7 @@ thread_local! {
 /// before the work goes on; past the call's deadline (its caller has had
 /// DEADLINE_EXCEEDED) the work finishes without one rather than half-done.
 /// Outside work run by the executor (tests, examples), a plain sleep.
-pub fn idle(pause: Duration) {
+pub(crate) fn idle(pause: Duration) {
     let given_back = SLOT.with(|s| s.borrow_mut().as_mut().and_then(|slot| slot.permit.take()).is_some());
     std::thread::sleep(pause);
     if !given_back {
@@ -122,7 +122,7 @@ impl Drop for Running<'_> {
 }
 
 impl Executor {
-    pub fn new(max_concurrent: usize, op_timeout: Duration) -> Self {
+    pub(crate) fn new(max_concurrent: usize, op_timeout: Duration) -> Self {
         Self {
             works: Arc::new(AtomicUsize::new(0)),
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
@@ -133,29 +133,25 @@ impl Executor {
     }
 
     /// The metrics the work through this door is counted in.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-
-    pub fn op_timeout(&self) -> Duration {
-        self.op_timeout
     }
 
     /// Blocking Ceph work running now, including work whose caller gave up
     /// and work that idles without its slot (a permit count would miss it,
     /// and shutdown must know of every thread still inside librados).
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.works.load(Ordering::Acquire)
     }
 
     /// For calls that learn further keys to guard only once they run.
-    pub fn claims(&self) -> Claims {
+    pub(crate) fn claims(&self) -> Claims {
         Claims { in_flight: self.in_flight.clone() }
     }
 
     /// Runs `work` for `key` (a volume or group ID) off the async runtime.
     /// Waiting for a permit and the work itself share one deadline.
-    pub async fn run<T, E, F>(&self, key: &str, work: F) -> Result<T, E>
+    pub(crate) async fn run<T, E, F>(&self, key: &str, work: F) -> Result<T, E>
     where
         F: FnOnce() -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -165,7 +161,7 @@ impl Executor {
     }
 
     /// `run`, with the work counted under `op` (the RPC it serves).
-    pub async fn run_op<T, E, F>(&self, op: &'static str, key: &str, work: F) -> Result<T, E>
+    pub(crate) async fn run_op<T, E, F>(&self, op: &'static str, key: &str, work: F) -> Result<T, E>
     where
         F: FnOnce() -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -178,7 +174,7 @@ impl Executor {
     /// `run_op` for work that only reads `key`: the same permit and deadline,
     /// but no key, so a read never waits behind a change of the same volume
     /// (what it reads is then as of some instant during that change).
-    pub async fn read_op<T, E, F>(&self, op: &'static str, work: F) -> Result<T, E>
+    pub(crate) async fn read_op<T, E, F>(&self, op: &'static str, work: F) -> Result<T, E>
     where
         F: FnOnce() -> Result<T, E> + Send + 'static,
         T: Send + 'static,

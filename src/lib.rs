@@ -1,17 +1,26 @@
-pub mod ceph;
-pub mod cephcsi;
+//! rbd-addons: a CSI-Addons server for Ceph RBD.
+//!
+//! The crate serves the binary (`server`, `client`), the tests and the
+//! benchmarks (`proto`, `testkit`); everything else is its own business, so
+//! rustc tells when something in it is no longer used.
+
+#![warn(unreachable_pub)]
+
+mod ceph;
+mod cephcsi;
 pub mod client;
 mod error;
-pub mod exec;
-pub mod fence;
-pub mod groups;
-pub mod metrics;
+mod exec;
+mod fence;
+mod groups;
+mod metrics;
 pub mod proto;
-pub mod reclaim;
-pub mod replication;
+mod reclaim;
+mod replication;
 pub mod server;
+pub mod testkit;
 
-pub use error::{Error, ParamError};
+use error::Error;
 
 /// Now, in Unix seconds (as Ceph's snapshot and status times are); 0 for a
 /// clock before 1970.

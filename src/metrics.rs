@@ -209,7 +209,7 @@ impl Followed {
 }
 
 /// The server's metrics: one registry, owned here, served on `/metrics`.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: Family<RpcLabels, Histogram>,
@@ -228,7 +228,7 @@ fn histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("rbd_addons");
         let rpc_requests = Family::<RpcLabels, Counter>::default();
         let rpc_duration = Family::<RpcLabels, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
@@ -332,7 +332,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         self.groups.set_ages(crate::unix_now());
         let mut out = String::new();
         // Writing into a String cannot fail.

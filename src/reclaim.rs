@@ -15,7 +15,7 @@ use crate::cephcsi::ResolvedVolume;
 /// What one call did: allocated bytes (as `rbd du` counts them) before and
 /// after, and why nothing was done, if so.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reclaimed {
+pub(crate) struct Reclaimed {
     pub pre_usage: u64,
     pub post_usage: u64,
     pub skipped: Option<String>,
@@ -31,7 +31,7 @@ fn open_error(vol: &ResolvedVolume) -> impl FnOnce(crate::ceph::CephError) -> Er
     }
 }
 
-pub fn reclaim(vol: &ResolvedVolume) -> Result<Reclaimed, Error> {
+pub(crate) fn reclaim(vol: &ResolvedVolume) -> Result<Reclaimed, Error> {
     // Read-only: looking does not add a watcher of our own.
     let image = Image::open_read_only(&vol.io, &vol.image).map_err(open_error(vol))?;
     let usage = |image: &Image<'_>| image.allocated_bytes().map_err(Error::ceph("cannot measure the image's usage"));

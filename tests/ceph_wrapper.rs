@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rbd_addons::ceph::{Cluster, ConnectOptions, Image, IoCtx};
+use rbd_addons::testkit::{Cluster, ConnectOptions, Image, IoCtx};
 
 fn connect(lab: &Lab) -> Arc<Cluster> {
     let (mon, user, key) = (lab.mon_host(Site::A), lab.user(), lab.key());

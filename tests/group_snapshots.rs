@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::interleave::{MEMBERS, arm_writer, first_gap, join_writer, records_on};
 use common::*;
-use rbd_addons::ceph::IoCtx;
 use rbd_addons::client::Connection;
 use rbd_addons::proto::csi::v1::VolumeGroupSnapshot;
+use rbd_addons::testkit::IoCtx;
 use serde_json::Value;
 use tonic::Code;
 

@@ -722,7 +722,7 @@ async fn the_peer_sees_members_join_and_leave_through_its_index() {
 /// Ceph's view of the group snapshots a member holds on a site: (the group
 /// snapshot's ID, the same on every member and site; Unix seconds).
 fn group_snapshots(lab: &Lab, s: Site, spec: &str) -> Vec<(String, i64)> {
-    use rbd_addons::ceph::{Image, IoCtx, SnapKind};
+    use rbd_addons::testkit::{Image, IoCtx, SnapKind};
     let cluster = connect(lab, s);
     let io = IoCtx::open(&cluster, lab.pool_id(s), "").expect("open the pool");
     let name = spec.rsplit('/').next().unwrap();

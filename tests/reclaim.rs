@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rbd_addons::ceph::{Image, IoCtx};
+use rbd_addons::testkit::{Image, IoCtx};
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;

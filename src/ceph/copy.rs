@@ -14,7 +14,7 @@ use super::{CephError, Image, IoCtx, c_string};
 
 /// Features of a snapshot image: layering, so that volumes clone from it, and
 /// deep-flatten, so that a restored volume can drop its parent for good.
-pub const SNAPSHOT_IMAGE_FEATURES: u64 = (sys::RBD_FEATURE_LAYERING | sys::RBD_FEATURE_DEEP_FLATTEN) as u64;
+pub(crate) const SNAPSHOT_IMAGE_FEATURES: u64 = (sys::RBD_FEATURE_LAYERING | sys::RBD_FEATURE_DEEP_FLATTEN) as u64;
 
 /// Writes of zeroes shorter than this are skipped by the copy (unallocated
 /// extents read back as zeroes and are never written).

@@ -25,7 +25,7 @@ impl CephError {
 
 /// For idempotent steps: a create that finds its object there (EEXIST), or a
 /// remove that finds it gone (ENOENT), has nothing left to do.
-pub trait AlreadyDone {
+pub(crate) trait AlreadyDone {
     fn or_done(self, errno: i32) -> Result<(), CephError>;
 }
 

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerEntry {
+pub(crate) struct LedgerEntry {
     pub mon_host: String,
     /// As librados prints them: one address, or a `[v2:…,v1:…]` vector.
     pub addrs: String,
@@ -31,14 +31,14 @@ struct LedgerFile {
     pending: Vec<LedgerEntry>,
 }
 
-pub struct ClientLedger {
+pub(crate) struct ClientLedger {
     path: PathBuf,
     state: Mutex<LedgerFile>,
 }
 
 impl ClientLedger {
     /// The ledger for a socket path: `<socket>.clients`.
-    pub fn path_for(socket: &Path) -> PathBuf {
+    pub(crate) fn path_for(socket: &Path) -> PathBuf {
         let mut name = socket.as_os_str().to_owned();
         name.push(".clients");
         PathBuf::from(name)
@@ -47,7 +47,7 @@ impl ClientLedger {
     /// Takes over the file of a predecessor that is known not to run: every
     /// address it recorded, and whatever it still had pending, is to be fenced.
     /// A missing or unreadable file means nothing to fence.
-    pub fn take_over(path: PathBuf) -> Self {
+    pub(crate) fn take_over(path: PathBuf) -> Self {
         let old: LedgerFile = if trusted(&path) {
             std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
         } else {
@@ -76,7 +76,7 @@ impl ClientLedger {
     }
 
     /// Records one of this process's connections, before it does any work.
-    pub fn record(&self, entry: LedgerEntry) {
+    pub(crate) fn record(&self, entry: LedgerEntry) {
         let mut state = self.lock();
         if !state.own.contains(&entry) {
             state.own.push(entry);
@@ -85,11 +85,11 @@ impl ClientLedger {
     }
 
     /// The predecessor's addresses on this cluster, still to be fenced.
-    pub fn pending_for(&self, mon_host: &str) -> Vec<LedgerEntry> {
+    pub(crate) fn pending_for(&self, mon_host: &str) -> Vec<LedgerEntry> {
         self.lock().pending.iter().filter(|e| e.mon_host == mon_host).cloned().collect()
     }
 
-    pub fn fenced(&self, entry: &LedgerEntry) {
+    pub(crate) fn fenced(&self, entry: &LedgerEntry) {
         let mut state = self.lock();
         state.pending.retain(|e| e != entry);
         self.save(&state);
@@ -97,7 +97,7 @@ impl ClientLedger {
 
     /// At exit. When no Ceph call is left running, this process holds no lock
     /// and its own addresses need no fencing; otherwise they stay recorded.
-    pub fn close(&self, no_work_left: bool) {
+    pub(crate) fn close(&self, no_work_left: bool) {
         let mut state = self.lock();
         if no_work_left {
             state.own.clear();
@@ -152,7 +152,7 @@ fn trusted(path: &Path) -> bool {
 /// The single addresses inside librados' address text, for `osd blocklist
 /// add`, which takes one at a time: `[v2:1.2.3.4:0/7,v1:1.2.3.4:0/7]` or
 /// `1.2.3.4:0/7`.
-pub fn single_addrs(addrs: &str) -> Vec<String> {
+pub(crate) fn single_addrs(addrs: &str) -> Vec<String> {
     addrs
         .trim()
         .trim_start_matches('[')

@@ -10,7 +10,7 @@ use rbd_sys as sys;
 
 /// Facts about the loaded librbd, probed once at start-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Library {
+pub(crate) struct Library {
     /// librbd's own version (`rbd_version`), e.g. 1.16.0 on Pacific.
     pub version: (i32, i32, i32),
     /// `rbd_clone4` (Squid on): clones that take image options and a snapshot ID.
@@ -22,7 +22,7 @@ pub struct Library {
 }
 
 impl Library {
-    pub fn probe() -> Self {
+    pub(crate) fn probe() -> Self {
         let (mut major, mut minor, mut extra) = (0, 0, 0);
         // SAFETY: rbd_version only writes the three integers it is given.
         unsafe { sys::rbd_version(&mut major, &mut minor, &mut extra) };
@@ -36,7 +36,7 @@ impl Library {
 
     /// The Ceph release whose librbd this is: every release bumps librbd's
     /// minor version by one (Pacific ships 1.16).
-    pub fn release(&self) -> Option<&'static str> {
+    pub(crate) fn release(&self) -> Option<&'static str> {
         match self.version {
             (1, 16, _) => Some("pacific"),
             (1, 17, _) => Some("quincy"),
@@ -47,14 +47,14 @@ impl Library {
         }
     }
 
-    pub fn version_string(&self) -> String {
+    pub(crate) fn version_string(&self) -> String {
         let (major, minor, extra) = self.version;
         format!("{major}.{minor}.{extra}")
     }
 
     /// The facts as GetIdentity's manifest carries them, so that an admin (or
     /// a test) can ask a running server which library it works with.
-    pub fn manifest(&self) -> HashMap<String, String> {
+    pub(crate) fn manifest(&self) -> HashMap<String, String> {
         let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
         HashMap::from([
             ("librbd-version".to_owned(), self.version_string()),

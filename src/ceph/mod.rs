@@ -14,19 +14,17 @@ mod rbd;
 mod snap;
 mod space;
 
-pub use copy::SNAPSHOT_IMAGE_FEATURES;
-pub use error::{AlreadyDone, CephError};
-pub use ledger::{ClientLedger, single_addrs};
-pub use library::Library;
-pub use lock::LockOwner;
-pub use pool::{ConnectionKey, ConnectionPool};
-pub use quiesce::{GatePass, QuiesceWatch, WriteGate};
+pub(crate) use copy::SNAPSHOT_IMAGE_FEATURES;
+pub(crate) use error::{AlreadyDone, CephError};
+pub(crate) use ledger::{ClientLedger, single_addrs};
+pub(crate) use library::Library;
+pub(crate) use pool::ConnectionPool;
+pub use quiesce::{QuiesceWatch, WriteGate};
 pub use rados::{Cluster, ConnectOptions, IoCtx};
-pub use rbd::{
-    GlobalStatus, GroupMember, Image, ListedStatus, MirrorImageMode, MirrorInfo, MirrorState, ParentSpec,
-    PoolMirrorMode, SiteState, SiteStatus,
-};
-pub use snap::{Extent, SnapInfo, SnapKind};
+pub use rbd::Image;
+pub(crate) use rbd::{GlobalStatus, MirrorImageMode, MirrorInfo, MirrorState, PoolMirrorMode, SiteState, SiteStatus};
+pub use snap::SnapKind;
+pub(crate) use snap::{Extent, SnapInfo};
 
 use std::ffi::CString;
 

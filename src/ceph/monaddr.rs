@@ -15,7 +15,7 @@ use std::time::Duration;
 /// `mon_host` with each bare `host:port` entry prefixed by the protocol its
 /// monitor speaks. Entries that already name one, carry no port, or whose
 /// monitor does not answer within `timeout` are left as they are. Blocking.
-pub fn typed(mon_host: &str, timeout: Duration) -> String {
+pub(super) fn typed(mon_host: &str, timeout: Duration) -> String {
     let entries = entries(mon_host);
     // In parallel: an unreachable monitor costs one timeout, not one each.
     std::thread::scope(|scope| {

@@ -17,14 +17,14 @@ use super::{CephError, Cluster, ConnectOptions};
 /// hash of it, so a dump of the cache cannot leak a secret; a changed key gives
 /// a new connection instead of silently reusing one made with the old key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ConnectionKey {
+pub(crate) struct ConnectionKey {
     mon_host: String,
     user: String,
     key_hash: u64,
 }
 
 impl ConnectionKey {
-    pub fn new(mon_host: &str, user: &str, key: &str) -> Self {
+    pub(crate) fn new(mon_host: &str, user: &str, key: &str) -> Self {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
         Self { mon_host: mon_host.to_owned(), user: user.to_owned(), key_hash: h.finish() }
@@ -55,7 +55,7 @@ struct Entry {
 /// Connections shared by all requests with the same monitors and credentials,
 /// as ceph-csi pools them: a connect costs tens of milliseconds and a thread
 /// pool inside librados, far more than the calls most RPCs make.
-pub struct ConnectionPool {
+pub(crate) struct ConnectionPool {
     idle_expiry: Duration,
     op_timeout: Duration,
     entries: Mutex<HashMap<ConnectionKey, Entry>>,
@@ -64,7 +64,7 @@ pub struct ConnectionPool {
 }
 
 impl ConnectionPool {
-    pub fn new(idle_expiry: Duration, op_timeout: Duration) -> Self {
+    pub(crate) fn new(idle_expiry: Duration, op_timeout: Duration) -> Self {
         Self {
             idle_expiry,
             op_timeout,
@@ -76,14 +76,14 @@ impl ConnectionPool {
 
     /// Records every new connection's address in `ledger`, and fences the
     /// dead predecessor's clients of a cluster when it is first connected to.
-    pub fn with_ledger(mut self, ledger: Arc<ClientLedger>) -> Self {
+    pub(crate) fn with_ledger(mut self, ledger: Arc<ClientLedger>) -> Self {
         self.ledger = Some(ledger);
         self
     }
 
     /// A connected cluster for these credentials, from the cache or new.
     /// Blocking: a new connection waits for the monitors (bounded by op_timeout).
-    pub fn get(&self, mon_host: &str, user: &str, key: &str) -> Result<Arc<Cluster>, CephError> {
+    pub(crate) fn get(&self, mon_host: &str, user: &str, key: &str) -> Result<Arc<Cluster>, CephError> {
         let arrived = Instant::now();
         let slot = self.slot(ConnectionKey::new(mon_host, user, key));
         // Only this key's callers wait here: the map lock is already released,
@@ -122,7 +122,7 @@ impl ConnectionPool {
     /// Drops every cached connection: the next call of each key connects
     /// anew (a new client instance, which a blocklist of the old one does not
     /// cover). Calls still running keep theirs until they end.
-    pub fn forget_all(&self) {
+    pub(crate) fn forget_all(&self) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
@@ -140,13 +140,14 @@ impl ConnectionPool {
         entry.slot.clone()
     }
 
-    /// How many connects were attempted, successful or not.
     /// Connections held open now.
-    pub fn open_connections(&self) -> usize {
+    pub(crate) fn open_connections(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    pub fn connect_attempts(&self) -> usize {
+    /// How many connects were attempted, successful or not.
+    #[cfg(test)]
+    fn connect_attempts(&self) -> usize {
         self.attempts.load(Ordering::Relaxed)
     }
 }

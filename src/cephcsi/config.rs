@@ -48,7 +48,7 @@ struct RemotePool {
 
 /// What a clusterID resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterInfo {
+pub(crate) struct ClusterInfo {
     /// Monitors joined as librados' `mon_host` expects them.
     pub mon_host: String,
     pub rados_namespace: String,
@@ -59,13 +59,13 @@ pub struct ClusterInfo {
 /// and the peer's pool ID of each local pool by name (a pool not named keeps
 /// its ID, as in ceph-csi).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Destination {
+pub(crate) struct Destination {
     pub cluster_id: String,
     pub pool_ids: HashMap<String, i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("cannot read ceph-csi config {path}: {reason}")]
     Unreadable { path: String, reason: String },
     #[error("ceph-csi config {path} is not a valid config.json: {reason}")]
@@ -78,7 +78,7 @@ pub enum ConfigError {
 
 /// Looks a clusterID up in the config file. The file is read on every call: it
 /// is a mounted ConfigMap that Kubernetes updates in place, and it is tiny.
-pub fn lookup(path: &Path, cluster_id: &str) -> Result<ClusterInfo, ConfigError> {
+pub(super) fn lookup(path: &Path, cluster_id: &str) -> Result<ClusterInfo, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::Unreadable { path: shown.clone(), reason: e.kind().to_string() })?;
@@ -86,7 +86,7 @@ pub fn lookup(path: &Path, cluster_id: &str) -> Result<ClusterInfo, ConfigError>
 }
 
 /// Every clusterID in the config file, in file order.
-pub fn cluster_ids(path: &Path) -> Result<Vec<String>, ConfigError> {
+pub(super) fn cluster_ids(path: &Path) -> Result<Vec<String>, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::Unreadable { path: shown.clone(), reason: e.kind().to_string() })?;
@@ -130,7 +130,7 @@ fn destination_of(d: &DestinationEntry, cluster_id: &str, path: &str) -> Result<
 }
 
 /// Every clusterID with a `replicationDestination`, and its destination.
-pub fn destinations(path: &Path) -> Result<Vec<(String, Destination)>, ConfigError> {
+pub(super) fn destinations(path: &Path) -> Result<Vec<(String, Destination)>, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::Unreadable { path: shown.clone(), reason: e.kind().to_string() })?;

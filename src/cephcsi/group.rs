@@ -14,7 +14,7 @@ const NAME_KEY: &str = "csi.volname";
 const GROUP_NAME_KEY: &str = "csi.groupname";
 const CREATED_KEY: &str = "csi.creationtime";
 /// ceph-csi's default `volumeGroupNamePrefix`.
-pub const DEFAULT_GROUP_PREFIX: &str = "csi-vol-group-";
+pub(crate) const DEFAULT_GROUP_PREFIX: &str = "csi-vol-group-";
 
 fn directory() -> String {
     format!("csi.groups.{INSTANCE}")
@@ -24,13 +24,13 @@ fn name_key(name: &str) -> String {
     format!("csi.volume.group.{name}")
 }
 
-pub fn group_object(uuid: &str) -> String {
+pub(crate) fn group_object(uuid: &str) -> String {
     format!("csi.volume.group.{uuid}")
 }
 
 /// One group as its journal records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupRecord {
+pub(crate) struct GroupRecord {
     pub uuid: String,
     pub name: String,
     /// The RBD group's name in the pool.
@@ -47,13 +47,13 @@ pub struct GroupRecord {
 impl GroupRecord {
     /// Volume groups and group snapshots share ceph-csi's journal; a group
     /// snapshot's members carry their request names.
-    pub fn is_group_snapshot(&self) -> bool {
+    pub(crate) fn is_group_snapshot(&self) -> bool {
         !self.snapshot_names.is_empty()
     }
 }
 
 /// Reads a group's record; None when the journal has no such group.
-pub fn read(io: &IoCtx, uuid: &str) -> Result<Option<GroupRecord>, CephError> {
+pub(crate) fn read(io: &IoCtx, uuid: &str) -> Result<Option<GroupRecord>, CephError> {
     let entries = match all_entries(io, &group_object(uuid)) {
         Ok(e) => e,
         Err(e) if e.is(libc::ENOENT) => return Ok(None),
@@ -100,7 +100,7 @@ fn all_entries(io: &IoCtx, oid: &str) -> Result<BTreeMap<String, Vec<u8>>, CephE
 }
 
 /// The UUID reserved for a request name, if any.
-pub fn lookup_name(io: &IoCtx, name: &str) -> Result<Option<String>, CephError> {
+pub(crate) fn lookup_name(io: &IoCtx, name: &str) -> Result<Option<String>, CephError> {
     let key = name_key(name);
     match io.omap_get(&directory(), &[&key]) {
         Ok(vals) => Ok(vals.get(&key).map(|v| String::from_utf8_lossy(v).into_owned())),
@@ -112,7 +112,7 @@ pub fn lookup_name(io: &IoCtx, name: &str) -> Result<Option<String>, CephError> 
 /// Records a new group: its object first, then the directory entry, so that
 /// a crash in between leaves an unreferenced object rather than a name that
 /// points nowhere; a retry with the same name finds nothing and starts over.
-pub fn reserve(io: &IoCtx, name: &str, uuid: &str, rbd_group: &str, created: &str) -> Result<(), CephError> {
+pub(crate) fn reserve(io: &IoCtx, name: &str, uuid: &str, rbd_group: &str, created: &str) -> Result<(), CephError> {
     io.omap_set(
         &group_object(uuid),
         &[(NAME_KEY, name.as_bytes()), (GROUP_NAME_KEY, rbd_group.as_bytes()), (CREATED_KEY, created.as_bytes())],
@@ -123,7 +123,7 @@ pub fn reserve(io: &IoCtx, name: &str, uuid: &str, rbd_group: &str, created: &st
 /// Records a new group snapshot with its members (snapshot ID → request
 /// name) in one write, then its directory entry: no reader ever sees a group
 /// snapshot without members, which would look like an empty volume group.
-pub fn reserve_snapshot(
+pub(crate) fn reserve_snapshot(
     io: &IoCtx,
     name: &str,
     uuid: &str,
@@ -138,7 +138,7 @@ pub fn reserve_snapshot(
     io.omap_set(&directory(), &[(&name_key(name), uuid.as_bytes())])
 }
 
-pub fn add_members(io: &IoCtx, uuid: &str, volume_ids: &[String]) -> Result<(), CephError> {
+pub(crate) fn add_members(io: &IoCtx, uuid: &str, volume_ids: &[String]) -> Result<(), CephError> {
     if volume_ids.is_empty() {
         return Ok(());
     }
@@ -146,7 +146,7 @@ pub fn add_members(io: &IoCtx, uuid: &str, volume_ids: &[String]) -> Result<(), 
     io.omap_set(&group_object(uuid), &pairs)
 }
 
-pub fn remove_members(io: &IoCtx, uuid: &str, volume_ids: &[String]) -> Result<(), CephError> {
+pub(crate) fn remove_members(io: &IoCtx, uuid: &str, volume_ids: &[String]) -> Result<(), CephError> {
     if volume_ids.is_empty() {
         return Ok(());
     }
@@ -155,12 +155,12 @@ pub fn remove_members(io: &IoCtx, uuid: &str, volume_ids: &[String]) -> Result<(
 }
 
 /// Removes the directory entry first (the name is free again), then the object.
-pub fn remove(io: &IoCtx, name: &str, uuid: &str) -> Result<(), CephError> {
+pub(crate) fn remove(io: &IoCtx, name: &str, uuid: &str) -> Result<(), CephError> {
     super::remove_entry(io, &directory(), &name_key(name), &group_object(uuid))
 }
 
 /// Up to `max` (request name, uuid) pairs after the request name `after`.
-pub fn list(io: &IoCtx, after: &str, max: u64) -> Result<Vec<(String, String)>, CephError> {
+pub(crate) fn list(io: &IoCtx, after: &str, max: u64) -> Result<Vec<(String, String)>, CephError> {
     let prefix = name_key("");
     let start = if after.is_empty() { String::new() } else { name_key(after) };
     let page = match io.omap_list(&directory(), &prefix, &start, max) {

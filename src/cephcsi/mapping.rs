@@ -21,7 +21,7 @@ struct Entry {
 
 /// The (clusterID, pool ID) pairs the handle may mean on this site, besides its
 /// own. A missing file means no mapping, as in ceph-csi.
-pub fn candidates(path: &Path, cluster_id: &str, pool_id: i64) -> Result<Vec<(String, i64)>, ConfigError> {
+pub(super) fn candidates(path: &Path, cluster_id: &str, pool_id: i64) -> Result<Vec<(String, i64)>, ConfigError> {
     let shown = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -73,7 +73,7 @@ fn candidates_in(text: &str, path: &str, cluster_id: &str, pool_id: i64) -> Resu
 }
 
 /// The clusterIDs the mapping pairs with `cluster_id` (none without a file).
-pub fn peer_clusters(path: &Path, cluster_id: &str) -> Result<Vec<String>, ConfigError> {
+pub(super) fn peer_clusters(path: &Path, cluster_id: &str) -> Result<Vec<String>, ConfigError> {
     let shown = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

@@ -2,19 +2,19 @@
 //! that a volume ceph-csi provisioned is found exactly as ceph-csi finds it.
 
 mod config;
-pub mod group;
+pub(crate) mod group;
 mod mapping;
 mod secrets;
-pub mod snapshot;
+pub(crate) mod snapshot;
 mod volume_id;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use config::{ClusterInfo, ConfigError};
-pub use secrets::{Credentials, KeyType, SecretsError};
-pub use volume_id::{CsiId, CsiIdError};
+pub(crate) use config::{ClusterInfo, ConfigError};
+pub(crate) use secrets::{Credentials, KeyType, SecretsError};
+pub(crate) use volume_id::{CsiId, CsiIdError};
 
 use crate::ceph::{CephError, ConnectionPool, IoCtx};
 
@@ -22,7 +22,7 @@ use crate::ceph::{CephError, ConnectionPool, IoCtx};
 const IMAGE_NAME_KEY: &str = "csi.imagename";
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("invalid volume ID: it {0}")]
     BadId(#[from] CsiIdError),
     #[error(transparent)]
@@ -56,7 +56,7 @@ pub enum Error {
 /// with. Pools can only be compared once a call names one (the config names
 /// them, the mapping numbers them). A file that cannot be read is no
 /// conflict: the calls will say what is wrong with it.
-pub fn destination_conflicts(config_path: &Path, mapping_path: &Path) -> Vec<String> {
+pub(crate) fn destination_conflicts(config_path: &Path, mapping_path: &Path) -> Vec<String> {
     let Ok(destinations) = config::destinations(config_path) else { return Vec::new() };
     let mut out = Vec::new();
     for (cluster_id, d) in destinations {
@@ -85,7 +85,7 @@ fn remove_entry(io: &IoCtx, directory: &str, key: &str, object: &str) -> Result<
 }
 
 /// Where a volume lives: its pool (as an open I/O context) and image name.
-pub struct ResolvedVolume {
+pub(crate) struct ResolvedVolume {
     pub io: IoCtx,
     pub image: String,
     /// The clusterID (of this site's config.json) the pool was found under.
@@ -95,7 +95,7 @@ pub struct ResolvedVolume {
 impl ResolvedVolume {
     /// Whether the pool's image directory lists the image: one omap read,
     /// far cheaper than opening the image.
-    pub fn image_exists(&self) -> Result<bool, CephError> {
+    pub(crate) fn image_exists(&self) -> Result<bool, CephError> {
         let key = format!("name_{}", self.image);
         match self.io.omap_get("rbd_directory", &[&key]) {
             Ok(vals) => Ok(vals.contains_key(&key)),
@@ -105,7 +105,7 @@ impl ResolvedVolume {
     }
 
     /// `pool/[namespace/]image`, as the rbd CLI and the mgr spell an image.
-    pub fn spec(&self) -> String {
+    pub(crate) fn spec(&self) -> String {
         match self.io.namespace() {
             "" => format!("{}/{}", self.io.pool_name(), self.image),
             ns => format!("{}/{}/{}", self.io.pool_name(), ns, self.image),
@@ -138,7 +138,7 @@ impl Error {
 }
 
 /// Turns ceph-csi volume IDs into open pools and image names.
-pub struct Resolver {
+pub(crate) struct Resolver {
     config_path: PathBuf,
     mapping_path: Option<PathBuf>,
     connections: Arc<ConnectionPool>,
@@ -157,20 +157,20 @@ type NameKey = (String, i64, String, String);
 const NAMES_KEPT: usize = 65_536;
 
 impl Resolver {
-    pub fn new(config_path: PathBuf, mapping_path: Option<PathBuf>, connections: Arc<ConnectionPool>) -> Self {
+    pub(crate) fn new(config_path: PathBuf, mapping_path: Option<PathBuf>, connections: Arc<ConnectionPool>) -> Self {
         Self { config_path, mapping_path, connections, names: Mutex::default() }
     }
 
     /// Drops the cached Ceph connections (see `ConnectionPool::forget_all`):
     /// after this server's client was blocklisted.
-    pub fn forget_connections(&self) {
+    pub(crate) fn forget_connections(&self) {
         self.connections.forget_all();
     }
 
     /// Blocking: reads config.json, may connect, reads the journal omap. When
     /// the handle does not resolve to an existing image here and a cluster
     /// mapping is configured, the handle's peer-site translations are tried.
-    pub fn resolve(&self, id: &CsiId, creds: &Credentials) -> Result<ResolvedVolume, Error> {
+    pub(crate) fn resolve(&self, id: &CsiId, creds: &Credentials) -> Result<ResolvedVolume, Error> {
         let direct = self.resolve_in(&id.cluster_id, id.pool_id, &id.uuid, creds);
         let Some(mapping) = &self.mapping_path else { return direct };
         if direct.as_ref().is_err_and(|e| !e.may_be_peer_handle()) {
@@ -195,7 +195,7 @@ impl Resolver {
     /// its cluster-mapping translations (a group handle minted on the peer).
     /// Blocking. Candidates that do not exist here are skipped; when none
     /// opens, the first candidate's error is returned.
-    pub fn group_pools(&self, id: &CsiId, creds: &Credentials) -> Result<Vec<(String, IoCtx)>, Error> {
+    pub(crate) fn group_pools(&self, id: &CsiId, creds: &Credentials) -> Result<Vec<(String, IoCtx)>, Error> {
         let mut candidates = vec![(id.cluster_id.clone(), id.pool_id)];
         if let Some(mapping) = &self.mapping_path {
             for c in mapping::candidates(mapping, &id.cluster_id, id.pool_id)? {
@@ -226,7 +226,7 @@ impl Resolver {
     /// reach are skipped with a warning: one dead site must not hide the rest.
     /// But when no cluster accepted them and one refused them, the refusal
     /// is the answer: an empty list would say the secret was right.
-    pub fn all_pools(&self, creds: &Credentials) -> Result<Vec<(String, IoCtx)>, Error> {
+    pub(crate) fn all_pools(&self, creds: &Credentials) -> Result<Vec<(String, IoCtx)>, Error> {
         let mut out = Vec::new();
         let (mut connected, mut refused) = (false, None);
         for cluster_id in config::cluster_ids(&self.config_path)? {
@@ -270,7 +270,7 @@ impl Resolver {
     /// where present, says it first (the peer's clusterID; the pool's peer ID
     /// by the pool's name, else the same ID); a cluster mapping that says
     /// otherwise is an error, not a choice.
-    pub fn peer_id(&self, id: &CsiId, cluster_id: &str, io: &IoCtx) -> Result<CsiId, Error> {
+    pub(crate) fn peer_id(&self, id: &CsiId, cluster_id: &str, io: &IoCtx) -> Result<CsiId, Error> {
         let pool_id = io.pool_id();
         if (id.cluster_id.as_str(), id.pool_id) != (cluster_id, pool_id) {
             return Ok(id.clone());
@@ -306,13 +306,13 @@ impl Resolver {
 
     /// A connection to the cluster `cluster_id` of config.json, for
     /// cluster-wide calls (fencing) that name no pool.
-    pub fn cluster(&self, cluster_id: &str, creds: &Credentials) -> Result<Arc<crate::ceph::Cluster>, Error> {
+    pub(crate) fn cluster(&self, cluster_id: &str, creds: &Credentials) -> Result<Arc<crate::ceph::Cluster>, Error> {
         let info = config::lookup(&self.config_path, cluster_id)?;
         self.connect(cluster_id, &info, creds)
     }
 
     /// The pool named `pool` of the cluster `cluster_id`, for creating groups.
-    pub fn pool_by_name(&self, cluster_id: &str, pool: &str, creds: &Credentials) -> Result<IoCtx, Error> {
+    pub(crate) fn pool_by_name(&self, cluster_id: &str, pool: &str, creds: &Credentials) -> Result<IoCtx, Error> {
         let cluster_info = config::lookup(&self.config_path, cluster_id)?;
         let cluster = self.connect(cluster_id, &cluster_info, creds)?;
         let pool_id = cluster.pool_id(pool).map_err(|source| {
@@ -361,7 +361,7 @@ impl Resolver {
     /// The volume with this UUID in a given pool of this site, whatever pool
     /// its handle names (a group's members, found on the peer by their
     /// metadata; a handle's own or mapped pool).
-    pub fn resolve_in(
+    pub(crate) fn resolve_in(
         &self,
         cluster_id: &str,
         pool_id: i64,

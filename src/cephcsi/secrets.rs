@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::fmt;
 
-pub const USER_ID: &str = "userID";
-pub const USER_KEY: &str = "userKey";
+pub(super) const USER_ID: &str = "userID";
+pub(super) const USER_KEY: &str = "userKey";
 
 /// A cephx user and key. Debug never shows the key, so a Credentials value can
 /// sit in any struct that is logged without leaking it.
 #[derive(Clone)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub user: String,
     key: String,
 }
@@ -21,7 +21,7 @@ impl fmt::Debug for Credentials {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SecretsError {
+pub(crate) enum SecretsError {
     #[error("secrets lack {0}; the replication secret must hold userID and userKey")]
     Missing(&'static str),
     #[error("secret userID is not a valid cephx user name")]
@@ -32,7 +32,7 @@ pub enum SecretsError {
 }
 
 impl Credentials {
-    pub fn from_secrets(secrets: &HashMap<String, String>) -> Result<Self, SecretsError> {
+    pub(crate) fn from_secrets(secrets: &HashMap<String, String>) -> Result<Self, SecretsError> {
         let user = secrets.get(USER_ID).map(|s| s.trim()).unwrap_or_default();
         if user.is_empty() {
             return Err(SecretsError::Missing(USER_ID));
@@ -56,14 +56,14 @@ impl Credentials {
         Ok(Self { user: user.to_owned(), key: key.to_owned() })
     }
 
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         &self.key
     }
 
     /// The cipher a cephx key is for, from its encoded header (a little-endian
     /// u16 first): AES (1) since Bobtail, AES256K (2) since 19.2.6/20.2.4.
     /// Only the type is decoded; the secret part is never looked at.
-    pub fn key_type(&self) -> KeyType {
+    pub(crate) fn key_type(&self) -> KeyType {
         let mut sextets = [0u32; 4];
         for (slot, b) in sextets.iter_mut().zip(self.key.bytes()) {
             *slot = match b {
@@ -89,7 +89,7 @@ impl Credentials {
 
 /// cephx key types, as far as a client library's support differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyType {
+pub(crate) enum KeyType {
     Aes,
     Aes256k,
     Other,

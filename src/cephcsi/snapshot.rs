@@ -27,13 +27,13 @@ fn snap_object(uuid: &str) -> String {
 }
 
 /// The image (and the snapshot on it) ceph-csi names after a snapshot UUID.
-pub fn image_name(uuid: &str) -> String {
+pub(crate) fn image_name(uuid: &str) -> String {
     format!("csi-snap-{uuid}")
 }
 
 /// One snapshot as its journal records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapRecord {
+pub(crate) struct SnapRecord {
     pub name: String,
     /// `csi-snap-<uuid>`: the image, and its snapshot's name.
     pub image: String,
@@ -46,7 +46,7 @@ pub struct SnapRecord {
 /// Records a snapshot: its object first, then the directory entry, so that a
 /// crash in between leaves an unreferenced object rather than a dangling name.
 /// Idempotent for the same arguments.
-pub fn reserve(io: &IoCtx, name: &str, uuid: &str, source: &str, group_id: &str) -> Result<(), CephError> {
+pub(crate) fn reserve(io: &IoCtx, name: &str, uuid: &str, source: &str, group_id: &str) -> Result<(), CephError> {
     let image = image_name(uuid);
     io.omap_set(
         &snap_object(uuid),
@@ -60,12 +60,12 @@ pub fn reserve(io: &IoCtx, name: &str, uuid: &str, source: &str, group_id: &str)
     io.omap_set(&directory(), &[(&name_key(name), uuid.as_bytes())])
 }
 
-pub fn set_image_id(io: &IoCtx, uuid: &str, image_id: &str) -> Result<(), CephError> {
+pub(crate) fn set_image_id(io: &IoCtx, uuid: &str, image_id: &str) -> Result<(), CephError> {
     io.omap_set(&snap_object(uuid), &[(IMAGE_ID_KEY, image_id.as_bytes())])
 }
 
 /// A snapshot's record; None when the journal has no (finished) entry.
-pub fn read(io: &IoCtx, uuid: &str) -> Result<Option<SnapRecord>, CephError> {
+pub(crate) fn read(io: &IoCtx, uuid: &str) -> Result<Option<SnapRecord>, CephError> {
     let vals = match io.omap_get(&snap_object(uuid), &[NAME_KEY, IMAGE_KEY, SOURCE_KEY, IMAGE_ID_KEY, GROUP_ID_KEY]) {
         Ok(v) => v,
         Err(e) if e.is(libc::ENOENT) => return Ok(None),
@@ -83,6 +83,6 @@ pub fn read(io: &IoCtx, uuid: &str) -> Result<Option<SnapRecord>, CephError> {
 }
 
 /// Removes the directory entry first (the name is free again), then the object.
-pub fn remove(io: &IoCtx, name: &str, uuid: &str) -> Result<(), CephError> {
+pub(crate) fn remove(io: &IoCtx, name: &str, uuid: &str) -> Result<(), CephError> {
     super::remove_entry(io, &directory(), &name_key(name), &snap_object(uuid))
 }

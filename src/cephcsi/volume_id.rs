@@ -12,14 +12,14 @@ const FIXED_LEN: usize = 64;
 const MAX_LEN: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CsiId {
+pub(crate) struct CsiId {
     pub cluster_id: String,
     pub pool_id: i64,
     pub uuid: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CsiIdError {
+pub(crate) enum CsiIdError {
     #[error("is empty")]
     Empty,
     #[error("is {0} characters long; a ceph-csi ID has 64 to 128")]
@@ -37,7 +37,7 @@ pub enum CsiIdError {
 }
 
 impl CsiId {
-    pub fn decode(id: &str) -> Result<Self, CsiIdError> {
+    pub(crate) fn decode(id: &str) -> Result<Self, CsiIdError> {
         if id.is_empty() {
             return Err(CsiIdError::Empty);
         }
@@ -76,7 +76,7 @@ impl CsiId {
         Ok(Self { cluster_id: cluster_id.to_owned(), pool_id, uuid: uuid.to_owned() })
     }
 
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         format!("{:04x}-{:04x}-{}-{:016x}-{}", VERSION, self.cluster_id.len(), self.cluster_id, self.pool_id, self.uuid)
     }
 }

@@ -14,14 +14,14 @@ use crate::ceph::{CephError, Cluster};
 /// How long a fence lasts. Ceph has no permanent blocklist entry and its
 /// default is ONE HOUR, after which a fenced site could write again unseen;
 /// like ceph-csi we ask for five years, and Unfence ends it.
-pub const FENCE_DURATION: Duration = Duration::from_secs(157_784_760);
+pub(crate) const FENCE_DURATION: Duration = Duration::from_secs(157_784_760);
 
 /// At most this many CIDRs in one call.
-pub const MAX_CIDRS: usize = 256;
+pub(crate) const MAX_CIDRS: usize = 256;
 
 /// A network block in canonical form: the address has no host bits set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Cidr {
+pub(crate) struct Cidr {
     addr: IpAddr,
     prefix: u8,
 }
@@ -30,7 +30,7 @@ impl Cidr {
     /// `a.b.c.d/n` or `x:y::/n`; a bare address is one host (`/32`, `/128`).
     /// Host bits are refused: Ceph would store `198.51.100.7/24` as written,
     /// an entry that unfencing `198.51.100.0/24` never removes.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -67,7 +67,7 @@ impl Cidr {
         }
     }
 
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let same_family = self.addr.is_ipv4() == ip.is_ipv4();
         same_family && Self { addr: ip, prefix: self.prefix }.network() == self.addr
     }
@@ -91,7 +91,7 @@ impl std::fmt::Display for Cidr {
 }
 
 /// Parses a request's CIDRs: at least one, every one valid, duplicates once.
-pub fn parse_cidrs<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Vec<Cidr>, Error> {
+pub(crate) fn parse_cidrs<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Vec<Cidr>, Error> {
     let mut out = Vec::new();
     for t in texts {
         let cidr = Cidr::parse(t).map_err(Error::Malformed)?;
@@ -205,7 +205,7 @@ fn blocklist_range(cluster: &Cluster, op: &str, cidr: &Cidr, expire: Option<Dura
 }
 
 /// Fences every block; fencing a fenced block again renews it.
-pub fn fence(cluster: &Cluster, cidrs: &[Cidr]) -> Result<(), Error> {
+pub(crate) fn fence(cluster: &Cluster, cidrs: &[Cidr]) -> Result<(), Error> {
     refuse_self_fencing(cluster, cidrs)?;
     for cidr in cidrs {
         blocklist_range(cluster, "add", cidr, Some(FENCE_DURATION))?;
@@ -215,7 +215,7 @@ pub fn fence(cluster: &Cluster, cidrs: &[Cidr]) -> Result<(), Error> {
 }
 
 /// Unfences every block; one that is not fenced is fine.
-pub fn unfence(cluster: &Cluster, cidrs: &[Cidr]) -> Result<(), Error> {
+pub(crate) fn unfence(cluster: &Cluster, cidrs: &[Cidr]) -> Result<(), Error> {
     for cidr in cidrs {
         blocklist_range(cluster, "rm", cidr, None)?;
         info!(%cidr, "unfenced");
@@ -224,7 +224,7 @@ pub fn unfence(cluster: &Cluster, cidrs: &[Cidr]) -> Result<(), Error> {
 }
 
 /// The blocks fenced now.
-pub fn list(cluster: &Cluster) -> Result<Vec<Cidr>, Error> {
+pub(crate) fn list(cluster: &Cluster) -> Result<Vec<Cidr>, Error> {
     let out = cluster
         .mon_command(r#"{"prefix": "osd blocklist ls", "format": "json"}"#)
         .map_err(mon("cannot list the blocklist"))?;

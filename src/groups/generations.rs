@@ -18,16 +18,16 @@ use super::{Member, OpenMember};
 use crate::Error;
 use crate::ceph::{CephError, Image, IoCtx, SnapInfo, SnapKind};
 
-pub const PRE_PREFIX: &str = "rbd-addons.pre.";
-pub const GEN_PREFIX: &str = "rbd-addons.gen.";
+pub(crate) const PRE_PREFIX: &str = "rbd-addons.pre.";
+pub(crate) const GEN_PREFIX: &str = "rbd-addons.gen.";
 /// Generations kept on the primary (and, through replay, on the peer)...
-pub const KEEP: usize = 3;
+pub(crate) const KEEP: usize = 3;
 /// ...and every generation taken less than `retention(interval)` before the
 /// newest. The peer replays each member's journal on its own, so one member
 /// may lag another by several generations at a short interval; a lagging
 /// member must still find a generation that the others have not pruned yet,
 /// or no cut is common to all of them after a site loss.
-pub fn retention(interval: Duration) -> Duration {
+pub(crate) fn retention(interval: Duration) -> Duration {
     (interval * 10).min(Duration::from_secs(60))
 }
 /// Revert copies at most this much per read/write.
@@ -35,7 +35,7 @@ const CHUNK: u64 = 4 << 20;
 
 /// Where one generation stands on one member.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberCut {
+pub(crate) struct MemberCut {
     pub pre_id: u64,
     /// The member's snapshot of the group snapshot, if it has arrived.
     pub group_snap_id: Option<u64>,
@@ -45,7 +45,7 @@ pub struct MemberCut {
 }
 
 /// The generations one member holds, by number.
-pub fn member_cuts(snaps: &[SnapInfo]) -> BTreeMap<u64, MemberCut> {
+pub(crate) fn member_cuts(snaps: &[SnapInfo]) -> BTreeMap<u64, MemberCut> {
     let mut cuts = BTreeMap::new();
     let mut last_pre: Option<u64> = None;
     for s in snaps {
@@ -74,7 +74,7 @@ pub fn member_cuts(snaps: &[SnapInfo]) -> BTreeMap<u64, MemberCut> {
 
 /// The newest generation whose group snapshot every member holds, with each
 /// member's cut. The group snapshot must be the same one on every member.
-pub fn newest_common(per_member: &[BTreeMap<u64, MemberCut>]) -> Option<(u64, Vec<MemberCut>)> {
+pub(crate) fn newest_common(per_member: &[BTreeMap<u64, MemberCut>]) -> Option<(u64, Vec<MemberCut>)> {
     let first = per_member.first()?;
     'generation: for (&n, cut) in first.iter().rev() {
         let Some(key) = &cut.group_snap_key else { continue };
@@ -92,17 +92,17 @@ pub fn newest_common(per_member: &[BTreeMap<u64, MemberCut>]) -> Option<(u64, Ve
 
 /// The next generation number: one past every fence post on any member, so
 /// numbering goes on across failovers.
-pub fn next_number(per_member: &[BTreeMap<u64, MemberCut>]) -> u64 {
+pub(crate) fn next_number(per_member: &[BTreeMap<u64, MemberCut>]) -> u64 {
     per_member.iter().filter_map(|c| c.keys().next_back()).max().map_or(1, |n| n + 1)
 }
 
-pub fn cuts_of(image: &Image<'_>) -> Result<BTreeMap<u64, MemberCut>, Error> {
+pub(crate) fn cuts_of(image: &Image<'_>) -> Result<BTreeMap<u64, MemberCut>, Error> {
     Ok(member_cuts(&image.snapshots().map_err(Error::ceph(format!("cannot list the snapshots of {}", image.name())))?))
 }
 
 /// One generation as a member holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
+pub(crate) struct Held {
     pub number: u64,
     /// Unix seconds of the fence post.
     pub taken: i64,
@@ -111,7 +111,7 @@ pub struct Held {
 }
 
 /// The generations each member holds, oldest first, for operators.
-pub fn held(members: &[OpenMember<'_>]) -> Result<Vec<(String, Vec<Held>)>, Error> {
+pub(crate) fn held(members: &[OpenMember<'_>]) -> Result<Vec<(String, Vec<Held>)>, Error> {
     let mut out = Vec::with_capacity(members.len());
     for m in members {
         let mut gens = Vec::new();
@@ -126,7 +126,7 @@ pub fn held(members: &[OpenMember<'_>]) -> Result<Vec<(String, Vec<Held>)>, Erro
 
 /// A generation just taken.
 #[derive(Debug, Clone, Copy)]
-pub struct Taken {
+pub(crate) struct Taken {
     pub number: u64,
     /// How long the fence posts took (each briefly holds its member's writes).
     pub fence: Duration,
@@ -143,7 +143,12 @@ pub struct Taken {
 /// few seconds): a fence post need only come before the cut in each member's
 /// write stream, and the cut is crash-consistent by the members' exclusive
 /// locks alone.
-pub fn take(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>], interval: Duration) -> Result<Taken, Error> {
+pub(crate) fn take(
+    group_io: &IoCtx,
+    rbd_group: &str,
+    members: &[OpenMember<'_>],
+    interval: Duration,
+) -> Result<Taken, Error> {
     let images: Vec<&Image<'_>> = members.iter().map(|m| &m.image).collect();
     let cuts: Vec<_> = images.iter().map(|i| cuts_of(i)).collect::<Result<_, _>>()?;
     let n = next_number(&cuts);
@@ -257,7 +262,7 @@ fn oldest_to_keep(taken: &[(u64, i64)], newest: u64, keep: Duration) -> u64 {
 }
 
 /// Removes every generation of the group (on Disable).
-pub fn remove_all(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>]) -> Result<(), Error> {
+pub(crate) fn remove_all(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>]) -> Result<(), Error> {
     match group_io.group_snap_list(rbd_group) {
         Ok(names) => {
             for name in names.iter().filter(|n| n.starts_with(GEN_PREFIX)) {
@@ -279,8 +284,7 @@ pub fn remove_all(group_io: &IoCtx, rbd_group: &str, members: &[OpenMember<'_>])
 
 /// What a revert did.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Reverted {
-    pub generation: u64,
+pub(crate) struct Reverted {
     pub bytes: u64,
 }
 
@@ -290,7 +294,12 @@ pub struct Reverted {
 /// equal the group snapshot, or the call fails and the next one reverts
 /// again. `heads` (in member order) hold the members' exclusive locks, so
 /// nothing else writes to them meanwhile. Safe to repeat.
-pub fn revert(members: &[OpenMember<'_>], heads: &[Image<'_>], n: u64, cuts: &[MemberCut]) -> Result<Reverted, Error> {
+pub(crate) fn revert(
+    members: &[OpenMember<'_>],
+    heads: &[Image<'_>],
+    n: u64,
+    cuts: &[MemberCut],
+) -> Result<Reverted, Error> {
     let mut bytes = 0;
     for ((m, head), cut) in members.iter().zip(heads).zip(cuts) {
         let Some(snap_id) = cut.group_snap_id else { continue };
@@ -302,7 +311,7 @@ pub fn revert(members: &[OpenMember<'_>], heads: &[Image<'_>], n: u64, cuts: &[M
         bytes += copied;
     }
     info!(generation = n, bytes, members = members.len(), "members reverted to their newest common generation");
-    Ok(Reverted { generation: n, bytes })
+    Ok(Reverted { bytes })
 }
 
 /// A second handle on the member, reading the group snapshot.

@@ -27,12 +27,12 @@ use crate::ceph::{AlreadyDone, IoCtx};
 
 /// Image metadata on every member: `<count>:<FNV-1a of the sorted volume
 /// IDs, one per line>`, rewritten on every member at every membership change.
-pub const MEMBERS_KEY: &str = "rbd-addons.group-members";
+pub(super) const MEMBERS_KEY: &str = "rbd-addons.group-members";
 /// The peer's index object, in the group's pool (and RADOS namespace).
 const INDEX_OBJECT: &str = "rbd-addons.group-index";
 
 /// The signature of a member list, as `MEMBERS_KEY` holds it.
-pub fn signature<'a>(volume_ids: impl IntoIterator<Item = &'a String>) -> String {
+pub(super) fn signature<'a>(volume_ids: impl IntoIterator<Item = &'a String>) -> String {
     let sorted: BTreeSet<&String> = volume_ids.into_iter().collect();
     // FNV-1a: stable across builds and releases, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -62,7 +62,7 @@ struct Tagged {
 
 /// The group's member volume IDs on this (peer) site, sorted: from the
 /// index when the members confirm it, else by a scan (which renews it).
-pub fn members(io: &IoCtx, uuid: &str) -> Result<Vec<String>, Error> {
+pub(super) fn members(io: &IoCtx, uuid: &str) -> Result<Vec<String>, Error> {
     if let Some(indexed) = read_index(io, uuid)? {
         if confirmed(io, uuid, &indexed)? {
             let mut ids: Vec<String> = indexed.into_iter().map(|m| m.volume_id).collect();
@@ -76,7 +76,7 @@ pub fn members(io: &IoCtx, uuid: &str) -> Result<Vec<String>, Error> {
 
 /// The members by a scan of every header, and the index renewed from it
 /// (or dropped, while the members' signatures disagree with what was found).
-pub fn members_by_scan(io: &IoCtx, uuid: &str) -> Result<Vec<String>, Error> {
+pub(super) fn members_by_scan(io: &IoCtx, uuid: &str) -> Result<Vec<String>, Error> {
     let tagged = scan(io, uuid)?;
     let ids: Vec<String> = tagged.iter().map(|t| t.volume_id.clone()).collect();
     let expected = signature(&ids);

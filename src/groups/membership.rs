@@ -21,7 +21,7 @@ use crate::replication::EnableParams;
 
 /// CreateVolumeGroup's parameters, as ceph-csi reads them from the class.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateParams {
+pub(crate) struct CreateParams {
     pub cluster_id: String,
     pub pool: String,
     pub name_prefix: String,
@@ -30,7 +30,7 @@ pub struct CreateParams {
 }
 
 impl CreateParams {
-    pub fn parse(params: &HashMap<String, String>) -> Result<Self, Error> {
+    pub(crate) fn parse(params: &HashMap<String, String>) -> Result<Self, Error> {
         let required = |k: &str| {
             params.get(k).filter(|v| !v.is_empty()).cloned().ok_or_else(|| {
                 Error::Malformed(format!(
@@ -55,13 +55,13 @@ impl CreateParams {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberView {
+pub(crate) struct MemberView {
     pub volume_id: String,
     pub size_bytes: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupView {
+pub(crate) struct GroupView {
     pub group_id: String,
     pub context: HashMap<String, String>,
     pub members: Vec<MemberView>,
@@ -89,7 +89,7 @@ pub(super) fn new_uuid() -> Result<String, Error> {
         .map_err(|e| Error::NotReady(format!("cannot generate a UUID: {e}")))
 }
 
-pub fn create(
+pub(crate) fn create(
     resolver: &Resolver,
     creds: &Credentials,
     claims: &Claims,
@@ -304,7 +304,7 @@ fn require_record(group: &Group) -> Result<&journal::GroupRecord, Error> {
     })
 }
 
-pub fn modify(
+pub(crate) fn modify(
     resolver: &Resolver,
     creds: &Credentials,
     claims: &Claims,
@@ -347,7 +347,7 @@ pub fn modify(
     view(resolver, creds, &group, &HashMap::new())
 }
 
-pub fn delete(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<(), Error> {
+pub(crate) fn delete(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<(), Error> {
     let group = match find(resolver, id, creds) {
         Ok(g) => g,
         Err(Error::Missing(_)) => return Ok(()),
@@ -388,7 +388,7 @@ pub fn delete(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<()
     Ok(())
 }
 
-pub fn get(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<GroupView, Error> {
+pub(crate) fn get(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<GroupView, Error> {
     let group = find(resolver, id, creds)?;
     view(resolver, creds, &group, &HashMap::new())
 }
@@ -429,14 +429,14 @@ fn view(
     Ok(GroupView { group_id: group.id.encode(), context, members })
 }
 
-pub struct ListPage {
+pub(crate) struct ListPage {
     pub groups: Vec<GroupView>,
     pub next_token: String,
 }
 
 /// Every group of every cluster and pool in config.json, in a stable order;
 /// the token is the last group ID returned.
-pub fn list(
+pub(crate) fn list(
     resolver: &Resolver,
     creds: &Credentials,
     max_entries: usize,

@@ -7,17 +7,16 @@
 //! every member carries image metadata (mirrored with the image) naming its
 //! group and its own volume ID; the peer finds the members by that.
 
-pub mod generations;
+pub(crate) mod generations;
 mod index;
 mod membership;
 mod replicate;
-pub mod scheduler;
-pub mod snapshots;
+pub(crate) mod scheduler;
+pub(crate) mod snapshots;
 
-pub use membership::{CreateParams, GroupView, ListPage, MemberView, create, delete, get, list, modify};
-pub use replicate::{
-    GENERATION_INTERVAL, GenerationTimes, GroupInfo, demote, disable, enable, info, parse_interval, promote,
-    require_destinations, resync, take_generation,
+pub(crate) use membership::{CreateParams, GroupView, create, delete, get, list, modify};
+pub(crate) use replicate::{
+    GenerationTimes, GroupInfo, demote, disable, enable, info, parse_interval, promote, require_destinations, resync,
 };
 
 use crate::Error;
@@ -27,19 +26,19 @@ use crate::exec::{Claims, KeyGuard};
 
 /// Image metadata on every member: the group's UUID, and the member's own
 /// volume ID (the handle the controller uses on both sites).
-pub const GROUP_KEY: &str = "rbd-addons.group";
-pub const VOLUME_ID_KEY: &str = "rbd-addons.volume-id";
+pub(crate) const GROUP_KEY: &str = "rbd-addons.group";
+pub(crate) const VOLUME_ID_KEY: &str = "rbd-addons.volume-id";
 /// The csi-addons controller's own default limit (`--max-group-pvc`).
-pub const MAX_MEMBERS: usize = 100;
+pub(crate) const MAX_MEMBERS: usize = 100;
 /// The RADOS object holding our per-site group state (mode, interval, an
 /// unfinished promote); separate from ceph-csi's journal object, whose every
 /// unknown key ceph-csi would take for a member.
-pub fn state_object(uuid: &str) -> String {
+pub(crate) fn state_object(uuid: &str) -> String {
     format!("rbd-addons.group.{uuid}")
 }
 
 /// One member volume, resolved on this site.
-pub struct Member {
+pub(crate) struct Member {
     /// The handle recorded when the member joined, named as the site that
     /// added it names it.
     pub volume_id: String,
@@ -50,14 +49,14 @@ impl Member {
     /// The member's handle as this site names it (this site's clusterID and
     /// pool ID, the same UUID): what a caller on this site holds, whichever
     /// site added the member.
-    pub fn local_id(&self) -> Result<CsiId, Error> {
+    pub(crate) fn local_id(&self) -> Result<CsiId, Error> {
         let recorded = decode_member_id(&self.volume_id)?;
         Ok(CsiId { cluster_id: self.vol.cluster_id.clone(), pool_id: self.vol.io.pool_id(), uuid: recorded.uuid })
     }
 }
 
 /// A group as found on this site.
-pub struct Group {
+pub(crate) struct Group {
     pub id: CsiId,
     /// The pool holding the group (and its journal, on the site that made it).
     pub io: IoCtx,
@@ -70,7 +69,7 @@ pub struct Group {
 }
 
 impl Group {
-    pub fn uuid(&self) -> &str {
+    pub(crate) fn uuid(&self) -> &str {
         &self.id.uuid
     }
 
@@ -80,13 +79,13 @@ impl Group {
     }
 }
 
-pub fn decode_group_id(id: &str) -> Result<CsiId, Error> {
+pub(crate) fn decode_group_id(id: &str) -> Result<CsiId, Error> {
     CsiId::decode(id).map_err(|e| Error::Malformed(format!("invalid volume group ID: it {e}")))
 }
 
 /// Finds a group on this site: by its journal where it was created, else by
 /// its members' metadata (the peer site of a replicated group).
-pub fn find(resolver: &Resolver, id: &CsiId, creds: &Credentials) -> Result<Group, Error> {
+pub(crate) fn find(resolver: &Resolver, id: &CsiId, creds: &Credentials) -> Result<Group, Error> {
     let pools = resolver.group_pools(id, creds).map_err(not_found_as_group(id))?;
     // A candidate pool that these credentials may not read is another
     // pool that happens to carry the same ID on this site: not ours.
@@ -145,13 +144,13 @@ fn reopen(io: &IoCtx) -> Result<IoCtx, Error> {
 /// The guard of a group's generations: held by the scheduler while it takes
 /// one, and by every call that changes the group's roles, so a generation is
 /// never taken while members are being demoted or promoted.
-pub fn generations_key(id: &CsiId) -> String {
+pub(crate) fn generations_key(id: &CsiId) -> String {
     format!("generations/{}", id.uuid)
 }
 
 /// Claims a guard that is only ever held briefly (a generation takes well
 /// under a second), waiting for it rather than failing the caller.
-pub fn claim_waiting(claims: &Claims, key: &str) -> Result<KeyGuard, Error> {
+pub(crate) fn claim_waiting(claims: &Claims, key: &str) -> Result<KeyGuard, Error> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         match claims.claim(key) {
@@ -164,13 +163,13 @@ pub fn claim_waiting(claims: &Claims, key: &str) -> Result<KeyGuard, Error> {
 
 /// Resolves every member without guarding them (for the generation taker,
 /// which changes no member's state but its snapshots).
-pub fn members_unguarded(resolver: &Resolver, group: &Group, creds: &Credentials) -> Result<Vec<Member>, Error> {
+pub(crate) fn members_unguarded(resolver: &Resolver, group: &Group, creds: &Credentials) -> Result<Vec<Member>, Error> {
     group.member_ids.iter().map(|v| resolve_member(resolver, v, creds)).collect()
 }
 
 /// Resolves every member and claims its volume guard, so a volume RPC on a
 /// member while its group is worked on answers ABORTED.
-pub fn resolve_members(
+pub(crate) fn resolve_members(
     resolver: &Resolver,
     group: &Group,
     creds: &Credentials,
@@ -187,7 +186,7 @@ pub fn resolve_members(
 
 /// Resolves every member as `resolve_members` does, claiming none: for the
 /// calls that only read.
-pub fn resolve_members_unclaimed(
+pub(crate) fn resolve_members_unclaimed(
     resolver: &Resolver,
     group: &Group,
     creds: &Credentials,
@@ -228,7 +227,7 @@ fn resolve_group_member(
 
 /// Names the member an error is about, so a partly failed group call says
 /// which volume to look at; the retry finishes the rest.
-pub fn on_member(m: &Member) -> impl FnOnce(Error) -> Error + '_ {
+pub(crate) fn on_member(m: &Member) -> impl FnOnce(Error) -> Error + '_ {
     move |e| match e {
         Error::Exec(x) => Error::Exec(x),
         e => Error::Member { volume_id: m.volume_id.clone(), source: Box::new(e) },
@@ -238,7 +237,7 @@ pub fn on_member(m: &Member) -> impl FnOnce(Error) -> Error + '_ {
 /// A member as one group call works on it: its image opened once, with its
 /// mirroring state as it was at open (a step that changes the state reads it
 /// again through the same handle).
-pub struct OpenMember<'m> {
+pub(crate) struct OpenMember<'m> {
     pub member: &'m Member,
     pub image: Image<'m>,
     pub mirror: MirrorInfo,
@@ -247,13 +246,13 @@ pub struct OpenMember<'m> {
 }
 
 impl OpenMember<'_> {
-    pub fn is_primary(&self) -> bool {
+    pub(crate) fn is_primary(&self) -> bool {
         self.mirror.state == MirrorState::Enabled && self.mirror.primary
     }
 }
 
 /// Opens every member once for a call, in order.
-pub fn open_members<'m>(members: impl IntoIterator<Item = &'m Member>) -> Result<Vec<OpenMember<'m>>, Error> {
+pub(crate) fn open_members<'m>(members: impl IntoIterator<Item = &'m Member>) -> Result<Vec<OpenMember<'m>>, Error> {
     members
         .into_iter()
         .map(|m| {

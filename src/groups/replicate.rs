@@ -35,15 +35,15 @@ const SEEDED_KEY: &str = "seeded";
 
 /// The group parameter for how often a primary group takes a generation
 /// (its RPO in journal mode).
-pub const GENERATION_INTERVAL: &str = "generationInterval";
+pub(crate) const GENERATION_INTERVAL: &str = "generationInterval";
 /// 10 s, set from a measurement (docs/performance.md, `scripts/bench.sh`):
 /// at 5 s a generation held the writers of a 3-member group 4.3 % of the
 /// time; at 10 s the group's RPO is still seconds (median and max within the
 /// 10 s / 15 s goals) at half that cost.
-pub const DEFAULT_GENERATION_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_GENERATION_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How often generations are taken: `<n>s|m|h`, at least one second.
-pub fn parse_interval(params: &HashMap<String, String>) -> Result<Option<Duration>, Error> {
+pub(crate) fn parse_interval(params: &HashMap<String, String>) -> Result<Option<Duration>, Error> {
     let Some(v) = params.get(GENERATION_INTERVAL) else { return Ok(None) };
     let bad = || {
         Error::Malformed(format!(
@@ -86,7 +86,7 @@ fn clear_state(io: &IoCtx, uuid: &str, keys: &[&str]) -> Result<(), Error> {
 }
 
 /// The generation interval recorded for the group, else the default.
-pub fn interval_of(group: &Group) -> Result<Duration, Error> {
+pub(super) fn interval_of(group: &Group) -> Result<Duration, Error> {
     let state = read_state(&group.io, group.uuid())?;
     Ok(state.get(INTERVAL_KEY).and_then(|s| s.parse().ok()).map_or(DEFAULT_GENERATION_INTERVAL, Duration::from_secs))
 }
@@ -106,7 +106,7 @@ fn members_mode(members: &[OpenMember<'_>]) -> Option<MirrorImageMode> {
     members.first().and_then(|m| m.mode)
 }
 
-pub fn enable(
+pub(crate) fn enable(
     group: &Group,
     members: &[Member],
     params: &EnableParams,
@@ -152,14 +152,14 @@ fn ensure_rbd_group_members(group: &Group, members: &[OpenMember<'_>]) -> Result
 }
 
 /// Takes one generation now (the group must be primary here, in journal mode).
-pub fn take_generation(group: &Group, members: &[OpenMember<'_>]) -> Result<Taken, Error> {
+pub(crate) fn take_generation(group: &Group, members: &[OpenMember<'_>]) -> Result<Taken, Error> {
     let taken = generations::take(&group.io, &group.rbd_group, members, interval_of(group)?)?;
     info!(group = %group.id, generation = taken.number, fence_ms = taken.fence.as_millis() as u64,
         pause_ms = taken.pause.as_millis() as u64, "consistency generation taken");
     Ok(taken)
 }
 
-pub fn disable(group: &Group, members: &[Member], params: &DisableParams) -> Result<(), Error> {
+pub(crate) fn disable(group: &Group, members: &[Member], params: &DisableParams) -> Result<(), Error> {
     // A member whose image is gone has nothing left to disable; answering
     // NOT_FOUND for it would tell the controller the whole group is done.
     let mut present = Vec::with_capacity(members.len());
@@ -185,7 +185,7 @@ pub fn disable(group: &Group, members: &[Member], params: &DisableParams) -> Res
 /// Demote every member; without `force`, only once the peer holds a copy of
 /// every primary member, checked for all before any is touched, so a refusal
 /// changes nothing.
-pub fn demote(group: &Group, members: &[Member], force: bool) -> Result<(), Error> {
+pub(crate) fn demote(group: &Group, members: &[Member], force: bool) -> Result<(), Error> {
     require_members(group, members)?;
     let opened = open_members(members)?;
     if !opened.iter().any(OpenMember::is_primary) {
@@ -216,11 +216,11 @@ pub fn demote(group: &Group, members: &[Member], force: bool) -> Result<(), Erro
 
 /// What a group promote did, for the log and the caller.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Promoted {
+pub(crate) struct Promoted {
     pub reverted: Option<Reverted>,
 }
 
-pub fn promote(
+pub(crate) fn promote(
     group: &Group,
     members: &[Member],
     force: bool,
@@ -329,23 +329,23 @@ fn revert_to_newest_common(
 /// Whether a promote of the group is unfinished on this site (its members
 /// are, or are being, promoted but not yet reverted): no generation may be
 /// taken then, or it would record the members' unreverted state as a cut.
-pub fn promote_unfinished(group: &Group) -> Result<bool, Error> {
+pub(super) fn promote_unfinished(group: &Group) -> Result<bool, Error> {
     Ok(read_state(&group.io, group.uuid())?.contains_key(PROMOTING_KEY))
 }
 
 /// Whether a generation was taken since the peer replays every member.
-pub fn seeded(group: &Group) -> Result<bool, Error> {
+pub(super) fn seeded(group: &Group) -> Result<bool, Error> {
     Ok(read_state(&group.io, group.uuid())?.contains_key(SEEDED_KEY))
 }
 
 /// Records that generation `n` was taken while the peer replayed every member.
-pub fn mark_seeded(group: &Group, n: u64) -> Result<(), Error> {
+pub(super) fn mark_seeded(group: &Group, n: u64) -> Result<(), Error> {
     write_state(&group.io, group.uuid(), &[(SEEDED_KEY, &n.to_string())])
 }
 
 /// Every member must have a destination on the peer before any is given:
 /// a partial map would let the caller rewrite some handles and not others.
-pub fn require_destinations(group: &Group, members: &[Member]) -> Result<(), Error> {
+pub(crate) fn require_destinations(group: &Group, members: &[Member]) -> Result<(), Error> {
     require_members(group, members)?;
     for m in members {
         replication::require_destination(&m.vol).map_err(on_member(m))?;
@@ -354,7 +354,7 @@ pub fn require_destinations(group: &Group, members: &[Member]) -> Result<(), Err
 }
 
 /// Resync of every member; ready only when every member is.
-pub fn resync(members: &[Member], force: bool) -> Result<bool, Error> {
+pub(crate) fn resync(members: &[Member], force: bool) -> Result<bool, Error> {
     let mut ready = true;
     for m in members {
         ready &= replication::resync(&m.vol, force).map_err(on_member(m))?;
@@ -363,7 +363,7 @@ pub fn resync(members: &[Member], force: bool) -> Result<bool, Error> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupInfo {
+pub(crate) struct GroupInfo {
     pub last_sync_time: i64,
     pub health: Health,
     pub status_message: String,
@@ -376,7 +376,7 @@ pub struct GroupInfo {
 /// pool-wide view (`StatusCache`, with its freshness rule after our own role
 /// changes), and in journal mode the generations' times from one listing of
 /// one member's snapshots, reused while it covers the peer's sync.
-pub fn info(
+pub(crate) fn info(
     group: &Group,
     members: &[Member],
     statuses: &Arc<StatusCache>,
@@ -414,7 +414,7 @@ pub fn info(
 /// not list them again while the peer's last sync is older than that listing:
 /// a generation taken since has a later time and cannot be the answer.
 #[derive(Default)]
-pub struct GenerationTimes {
+pub(crate) struct GenerationTimes {
     listed: Mutex<HashMap<String, Listed>>,
 }
 
@@ -426,12 +426,12 @@ struct Listed {
 }
 
 impl GenerationTimes {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A call changed the group (its role, its generations): list anew.
-    pub fn forget(&self, group_id: &str) {
+    pub(crate) fn forget(&self, group_id: &str) {
         self.listed.lock().unwrap_or_else(|p| p.into_inner()).remove(group_id);
     }
 

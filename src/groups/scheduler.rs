@@ -37,7 +37,7 @@ struct Watch {
     refreshed: Instant,
 }
 
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     watches: Mutex<HashMap<String, Watch>>,
     /// Identifies this server as a lock holder.
     cookie: String,
@@ -52,13 +52,13 @@ enum Outcome {
 }
 
 impl Scheduler {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         let cookie = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap_or_default().trim().to_owned();
         Arc::new(Self { watches: Mutex::new(HashMap::new()), cookie })
     }
 
     /// Starts (or refreshes) watching a group.
-    pub fn watch(&self, group_id: &str, id: &CsiId, creds: &Credentials) {
+    pub(crate) fn watch(&self, group_id: &str, id: &CsiId, creds: &Credentials) {
         let now = Instant::now();
         let mut w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
         w.entry(id.uuid.clone())
@@ -75,16 +75,8 @@ impl Scheduler {
             });
     }
 
-    pub fn forget(&self, id: &CsiId) {
-        self.watches.lock().unwrap_or_else(|p| p.into_inner()).remove(&id.uuid);
-    }
-
-    pub fn watched(&self) -> usize {
-        self.watches.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     /// Runs until the runtime stops.
-    pub fn spawn(self: Arc<Self>, exec: Arc<Executor>, resolver: Arc<Resolver>) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn(self: Arc<Self>, exec: Arc<Executor>, resolver: Arc<Resolver>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(TICK).await;

@@ -31,7 +31,7 @@ use crate::cephcsi::{Credentials, CsiId, Resolver, group as journal, snapshot as
 use crate::exec::{Claims, KeyGuard};
 
 /// The CSI limit this server keeps for one group snapshot (as for groups).
-pub const MAX_SNAPSHOT_MEMBERS: usize = super::MAX_MEMBERS;
+pub(crate) const MAX_SNAPSHOT_MEMBERS: usize = super::MAX_MEMBERS;
 /// The temporary RBD group of members that are in none: named after the
 /// group snapshot, so a resumed call finds it.
 const TEMPORARY_GROUP_PREFIX: &str = "csi-vgs-";
@@ -41,7 +41,7 @@ fn plan_object(uuid: &str) -> String {
 }
 
 /// The guard of one group snapshot's work (its copies, its deletion).
-pub fn work_key(uuid: &str) -> String {
+pub(crate) fn work_key(uuid: &str) -> String {
     format!("group-snapshot/{uuid}")
 }
 
@@ -90,13 +90,13 @@ fn write_plan(io: &IoCtx, uuid: &str, plan: &Plan) -> Result<(), Error> {
 /// CreateVolumeGroupSnapshot's parameters: ceph-csi's class keys, checked
 /// against where the members are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CreateParams {
+pub(crate) struct CreateParams {
     pub cluster_id: Option<String>,
     pub pool: Option<String>,
 }
 
 impl CreateParams {
-    pub fn parse(params: &HashMap<String, String>) -> Result<Self, Error> {
+    pub(crate) fn parse(params: &HashMap<String, String>) -> Result<Self, Error> {
         let mut out = Self::default();
         for (k, v) in params {
             match k.as_str() {
@@ -117,7 +117,7 @@ impl CreateParams {
 }
 
 /// The source volume IDs of a request: present, unique, decodable, bounded.
-pub fn check_sources(volume_ids: &[String]) -> Result<Vec<String>, Error> {
+pub(crate) fn check_sources(volume_ids: &[String]) -> Result<Vec<String>, Error> {
     if volume_ids.is_empty() {
         return Err(Error::Malformed("source_volume_ids is empty".into()));
     }
@@ -137,7 +137,7 @@ pub fn check_sources(volume_ids: &[String]) -> Result<Vec<String>, Error> {
     Ok(unique.into_iter().cloned().collect())
 }
 
-pub fn decode_id(id: &str) -> Result<CsiId, Error> {
+pub(crate) fn decode_id(id: &str) -> Result<CsiId, Error> {
     if id.is_empty() {
         return Err(Error::Malformed("group_snapshot_id is empty".into()));
     }
@@ -145,7 +145,7 @@ pub fn decode_id(id: &str) -> Result<CsiId, Error> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotView {
+pub(crate) struct SnapshotView {
     pub snapshot_id: String,
     pub source_volume_id: String,
     pub size_bytes: u64,
@@ -153,14 +153,14 @@ pub struct SnapshotView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupSnapshotView {
+pub(crate) struct GroupSnapshotView {
     pub group_snapshot_id: String,
     pub created: SystemTime,
     pub snapshots: Vec<SnapshotView>,
 }
 
 impl GroupSnapshotView {
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.snapshots.iter().all(|s| s.ready)
     }
 }
@@ -181,7 +181,7 @@ impl Located {
 /// The first step of CreateVolumeGroupSnapshot: the instant, the journal,
 /// and (with `rbd_clone4`) the member images. Answers whether copies remain,
 /// which `copy_members` then makes.
-pub fn create(
+pub(crate) fn create(
     resolver: &Resolver,
     creds: &Credentials,
     claims: &Claims,
@@ -509,7 +509,7 @@ fn clone_member(io: &IoCtx, m: &Member, snap_id: u64, snap_uuid: &str) -> Result
 /// The second step of CreateVolumeGroupSnapshot without `rbd_clone4`: copies
 /// every member not yet restorable from the group snapshot, then finishes.
 /// Runs under `work_key`; safe to run again after any interruption.
-pub fn copy_members(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<GroupSnapshotView, Error> {
+pub(crate) fn copy_members(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<GroupSnapshotView, Error> {
     let located =
         locate(resolver, creds, id)?.ok_or_else(|| Error::Missing("it does not exist on this cluster".into()))?;
     let mut plan = read_plan(&located.io, &id.uuid)?
@@ -632,7 +632,7 @@ fn locate_in(io: IoCtx, id: CsiId) -> Result<Option<Located>, Error> {
 
 /// GetVolumeGroupSnapshot: NOT_FOUND when missing. Answers whether copies
 /// remain (a copy interrupted by a restart is started again by the caller).
-pub fn get(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<(GroupSnapshotView, bool), Error> {
+pub(crate) fn get(resolver: &Resolver, creds: &Credentials, id: &CsiId) -> Result<(GroupSnapshotView, bool), Error> {
     let missing = || Error::Missing("it does not exist on this cluster".into());
     let located = locate(resolver, creds, id)?.ok_or_else(missing)?;
     if !located.record.is_group_snapshot() {
@@ -688,7 +688,7 @@ fn image_size(io: &IoCtx, name: &str) -> Result<u64, Error> {
 /// DeleteVolumeGroupSnapshot: OK when missing; removes every member snapshot
 /// as ceph-csi's DeleteSnapshot does, then the instant if still there, then
 /// the journal. Each step tolerates being done already, so a retry resumes.
-pub fn delete(
+pub(crate) fn delete(
     resolver: &Resolver,
     creds: &Credentials,
     claims: &Claims,

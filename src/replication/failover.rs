@@ -30,13 +30,13 @@ const PEER_DEMOTED_SETTLE: Duration = Duration::from_secs(30);
 /// How long a non-forced demote waits for the peer's first report on its
 /// copy: rbd-mirror flushes statuses every 30 s, so a copy made a moment ago
 /// may not be reported yet.
-pub const PEER_REPORT_WAIT: Duration = Duration::from_secs(35);
+pub(crate) const PEER_REPORT_WAIT: Duration = Duration::from_secs(35);
 
 /// Image metadata recording the creation time of the image when it was
 /// demoted, in ceph-csi's format, so that a resync is issued at most once per
 /// demotion: rbd-mirror's resync re-creates the image, which drops the key
 /// (keys starting with `.rbd` are not mirrored).
-pub const CREATION_TIME_KEY: &str = ".rbd.image.creation_time";
+pub(crate) const CREATION_TIME_KEY: &str = ".rbd.image.creation_time";
 
 fn creation_time(image: &Image<'_>) -> Result<String, Error> {
     let (secs, nanos) = image.create_timestamp().map_err(Error::ceph("cannot read the image's creation time"))?;
@@ -51,7 +51,7 @@ fn require_enabled(info: &MirrorInfo, vol: &ResolvedVolume) -> Result<(), Error>
     }
 }
 
-pub fn promote(vol: &ResolvedVolume, force: bool, schedule: Option<&Schedule>) -> Result<(), Error> {
+pub(crate) fn promote(vol: &ResolvedVolume, force: bool, schedule: Option<&Schedule>) -> Result<(), Error> {
     let since = Instant::now();
     promote_image(&open(&vol.io, vol)?, vol, force, schedule)?;
     if force {
@@ -64,7 +64,7 @@ pub fn promote(vol: &ResolvedVolume, force: bool, schedule: Option<&Schedule>) -
 
 /// Promote through an image the caller already opened (a group call opens
 /// each member once).
-pub fn promote_image(
+pub(crate) fn promote_image(
     image: &Image<'_>,
     vol: &ResolvedVolume,
     force: bool,
@@ -111,7 +111,7 @@ fn refuse_unsafe_promote(image: &Image<'_>, vol: &ResolvedVolume) -> Result<(), 
 /// anywhere and nothing the peer could ever take over. Waits (bounded by
 /// `deadline`) for the peer's first report, as a fresh copy's report can lag
 /// up to 30 s; then refuses, quoting what rbd-mirror reports.
-pub fn require_peer_copy(image: &Image<'_>, vol: &ResolvedVolume, deadline: Instant) -> Result<(), Error> {
+pub(crate) fn require_peer_copy(image: &Image<'_>, vol: &ResolvedVolume, deadline: Instant) -> Result<(), Error> {
     loop {
         let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
         if peer_copy(&status) == PeerCopy::Reported {
@@ -187,12 +187,12 @@ fn next_pause(elapsed: Duration, pause: Duration) -> Duration {
 
 /// Demote; without `force`, only once the peer holds a copy (see
 /// `require_peer_copy`).
-pub fn demote(vol: &ResolvedVolume, force: bool) -> Result<(), Error> {
+pub(crate) fn demote(vol: &ResolvedVolume, force: bool) -> Result<(), Error> {
     demote_image(&open(&vol.io, vol)?, vol, force)
 }
 
 /// Demote through an image the caller already opened.
-pub fn demote_image(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Result<(), Error> {
+pub(crate) fn demote_image(image: &Image<'_>, vol: &ResolvedVolume, force: bool) -> Result<(), Error> {
     let current = mirror_info(image)?;
     require_enabled(&current, vol)?;
     if !current.primary {
@@ -236,7 +236,7 @@ fn remember_request(request: String) {
 /// Resync of a secondary: issued only with force, only when rbd-mirror reports
 /// a split-brain, never while a sync runs, and at most once per demotion.
 /// Returns whether the secondary is in sync with the peer.
-pub fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
+pub(crate) fn resync(vol: &ResolvedVolume, force: bool) -> Result<bool, Error> {
     let image = Image::open(&vol.io, &vol.image).map_err(|e| {
         if e.is(libc::ENOENT) {
             Error::InProgress(format!(

@@ -21,7 +21,7 @@ use crate::cephcsi::ResolvedVolume;
 /// How long a forced promote lets this site's rbd-mirror give an image up
 /// before it breaks the replayer's lock. A healthy replayer lets go within
 /// 2 s even on a loaded machine (measured 0.05–1.75 s).
-pub const MIRROR_RELEASE_GRACE: Duration = Duration::from_secs(8);
+pub(crate) const MIRROR_RELEASE_GRACE: Duration = Duration::from_secs(8);
 /// How long a promote without force waits for the replayer: without force
 /// nothing is broken, and after this the caller is asked to retry.
 const RELEASE_WAIT: Duration = Duration::from_secs(45);
@@ -31,7 +31,7 @@ const RELEASE_WAIT: Duration = Duration::from_secs(45);
 /// `force`, taking it from rbd-mirror once `MIRROR_RELEASE_GRACE` has passed
 /// since the promotes began. The handles returned hold the locks until they
 /// are dropped.
-pub fn hold_all<'v>(vols: &[&'v ResolvedVolume], force: bool, since: Instant) -> Result<Vec<Image<'v>>, Error> {
+pub(crate) fn hold_all<'v>(vols: &[&'v ResolvedVolume], force: bool, since: Instant) -> Result<Vec<Image<'v>>, Error> {
     let started = since;
     let mut held: Vec<Option<Image<'v>>> = vols.iter().map(|_| None).collect();
     let mut pause = Duration::from_millis(50);

@@ -8,12 +8,10 @@ mod status;
 mod status_cache;
 mod volume;
 
-pub use failover::{
-    CREATION_TIME_KEY, PEER_REPORT_WAIT, demote, demote_image, promote, promote_image, require_peer_copy, resync,
-};
-pub use hold::{MIRROR_RELEASE_GRACE, hold_all};
-pub use params::{DisableParams, EnableParams, FlattenMode, Schedule};
-pub use params::{MIRRORING_MODE, SCHEDULING_INTERVAL};
-pub use status::{Health, ReplayDescription, health};
-pub use status_cache::StatusCache;
-pub use volume::{ReplicationInfo, disable, enable, info, require_destination, role};
+pub(crate) use failover::{PEER_REPORT_WAIT, demote, demote_image, promote, promote_image, require_peer_copy, resync};
+pub(crate) use hold::hold_all;
+pub(crate) use params::MIRRORING_MODE;
+pub(crate) use params::{DisableParams, EnableParams, FlattenMode, Schedule};
+pub(crate) use status::Health;
+pub(crate) use status_cache::StatusCache;
+pub(crate) use volume::{ReplicationInfo, disable, enable, require_destination, role};

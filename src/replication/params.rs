@@ -6,37 +6,37 @@ use std::collections::HashMap;
 use crate::ceph::MirrorImageMode;
 use crate::error::ParamError;
 
-pub const MIRRORING_MODE: &str = "mirroringMode";
-pub const SCHEDULING_INTERVAL: &str = "schedulingInterval";
-pub const SCHEDULING_START_TIME: &str = "schedulingStartTime";
-pub const FLATTEN_MODE: &str = "flattenMode";
-pub const FORCE: &str = "force";
+pub(crate) const MIRRORING_MODE: &str = "mirroringMode";
+pub(crate) const SCHEDULING_INTERVAL: &str = "schedulingInterval";
+pub(super) const SCHEDULING_START_TIME: &str = "schedulingStartTime";
+pub(super) const FLATTEN_MODE: &str = "flattenMode";
+pub(super) const FORCE: &str = "force";
 
 /// Longest value we accept for any parameter; real ones are a few characters.
 const MAX_VALUE_LEN: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// As the mgr takes it: digits and one unit of m, h or d.
     pub interval: String,
     pub start_time: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlattenMode {
+pub(crate) enum FlattenMode {
     Never,
     Force,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnableParams {
+pub(crate) struct EnableParams {
     pub mode: MirrorImageMode,
     pub schedule: Option<Schedule>,
     pub flatten: FlattenMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DisableParams {
+pub(crate) struct DisableParams {
     pub force: bool,
 }
 
@@ -53,7 +53,7 @@ fn get<'a>(params: &'a HashMap<String, String>, key: &'static str) -> Result<Opt
 }
 
 impl EnableParams {
-    pub fn parse(params: &HashMap<String, String>) -> Result<Self, ParamError> {
+    pub(crate) fn parse(params: &HashMap<String, String>) -> Result<Self, ParamError> {
         let mode = match get(params, MIRRORING_MODE)? {
             None | Some("snapshot") => MirrorImageMode::Snapshot,
             Some("journal") => MirrorImageMode::Journal,
@@ -82,7 +82,7 @@ impl EnableParams {
 }
 
 impl DisableParams {
-    pub fn parse(params: &HashMap<String, String>) -> Result<Self, ParamError> {
+    pub(crate) fn parse(params: &HashMap<String, String>) -> Result<Self, ParamError> {
         let force = match get(params, FORCE)? {
             None => false,
             Some(v) => parse_bool(v).ok_or_else(|| bad(FORCE, format!("is {v:?}; use \"true\" or \"false\"")))?,

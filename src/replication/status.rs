@@ -9,7 +9,7 @@ use crate::ceph::{GlobalStatus, SiteState, SiteStatus};
 /// `replaying, {"local_snapshot_timestamp":1684675261,...}`. Snapshot mode and
 /// journal mode fill different fields.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct ReplayDescription {
+pub(crate) struct ReplayDescription {
     #[serde(default)]
     pub local_snapshot_timestamp: Option<i64>,
     #[serde(default)]
@@ -26,7 +26,7 @@ impl ReplayDescription {
     /// None when the description carries no JSON (e.g. "local image is primary").
     /// The JSON runs from the first `{` to the last `}`, which tolerates any
     /// prefix rbd-mirror puts in front of it.
-    pub fn parse(description: &str) -> Option<Self> {
+    pub(crate) fn parse(description: &str) -> Option<Self> {
         let start = description.find('{')?;
         let end = description.rfind('}')?;
         if end < start {
@@ -38,7 +38,7 @@ impl ReplayDescription {
 
 /// GetVolumeReplicationInfoResponse.Status, by value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     Unknown,
     Healthy,
     Degraded,
@@ -47,7 +47,7 @@ pub enum Health {
 
 /// The health of the local site and its message: the description up to the
 /// first comma, so a JSON tail never reaches a Kubernetes condition.
-pub fn health(local: Option<&SiteStatus>) -> (Health, String) {
+pub(crate) fn health(local: Option<&SiteStatus>) -> (Health, String) {
     let Some(local) = local else {
         return (Health::Unknown, "status not found".to_owned());
     };
@@ -68,7 +68,7 @@ pub fn health(local: Option<&SiteStatus>) -> (Health, String) {
 
 /// What rbd-mirror has told this site about the peer's copy of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PeerCopy {
+pub(super) enum PeerCopy {
     /// The peer's rbd-mirror has reported on its own copy: it exists.
     Reported,
     /// No report yet (a new image is `status not found` for up to 30 s), or
@@ -79,7 +79,7 @@ pub enum PeerCopy {
 
 /// Whether the peer holds a copy, from the peer sites' entries of this site's
 /// global status (written here by the peer's rbd-mirror).
-pub fn peer_copy(status: &GlobalStatus) -> PeerCopy {
+pub(super) fn peer_copy(status: &GlobalStatus) -> PeerCopy {
     let has_copy = |r: &SiteStatus| match r.state {
         SiteState::Syncing | SiteState::Replaying | SiteState::StoppingReplay | SiteState::Stopped => true,
         // "starting_replay" is every bootstrap, also one that will fail.
@@ -94,7 +94,7 @@ pub fn peer_copy(status: &GlobalStatus) -> PeerCopy {
 
 /// Info's message when the peer's report has gone down: Ceph's own words
 /// and when the peer last spoke.
-pub fn peer_silent(remote: &SiteStatus) -> String {
+pub(super) fn peer_silent(remote: &SiteStatus) -> String {
     let since = u64::try_from(remote.last_update)
         .ok()
         .filter(|s| *s > 0)
@@ -115,7 +115,7 @@ fn report(s: &SiteStatus) -> String {
 
 /// What rbd-mirror reports for both sites, for refusal messages: the operator
 /// then sees Ceph's own words, not our reading of them.
-pub fn describe(status: &GlobalStatus) -> String {
+pub(super) fn describe(status: &GlobalStatus) -> String {
     let local = status.local().map_or_else(|| "no status yet".to_owned(), report);
     let remotes: Vec<String> = status.remotes().map(report).collect();
     let peer = if remotes.is_empty() {

@@ -58,7 +58,7 @@ struct Pool {
 }
 
 #[derive(Default)]
-pub struct StatusCache {
+pub(crate) struct StatusCache {
     pools: Mutex<HashMap<PoolKey, Pool>>,
     /// One view taker per pool at a time.
     takers: Mutex<HashMap<PoolKey, Arc<Mutex<()>>>>,
@@ -72,13 +72,13 @@ enum Found {
 }
 
 impl StatusCache {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Info for a volume: from the pool's view when it holds the volume as an
     /// enabled primary, else (and for every error) from the image itself.
-    pub fn info(self: &Arc<Self>, vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
+    pub(crate) fn info(self: &Arc<Self>, vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
         match self.lookup(vol) {
             Found::Listed(status, mode) => info_of(&vol.spec(), &status, mode),
             Found::Direct => info(vol),
@@ -86,7 +86,7 @@ impl StatusCache {
     }
 
     /// A call of ours changed (or may have changed) the volume.
-    pub fn changed(&self, vol: &ResolvedVolume) {
+    pub(crate) fn changed(&self, vol: &ResolvedVolume) {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.entry(PoolKey::of(vol)).or_default().changed.insert(vol.image.clone(), Instant::now());
     }

@@ -12,7 +12,7 @@ use crate::ceph::{GlobalStatus, Image, IoCtx, MirrorImageMode, MirrorInfo, Mirro
 use crate::cephcsi::ResolvedVolume;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicationInfo {
+pub(crate) struct ReplicationInfo {
     /// Unix seconds of the newest point in time the peer site holds.
     pub last_sync_time: i64,
     pub last_sync_duration_secs: Option<i64>,
@@ -46,13 +46,13 @@ pub(super) fn mirror_info(image: &Image<'_>) -> Result<MirrorInfo, Error> {
 }
 
 /// Whether the volume is primary here; None when it is not mirrored.
-pub fn role(vol: &ResolvedVolume) -> Result<Option<bool>, Error> {
+pub(crate) fn role(vol: &ResolvedVolume) -> Result<Option<bool>, Error> {
     let image = open_with(&vol.io, vol, Image::open_read_only)?;
     let info = mirror_info(&image)?;
     Ok((info.state == MirrorState::Enabled).then_some(info.primary))
 }
 
-pub fn enable(vol: &ResolvedVolume, params: &EnableParams) -> Result<(), Error> {
+pub(crate) fn enable(vol: &ResolvedVolume, params: &EnableParams) -> Result<(), Error> {
     let io = &vol.io;
     let image = open(io, vol)?;
     let current = mirror_info(&image)?;
@@ -231,7 +231,7 @@ fn may_have_image_schedule(vol: &ResolvedVolume, image: &Image<'_>) -> bool {
 
 const SCHEDULE_OBJECT: &str = "rbd_mirror_snapshot_schedule";
 
-pub fn disable(vol: &ResolvedVolume, params: &DisableParams) -> Result<(), Error> {
+pub(crate) fn disable(vol: &ResolvedVolume, params: &DisableParams) -> Result<(), Error> {
     let image = open(&vol.io, vol)?;
     let current = mirror_info(&image)?;
     match current.state {
@@ -279,7 +279,7 @@ pub fn disable(vol: &ResolvedVolume, params: &DisableParams) -> Result<(), Error
 /// peer: it must be mirrored and the peer's rbd-mirror must have reported its
 /// copy (see `PeerCopy`); until then UNAVAILABLE, as the spec asks for
 /// destination info that is not available yet.
-pub fn require_destination(vol: &ResolvedVolume) -> Result<(), Error> {
+pub(crate) fn require_destination(vol: &ResolvedVolume) -> Result<(), Error> {
     let image = open_with(&vol.io, vol, Image::open_read_only)?;
     let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
     if status.info.state != MirrorState::Enabled {
@@ -298,7 +298,7 @@ pub fn require_destination(vol: &ResolvedVolume) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
+pub(crate) fn info(vol: &ResolvedVolume) -> Result<ReplicationInfo, Error> {
     let image = open_with(&vol.io, vol, Image::open_read_only)?;
     let status = image.mirror_global_status().map_err(Error::ceph("cannot read the mirroring status"))?;
     if status.info.state != MirrorState::Enabled {

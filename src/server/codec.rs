@@ -7,7 +7,7 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 
-pub struct RequestCodec<T, U>(ProstCodec<T, U>);
+pub(crate) struct RequestCodec<T, U>(ProstCodec<T, U>);
 
 impl<T, U> Default for RequestCodec<T, U> {
     fn default() -> Self {
@@ -34,7 +34,7 @@ where
     }
 }
 
-pub struct InvalidArgumentDecoder<D>(D);
+pub(crate) struct InvalidArgumentDecoder<D>(D);
 
 impl<D: Decoder<Error = Status>> Decoder for InvalidArgumentDecoder<D> {
     type Item = D::Item;

@@ -18,14 +18,14 @@ use crate::proto::common::v1::{ProbeControllerRequest, ProbeControllerResponse};
 use crate::proto::volumegroupsnapshot::v1::volume_group_snapshot_server::VolumeGroupSnapshot;
 use crate::proto::volumegroupsnapshot::v1::*;
 
-pub struct DellService {
+pub(super) struct DellService {
     snapshots: GroupSnapshots,
     driver_name: String,
     secret_dir: Option<PathBuf>,
 }
 
 impl DellService {
-    pub fn new(snapshots: GroupSnapshots, driver_name: String, secret_dir: Option<PathBuf>) -> Self {
+    pub(super) fn new(snapshots: GroupSnapshots, driver_name: String, secret_dir: Option<PathBuf>) -> Self {
         Self { snapshots, driver_name, secret_dir }
     }
 

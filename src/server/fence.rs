@@ -20,12 +20,12 @@ use crate::proto::fence::*;
 /// The class parameter naming the cluster in ceph-csi's config.json.
 const CLUSTER_ID: &str = "clusterID";
 
-pub struct FenceService {
+pub(super) struct FenceService {
     envelope: Envelope,
 }
 
 impl FenceService {
-    pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
+    pub(super) fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
         Self { envelope: Envelope::new(exec, resolver) }
     }
 

@@ -36,13 +36,13 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 const GROUP_CONTROLLER_CAPABILITY: [u8; 6] = [0x0a, 0x04, 0x0a, 0x02, 0x08, 0x03];
 
 /// csi-rbdplugin's CSI socket, with one HTTP/2 connection kept open to it.
-pub struct Upstream {
+pub(super) struct Upstream {
     path: PathBuf,
     sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
 }
 
 impl Upstream {
-    pub fn new(path: PathBuf) -> Arc<Self> {
+    pub(super) fn new(path: PathBuf) -> Arc<Self> {
         Arc::new(Self { path, sender: tokio::sync::Mutex::new(None) })
     }
 
@@ -101,7 +101,7 @@ fn unavailable(why: String) -> Response<Body> {
 
 /// Puts the front before tonic's routes (which hold the GroupController).
 #[derive(Clone)]
-pub struct FrontLayer {
+pub(super) struct FrontLayer {
     pub upstream: Arc<Upstream>,
 }
 
@@ -114,7 +114,7 @@ impl<S> tower_layer::Layer<S> for FrontLayer {
 }
 
 #[derive(Clone)]
-pub struct Front<S> {
+pub(super) struct Front<S> {
     inner: S,
     upstream: Arc<Upstream>,
 }

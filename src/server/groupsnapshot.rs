@@ -27,12 +27,12 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 /// The group snapshot calls, shared by the CSI GroupController and Dell's
 /// extension.
 #[derive(Clone)]
-pub struct GroupSnapshots {
+pub(super) struct GroupSnapshots {
     envelope: Envelope,
 }
 
 impl GroupSnapshots {
-    pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
+    pub(super) fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
         Self { envelope: Envelope::new(exec, resolver) }
     }
 
@@ -177,12 +177,12 @@ fn to_proto(v: GroupSnapshotView) -> VolumeGroupSnapshot {
 }
 
 /// The GroupController service of the CSI front.
-pub struct GroupControllerService {
+pub(super) struct GroupControllerService {
     snapshots: GroupSnapshots,
 }
 
 impl GroupControllerService {
-    pub fn new(snapshots: GroupSnapshots) -> Self {
+    pub(super) fn new(snapshots: GroupSnapshots) -> Self {
         Self { snapshots }
     }
 }

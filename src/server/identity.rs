@@ -14,14 +14,14 @@ use crate::proto::identity::{
 
 /// Answers without touching Ceph: credentials come with each request, and the
 /// sidecar blocks its start-up on Probe.
-pub struct IdentityService {
+pub(super) struct IdentityService {
     driver_name: String,
     library: Library,
     metrics: Arc<Metrics>,
 }
 
 impl IdentityService {
-    pub fn new(driver_name: String, library: Library, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(driver_name: String, library: Library, metrics: Arc<Metrics>) -> Self {
         Self { driver_name, library, metrics }
     }
 }
@@ -29,7 +29,7 @@ impl IdentityService {
 /// Only what really works is advertised; the controller trusts this list. It
 /// is the same on Pacific, Reef and Tentacle (each proven by the lab suite);
 /// what the loaded librbd offers beyond it is in GetIdentity's manifest.
-pub fn capabilities() -> Vec<Capability> {
+pub(crate) fn capabilities() -> Vec<Capability> {
     let mut caps = vec![
         Capability {
             r#type: Some(capability::Type::Service(Service {

@@ -22,8 +22,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
-pub use identity::capabilities;
-pub use status::{code_of, to_group_status, to_status};
+pub(crate) use status::to_group_status;
 
 use crate::ceph::{ClientLedger, ConnectionPool};
 use crate::cephcsi::Resolver;
@@ -38,7 +37,7 @@ use crate::proto::volumegroup::controller_server::ControllerServer as VolumeGrou
 use crate::proto::volumegroupsnapshot::v1::volume_group_snapshot_server::VolumeGroupSnapshotServer;
 
 /// Services listed by reflection: exactly the ones answered on the socket.
-pub const SERVED_SERVICES: &[&str] = &[
+pub(crate) const SERVED_SERVICES: &[&str] = &[
     "identity.Identity",
     "replication.Controller",
     "volumegroup.Controller",

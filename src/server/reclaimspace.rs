@@ -14,12 +14,12 @@ use crate::proto::reclaimspace::reclaim_space_controller_server::ReclaimSpaceCon
 use crate::proto::reclaimspace::*;
 use crate::reclaim;
 
-pub struct ReclaimSpaceService {
+pub(super) struct ReclaimSpaceService {
     envelope: Envelope,
 }
 
 impl ReclaimSpaceService {
-    pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
+    pub(super) fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
         Self { envelope: Envelope::new(exec, resolver) }
     }
 }

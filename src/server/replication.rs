@@ -20,7 +20,7 @@ use crate::proto::replication::replication_source::Type as SourceType;
 use crate::proto::replication::*;
 use crate::replication::{self, DisableParams, EnableParams, Health, StatusCache};
 
-pub struct ReplicationService {
+pub(super) struct ReplicationService {
     envelope: Envelope,
     scheduler: Arc<Scheduler>,
     statuses: Arc<StatusCache>,
@@ -32,7 +32,7 @@ pub struct ReplicationService {
 type GroupWork<Q, T> = Box<dyn FnOnce(&Group, &[Member], &Credentials, Q) -> Result<T, Error> + Send>;
 
 impl ReplicationService {
-    pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>, scheduler: Arc<Scheduler>) -> Self {
+    pub(super) fn new(exec: Arc<Executor>, resolver: Arc<Resolver>, scheduler: Arc<Scheduler>) -> Self {
         Self {
             envelope: Envelope::new(exec, resolver),
             scheduler,

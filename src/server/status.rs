@@ -11,7 +11,7 @@ use crate::ceph::CephError;
 use crate::cephcsi::{self, ConfigError};
 use crate::exec::ExecError;
 
-pub fn code_of(err: &Error) -> Code {
+pub(crate) fn code_of(err: &Error) -> Code {
     match err {
         Error::Malformed(_) | Error::Param(_) => Code::InvalidArgument,
         Error::Resolve(e) => resolve_code(e),
@@ -87,18 +87,16 @@ fn errno_code(e: &CephError) -> Code {
     }
 }
 
-/// The status for an error about `subject` (a volume ID, or nothing before one
-/// is known). The message reaches Kubernetes conditions verbatim: it names the
-/// volume and never holds a secret (no error type here can carry one).
-pub fn to_status(subject: Option<&str>, err: &Error) -> Status {
-    status_about("volume", subject, err)
-}
-
-/// The same for an error about a volume group.
-pub fn to_group_status(subject: Option<&str>, err: &Error) -> Status {
+/// The status for an error about a volume group (the envelope builds the
+/// others with [`status_about`]).
+pub(crate) fn to_group_status(subject: Option<&str>, err: &Error) -> Status {
     status_about("volume group", subject, err)
 }
 
+/// The status for an error about `subject` (a volume or group ID, or nothing
+/// before one is known). The message reaches Kubernetes conditions verbatim:
+/// it names the subject and never holds a secret (no error type here can
+/// carry one).
 pub(crate) fn status_about(kind: &str, subject: Option<&str>, err: &Error) -> Status {
     let message = match subject {
         Some(id) if !id.is_empty() => format!("{kind} {id}: {err}"),
@@ -155,7 +153,7 @@ mod tests {
 
     #[test]
     fn message_names_the_volume() {
-        let s = to_status(Some("0001-xyz"), &Error::InProgress("busy".into()));
+        let s = status_about("volume", Some("0001-xyz"), &Error::InProgress("busy".into()));
         assert_eq!(s.message(), "volume 0001-xyz: busy");
         assert_eq!(s.code(), Code::Aborted);
     }

@@ -16,12 +16,12 @@ const MAX_NAME_LEN: usize = 253;
 /// ListVolumeGroups' page size when the caller sets none, and the largest.
 const MAX_PAGE: usize = 1000;
 
-pub struct VolumeGroupService {
+pub(super) struct VolumeGroupService {
     envelope: Envelope,
 }
 
 impl VolumeGroupService {
-    pub fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
+    pub(super) fn new(exec: Arc<Executor>, resolver: Arc<Resolver>) -> Self {
         Self { envelope: Envelope::new(exec, resolver) }
     }
 }

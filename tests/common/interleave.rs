@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rbd_addons::ceph::{Cluster, Image, IoCtx, QuiesceWatch, WriteGate};
+use rbd_addons::testkit::{Cluster, Image, IoCtx, QuiesceWatch, WriteGate};
 use serde_json::Value;
 
 pub const MEMBERS: usize = 3;

@@ -784,9 +784,9 @@ pub fn snap_names(lab: &Lab, s: Site, spec: &str) -> Vec<String> {
 
 /// A librbd connection to a site as the CSI user, for tests that write and
 /// read image data directly (as an application would).
-pub fn connect(lab: &Lab, s: Site) -> std::sync::Arc<rbd_addons::ceph::Cluster> {
+pub fn connect(lab: &Lab, s: Site) -> std::sync::Arc<rbd_addons::testkit::Cluster> {
     let (mon, user, key) = (lab.mon_host(s), lab.user(), lab.key());
-    rbd_addons::ceph::Cluster::connect(&rbd_addons::ceph::ConnectOptions {
+    rbd_addons::testkit::Cluster::connect(&rbd_addons::testkit::ConnectOptions {
         mon_host: &mon,
         user: &user,
         key: &key,
