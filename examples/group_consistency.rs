@@ -41,9 +41,6 @@
 //!    group snapshot's duration (site-a's server log), and the OSDs'
 //!    snap-trim queues afterwards. For 10 members or more, issue 22's goals.
 
-#[path = "../tests/common/interleave.rs"]
-mod interleave;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,14 +48,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use interleave::{
-    Acks, CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on, revive_rbd_mirror,
-};
 use rbd_addons::proto::replication::controller_client::ControllerClient;
 use rbd_addons::proto::replication::replication_source::{Type, VolumeGroupSource};
 use rbd_addons::proto::replication::*;
 use rbd_addons::proto::volumegroup::CreateVolumeGroupRequest;
 use rbd_addons::proto::volumegroup::controller_client::ControllerClient as GroupClient;
+use rbd_addons::testkit::interleave::{
+    Acks, CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on, revive_rbd_mirror,
+};
 use rbd_addons::testkit::{Cluster, ConnectOptions};
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::interleave::{CpuHog, MEMBERS, arm_writer, first_gap, join_writer, records_on};
 use common::*;
+use rbd_addons::testkit::interleave::{CpuHog, MEMBERS, arm_writer, first_gap, join_writer, records_on};
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(150);

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::interleave::{MEMBERS, arm_writer, first_gap, join_writer, records_on};
 use common::*;
 use rbd_addons::client::Connection;
 use rbd_addons::proto::csi::v1::VolumeGroupSnapshot;
 use rbd_addons::testkit::IoCtx;
+use rbd_addons::testkit::interleave::{MEMBERS, arm_writer, first_gap, join_writer, records_on};
 use serde_json::Value;
 use tonic::Code;
 

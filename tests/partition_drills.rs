@@ -386,7 +386,7 @@ async fn a_flapping_link_during_resync_finishes_it_once() {
 #[tokio::test]
 #[ignore = "needs the namespaced lab: scripts/lab.sh up --netns (scripts/test.sh runs it)"]
 async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary() {
-    use common::interleave::{MEMBERS, arm_writer, first_gap, join_writer, records_on};
+    use rbd_addons::testkit::interleave::{MEMBERS, arm_writer, first_gap, join_writer, records_on};
     use std::sync::atomic::AtomicU64;
 
     let lab = Lab::load();

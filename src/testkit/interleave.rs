@@ -3,8 +3,6 @@
 //! (`examples/group_consistency.rs`): record k goes to member k mod N, each
 //! write after the previous one was acknowledged, so the records any site
 //! holds must form a gap-free prefix 1..K if its members show one instant.
-#![allow(dead_code)]
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rbd_addons::testkit::{Cluster, Image, IoCtx, QuiesceWatch, WriteGate};
+use crate::ceph::{Cluster, Image, IoCtx, QuiesceWatch, WriteGate};
 use serde_json::Value;
 
 pub const MEMBERS: usize = 3;
