@@ -27,10 +27,6 @@ pub(super) struct ReplicationService {
     generation_times: Arc<groups::GenerationTimes>,
 }
 
-/// What a group RPC works on: the group, its members (guarded), the caller's
-/// credentials, and what the method's checks prepared.
-type GroupWork<Q, T> = Box<dyn FnOnce(&Group, &[Member], &Credentials, Q) -> Result<T, Error> + Send>;
-
 impl ReplicationService {
     pub(super) fn new(exec: Arc<Executor>, resolver: Arc<Resolver>, scheduler: Arc<Scheduler>) -> Self {
         Self {
@@ -41,31 +37,21 @@ impl ReplicationService {
         }
     }
 
-    /// Every replication RPC: the envelope's path, with the target decoded and
-    /// the method's `check` in its checks, then the volume's or the group's
-    /// work under its guard(s).
-    async fn run<Q, T>(
+    /// Every replication RPC: the envelope's path, with the target decoded
+    /// once and the op's checks among its checks, then the op on the volume
+    /// or on the group, under its guard(s) unless it only reads.
+    async fn run<O: Op>(
         &self,
-        (method, access): (&'static str, Access),
+        op: O,
         target: Result<Target, Error>,
         secrets: &HashMap<String, String>,
-        check: impl FnOnce(&Target) -> Result<Q, Error>,
-        volume_work: impl FnOnce(&ResolvedVolume, Q) -> Result<T, Error> + Send + 'static,
-        group_work: GroupWork<Q, T>,
-    ) -> Result<T, Status>
-    where
-        Q: Send + 'static,
-        T: Send + 'static,
-    {
+    ) -> Result<O::Out, Status> {
         let about = match &target {
             Ok(Target::Volume(v)) => About::Volume(v.clone()),
             Ok(Target::Group(g)) => About::Group(g.clone()),
             Err(_) => About::Nothing,
         };
         let scheduler = self.scheduler.clone();
-        // Whatever is not a read may change roles: Info must not answer
-        // from a view taken before it.
-        let reads = access == Access::Reads;
         let (statuses, generation_times) = (self.statuses.clone(), self.generation_times.clone());
         let prepare = move || {
             let target = target?;
@@ -73,39 +59,41 @@ impl ReplicationService {
                 Target::Volume(v) => CsiId::decode(v).map_err(|e| Error::Resolve(e.into()))?,
                 Target::Group(g) => groups::decode_group_id(g)?,
             };
-            let prepared = check(&target)?;
-            Ok((target, id, prepared))
+            let checked = op.check(&target)?;
+            Ok((target, id, op, checked))
         };
-        let work = move |(target, id, prepared): (Target, CsiId, Q),
+        let work = move |(target, id, op, checked): (Target, CsiId, O, O::Checked),
                          resolver: &Resolver,
                          creds: &Credentials,
                          claims: &crate::exec::Claims| {
             match target {
                 Target::Volume(_) => {
                     let vol = resolver.resolve(&id, creds)?;
-                    let out = volume_work(&vol, prepared);
-                    if !reads {
+                    let out = op.on_volume(&vol, &id, checked);
+                    // Info must not answer from a view taken before a call
+                    // that may have changed the role.
+                    if O::CHANGES_ROLES {
                         statuses.changed(&vol);
                     }
                     out
                 }
                 Target::Group(group_id) => {
                     let group = groups::find(resolver, &id, creds)?;
-                    let out = if reads {
-                        // A read takes neither the generations' key nor the
-                        // members': a generation being taken, or a member
-                        // being promoted, does not hold it up.
-                        let members = groups::resolve_members_unclaimed(resolver, &group, creds)?;
-                        group_work(&group, &members, creds, prepared)
-                    } else {
+                    let out = if O::CHANGES_ROLES {
                         let _generations = groups::claim_waiting(claims, &groups::generations_key(&id))?;
                         let (members, _guards) = groups::resolve_members(resolver, &group, creds, claims)?;
-                        let out = group_work(&group, &members, creds, prepared);
+                        let out = op.on_group(&group, &members, checked);
                         for m in &members {
                             statuses.changed(&m.vol);
                         }
                         generation_times.forget(&group.id.uuid);
                         out
+                    } else {
+                        // A read takes neither the generations' key nor the
+                        // members': a generation being taken, or a member
+                        // being promoted, does not hold it up.
+                        let members = groups::resolve_members_unclaimed(resolver, &group, creds)?;
+                        op.on_group(&group, &members, checked)
                     };
                     // Any call about a group keeps its generations going
                     // while it is primary here; the scheduler drops it
@@ -115,8 +103,225 @@ impl ReplicationService {
                 }
             }
         };
-        let key = move |(target, _, _): &(Target, CsiId, Q)| (!reads).then(|| target.id().to_owned());
-        self.envelope.run(method, about, key, secrets, prepare, work).await
+        let key = |(target, ..): &(Target, CsiId, O, O::Checked)| O::CHANGES_ROLES.then(|| target.id().to_owned());
+        self.envelope.run(O::METHOD, about, key, secrets, prepare, work).await
+    }
+}
+
+/// One replication RPC as the server does it: its name, whether it may
+/// change roles (then it holds the volume's or the group's guard, and Info
+/// forgets its view after it), the checks that need no Ceph, and the work on
+/// a volume or on a volume group. Both run off the runtime, in the envelope.
+trait Op: Send + 'static {
+    const METHOD: &'static str;
+    const CHANGES_ROLES: bool;
+    /// What the checks hand the work (parsed parameters, say).
+    type Checked: Send + 'static;
+    type Out: Send + 'static;
+
+    fn check(&self, target: &Target) -> Result<Self::Checked, Error>;
+    /// `id`: the volume's handle, decoded.
+    fn on_volume(self, vol: &ResolvedVolume, id: &CsiId, checked: Self::Checked) -> Result<Self::Out, Error>;
+    fn on_group(self, group: &Group, members: &[Member], checked: Self::Checked) -> Result<Self::Out, Error>;
+}
+
+/// The parameters every call refuses when oversized, though only Enable,
+/// Disable and Promote use them.
+fn unused_parameters(raw: &HashMap<String, String>) -> Result<(), Error> {
+    refuse_oversize_map("parameter", raw)
+}
+
+struct Enable {
+    parameters: HashMap<String, String>,
+}
+
+impl Op for Enable {
+    const METHOD: &'static str = "EnableVolumeReplication";
+    const CHANGES_ROLES: bool = true;
+    type Checked = (EnableParams, Option<Duration>);
+    type Out = ();
+
+    fn check(&self, target: &Target) -> Result<Self::Checked, Error> {
+        enable_params(target, &self.parameters)
+    }
+
+    fn on_volume(self, vol: &ResolvedVolume, _: &CsiId, (params, _): Self::Checked) -> Result<(), Error> {
+        replication::enable(vol, &params)
+    }
+
+    fn on_group(self, group: &Group, members: &[Member], (params, interval): Self::Checked) -> Result<(), Error> {
+        groups::enable(group, members, &params, interval)
+    }
+}
+
+struct Disable {
+    parameters: HashMap<String, String>,
+}
+
+impl Op for Disable {
+    const METHOD: &'static str = "DisableVolumeReplication";
+    const CHANGES_ROLES: bool = true;
+    type Checked = DisableParams;
+    type Out = ();
+
+    fn check(&self, _: &Target) -> Result<DisableParams, Error> {
+        refuse_oversize_map("parameter", &self.parameters)?;
+        Ok(DisableParams::parse(&self.parameters)?)
+    }
+
+    fn on_volume(self, vol: &ResolvedVolume, _: &CsiId, params: DisableParams) -> Result<(), Error> {
+        replication::disable(vol, &params)
+    }
+
+    fn on_group(self, group: &Group, members: &[Member], params: DisableParams) -> Result<(), Error> {
+        groups::disable(group, members, &params)
+    }
+}
+
+struct Promote {
+    force: bool,
+    /// The class parameters: the schedule is (re)applied on promote.
+    parameters: HashMap<String, String>,
+}
+
+impl Op for Promote {
+    const METHOD: &'static str = "PromoteVolume";
+    const CHANGES_ROLES: bool = true;
+    type Checked = (EnableParams, Option<Duration>);
+    type Out = ();
+
+    fn check(&self, target: &Target) -> Result<Self::Checked, Error> {
+        enable_params(target, &self.parameters)
+    }
+
+    fn on_volume(self, vol: &ResolvedVolume, _: &CsiId, (params, _): Self::Checked) -> Result<(), Error> {
+        replication::promote(vol, self.force, params.schedule.as_ref())
+    }
+
+    fn on_group(self, group: &Group, members: &[Member], (params, interval): Self::Checked) -> Result<(), Error> {
+        groups::promote(group, members, self.force, params.schedule.as_ref(), interval).map(drop)
+    }
+}
+
+struct Demote {
+    /// Demote even when the peer holds no copy yet (strands the volume
+    /// without a primary; the controller never sets it).
+    force: bool,
+    parameters: HashMap<String, String>,
+}
+
+impl Op for Demote {
+    const METHOD: &'static str = "DemoteVolume";
+    const CHANGES_ROLES: bool = true;
+    type Checked = ();
+    type Out = ();
+
+    fn check(&self, _: &Target) -> Result<(), Error> {
+        unused_parameters(&self.parameters)
+    }
+
+    fn on_volume(self, vol: &ResolvedVolume, _: &CsiId, (): ()) -> Result<(), Error> {
+        replication::demote(vol, self.force)
+    }
+
+    fn on_group(self, group: &Group, members: &[Member], (): ()) -> Result<(), Error> {
+        groups::demote(group, members, self.force)
+    }
+}
+
+struct Resync {
+    force: bool,
+    parameters: HashMap<String, String>,
+}
+
+impl Op for Resync {
+    const METHOD: &'static str = "ResyncVolume";
+    const CHANGES_ROLES: bool = true;
+    type Checked = ();
+    /// Whether the copy is ready.
+    type Out = bool;
+
+    fn check(&self, _: &Target) -> Result<(), Error> {
+        unused_parameters(&self.parameters)
+    }
+
+    fn on_volume(self, vol: &ResolvedVolume, _: &CsiId, (): ()) -> Result<bool, Error> {
+        replication::resync(vol, self.force)
+    }
+
+    fn on_group(self, _: &Group, members: &[Member], (): ()) -> Result<bool, Error> {
+        groups::resync(members, self.force)
+    }
+}
+
+/// Info answers from the pool's view (a volume) or the members' (a group),
+/// and tells the metrics what it saw.
+struct Info {
+    target: Option<Target>,
+    metrics: Arc<Metrics>,
+    statuses: Arc<StatusCache>,
+    generation_times: Arc<groups::GenerationTimes>,
+}
+
+impl Op for Info {
+    const METHOD: &'static str = "GetVolumeReplicationInfo";
+    const CHANGES_ROLES: bool = false;
+    type Checked = ();
+    type Out = GetVolumeReplicationInfoResponse;
+
+    fn check(&self, _: &Target) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn on_volume(self, vol: &ResolvedVolume, _: &CsiId, (): ()) -> Result<Self::Out, Error> {
+        let info = self.statuses.info(vol);
+        observe_info(&self.metrics, &self.target, vol, &info);
+        info.map(info_response)
+    }
+
+    fn on_group(self, group: &Group, members: &[Member], (): ()) -> Result<Self::Out, Error> {
+        let info = groups::info(group, members, &self.statuses, &self.generation_times);
+        if let (Ok(i), Some(Target::Group(gid))) = (&info, &self.target) {
+            self.metrics.group_state(gid, state_of(i.health));
+            self.metrics.group_synced(gid, i.last_sync_time);
+        }
+        info.map(group_info_response)
+    }
+}
+
+/// The handles the peer site gives the volume, or the group and each member.
+struct Destination {
+    resolver: Arc<Resolver>,
+}
+
+impl Op for Destination {
+    const METHOD: &'static str = "GetReplicationDestinationInfo";
+    const CHANGES_ROLES: bool = false;
+    type Checked = ();
+    type Out = DestinationType;
+
+    fn check(&self, _: &Target) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn on_volume(self, vol: &ResolvedVolume, id: &CsiId, (): ()) -> Result<DestinationType, Error> {
+        replication::require_destination(vol)?;
+        let peer = self.resolver.peer_id(id, &vol.cluster_id, &vol.io)?;
+        Ok(DestinationType::Volume(VolumeDestination { volume_id: peer.encode() }))
+    }
+
+    fn on_group(self, group: &Group, members: &[Member], (): ()) -> Result<DestinationType, Error> {
+        groups::require_destinations(group, members)?;
+        let mut volume_ids = HashMap::with_capacity(members.len());
+        // Keyed by the handles a caller on this site holds: the recorded
+        // ones name the site that added each member.
+        for m in members {
+            let here = m.local_id()?;
+            let peer = self.resolver.peer_id(&here, &m.vol.cluster_id, &m.vol.io)?;
+            volume_ids.insert(here.encode(), peer.encode());
+        }
+        let peer_group = self.resolver.peer_id(&group.id, &group.cluster_id, &group.io)?;
+        Ok(DestinationType::Volumegroup(VolumeGroupDestination { volume_group_id: peer_group.encode(), volume_ids }))
     }
 }
 
@@ -201,14 +406,6 @@ fn enable_params(target: &Target, raw: &HashMap<String, String>) -> Result<(Enab
     refuse_oversize_map("parameter", raw)?;
     let params = EnableParams::parse(&group_defaults(target, raw))?;
     Ok((params, groups::parse_interval(raw)?))
-}
-
-/// Whether an RPC only reads (Info, destination info: no guard key, answered
-/// while another call changes the volume) or may change roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
-    Reads,
-    Changes,
 }
 
 /// What a replication request is about.
@@ -298,17 +495,8 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let raw = req.parameters;
         let id = target_id(&target);
-        self.run(
-            ("EnableVolumeReplication", Access::Changes),
-            target,
-            &req.secrets,
-            move |t| enable_params(t, &raw),
-            |vol, (params, _)| replication::enable(vol, &params),
-            Box::new(|g, m, _, (params, interval)| groups::enable(g, m, &params, interval)),
-        )
-        .await?;
+        self.run(Enable { parameters: req.parameters }, target, &req.secrets).await?;
         self.observe(&id, Some(ReplicationState::Primary));
         Ok(Response::new(EnableVolumeReplicationResponse {}))
     }
@@ -320,20 +508,8 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let raw = req.parameters;
         let id = target_id(&target);
-        self.run(
-            ("DisableVolumeReplication", Access::Changes),
-            target,
-            &req.secrets,
-            move |_| {
-                refuse_oversize_map("parameter", &raw)?;
-                Ok(DisableParams::parse(&raw)?)
-            },
-            |vol, params| replication::disable(vol, &params),
-            Box::new(|g, m, _, params| groups::disable(g, m, &params)),
-        )
-        .await?;
+        self.run(Disable { parameters: req.parameters }, target, &req.secrets).await?;
         self.observe(&id, None);
         Ok(Response::new(DisableVolumeReplicationResponse {}))
     }
@@ -345,31 +521,13 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let (id, for_volume, for_group) = (target_id(&target), self.metrics().clone(), self.metrics().clone());
-        let (group_id, statuses, group_statuses) = (id.clone(), self.statuses.clone(), self.statuses.clone());
-        let times = self.generation_times.clone();
-        let info = self
-            .run(
-                ("GetVolumeReplicationInfo", Access::Reads),
-                target,
-                &req.secrets,
-                |_| Ok(()),
-                move |vol, ()| {
-                    let info = statuses.info(vol);
-                    observe_info(&for_volume, &id, vol, &info);
-                    info.map(info_response)
-                },
-                Box::new(move |g, m, _, ()| {
-                    let info = groups::info(g, m, &group_statuses, &times);
-                    if let (Ok(i), Some(Target::Group(gid))) = (&info, &group_id) {
-                        for_group.group_state(gid, state_of(i.health));
-                        for_group.group_synced(gid, i.last_sync_time);
-                    }
-                    info.map(group_info_response)
-                }),
-            )
-            .await?;
-        Ok(Response::new(info))
+        let op = Info {
+            target: target_id(&target),
+            metrics: self.metrics().clone(),
+            statuses: self.statuses.clone(),
+            generation_times: self.generation_times.clone(),
+        };
+        Ok(Response::new(self.run(op, target, &req.secrets).await?))
     }
 
     async fn get_replication_destination_info(
@@ -378,37 +536,8 @@ impl Controller for ReplicationService {
     ) -> Result<Response<GetReplicationDestinationInfoResponse>, Status> {
         let req = request.into_inner();
         let target = target("", req.replication_source.as_ref());
-        let (for_volume, for_group) = (self.envelope.resolver().clone(), self.envelope.resolver().clone());
-        let destination = self
-            .run(
-                ("GetReplicationDestinationInfo", Access::Reads),
-                target,
-                &req.secrets,
-                |t| Ok(t.id().to_owned()),
-                move |vol, source_id| {
-                    replication::require_destination(vol)?;
-                    let id = CsiId::decode(&source_id).map_err(|e| Error::Resolve(e.into()))?;
-                    let peer = for_volume.peer_id(&id, &vol.cluster_id, &vol.io)?;
-                    Ok(DestinationType::Volume(VolumeDestination { volume_id: peer.encode() }))
-                },
-                Box::new(move |g, members, _, _| {
-                    groups::require_destinations(g, members)?;
-                    let mut volume_ids = HashMap::with_capacity(members.len());
-                    // Keyed by the handles a caller on this site holds: the
-                    // recorded ones name the site that added each member.
-                    for m in members {
-                        let here = m.local_id()?;
-                        let peer = for_group.peer_id(&here, &m.vol.cluster_id, &m.vol.io)?;
-                        volume_ids.insert(here.encode(), peer.encode());
-                    }
-                    let group = for_group.peer_id(&g.id, &g.cluster_id, &g.io)?;
-                    Ok(DestinationType::Volumegroup(VolumeGroupDestination {
-                        volume_group_id: group.encode(),
-                        volume_ids,
-                    }))
-                }),
-            )
-            .await?;
+        let op = Destination { resolver: self.envelope.resolver().clone() };
+        let destination = self.run(op, target, &req.secrets).await?;
         Ok(Response::new(GetReplicationDestinationInfoResponse {
             replication_destination: Some(ReplicationDestination { r#type: Some(destination) }),
         }))
@@ -421,21 +550,8 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let force = req.force;
-        // Promote carries the class parameters: the schedule is (re)applied.
-        let raw = req.parameters;
         let id = target_id(&target);
-        self.run(
-            ("PromoteVolume", Access::Changes),
-            target,
-            &req.secrets,
-            move |t| enable_params(t, &raw),
-            move |vol, (params, _)| replication::promote(vol, force, params.schedule.as_ref()),
-            Box::new(move |g, m, _, (params, interval): (EnableParams, _)| {
-                groups::promote(g, m, force, params.schedule.as_ref(), interval).map(drop)
-            }),
-        )
-        .await?;
+        self.run(Promote { force: req.force, parameters: req.parameters }, target, &req.secrets).await?;
         self.observe(&id, Some(ReplicationState::Primary));
         Ok(Response::new(PromoteVolumeResponse {}))
     }
@@ -447,21 +563,8 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        // force: demote even when the peer holds no copy yet (strands the
-        // volume without a primary; the controller never sets it).
-        let force = req.force;
         let id = target_id(&target);
-        // Demote uses no parameter, but refuses what every call refuses.
-        let raw = req.parameters;
-        self.run(
-            ("DemoteVolume", Access::Changes),
-            target,
-            &req.secrets,
-            move |_| refuse_oversize_map("parameter", &raw),
-            move |vol, ()| replication::demote(vol, force),
-            Box::new(move |g, m, _, ()| groups::demote(g, m, force)),
-        )
-        .await?;
+        self.run(Demote { force: req.force, parameters: req.parameters }, target, &req.secrets).await?;
         self.observe(&id, Some(ReplicationState::Secondary));
         Ok(Response::new(DemoteVolumeResponse {}))
     }
@@ -473,20 +576,8 @@ impl Controller for ReplicationService {
         let req = request.into_inner();
         #[allow(deprecated)]
         let target = target(&req.volume_id, req.replication_source.as_ref());
-        let force = req.force;
         let id = target_id(&target);
-        // Resync uses no parameter, but refuses what every call refuses.
-        let raw = req.parameters;
-        let ready = self
-            .run(
-                ("ResyncVolume", Access::Changes),
-                target,
-                &req.secrets,
-                move |_| refuse_oversize_map("parameter", &raw),
-                move |vol, ()| replication::resync(vol, force),
-                Box::new(move |_, m, _, ()| groups::resync(m, force)),
-            )
-            .await?;
+        let ready = self.run(Resync { force: req.force, parameters: req.parameters }, target, &req.secrets).await?;
         self.observe(&id, Some(if ready { ReplicationState::Secondary } else { ReplicationState::Resyncing }));
         Ok(Response::new(ResyncVolumeResponse { ready }))
     }
