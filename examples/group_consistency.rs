@@ -54,7 +54,7 @@ use rbd_addons::proto::replication::*;
 use rbd_addons::proto::volumegroup::CreateVolumeGroupRequest;
 use rbd_addons::proto::volumegroup::controller_client::ControllerClient as GroupClient;
 use rbd_addons::testkit::interleave::{
-    Acks, CpuHog, MEMBERS, arm_writer, first_gap, heal_lone_osd, join_writer, records_on, revive_rbd_mirror,
+    Acks, CpuHog, MEMBERS, Writer, arm_writer, first_gap, heal_lone_osd, join_writer, records_on, revive_rbd_mirror,
 };
 use rbd_addons::testkit::{Cluster, ConnectOptions};
 use serde_json::Value;
@@ -324,7 +324,16 @@ fn write_for(cluster: Arc<Cluster>, pool_id: i64, names: Vec<String>, run_for: D
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let acks: Acks = Arc::default();
-    let w = arm_writer(cluster, pool_id, names, stop.clone(), written.clone(), Some(acks.clone()), true).start();
+    let w = arm_writer(Writer {
+        cluster,
+        pool_id,
+        images: names,
+        stop: stop.clone(),
+        written: written.clone(),
+        acks: Some(acks.clone()),
+        honour_quiesce: true,
+    })
+    .start();
     std::thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
     join_writer(w, Duration::from_secs(600));
@@ -557,15 +566,15 @@ impl Bench<'_> {
         // site-a's server taking a generation may find the writer's lock
         // owner silent (its watch lapsed while frozen) and librbd then breaks
         // the lock and blocklists the owner's client.
-        let armed = arm_writer(
-            lab.connect("a"),
-            self.pool_a,
-            names.clone(),
-            stop.clone(),
-            written.clone(),
-            Some(acks.clone()),
-            self.quiesce,
-        );
+        let armed = arm_writer(Writer {
+            cluster: lab.connect("a"),
+            pool_id: self.pool_a,
+            images: names.clone(),
+            stop: stop.clone(),
+            written: written.clone(),
+            acks: Some(acks.clone()),
+            honour_quiesce: self.quiesce,
+        });
         // Sent again after UNAVAILABLE or ABORTED, as the controller does.
         let enabling = Instant::now();
         loop {

@@ -22,6 +22,12 @@ pub mod testkit;
 
 use error::Error;
 
+/// A request's parameters (or secrets) from pairs, for unit tests.
+#[cfg(test)]
+pub(crate) fn params(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
 /// Now, in Unix seconds (as Ceph's snapshot and status times are); 0 for a
 /// clock before 1970.
 pub(crate) fn unix_now() -> i64 {

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rbd_addons::testkit::interleave::{CpuHog, MEMBERS, arm_writer, first_gap, join_writer, records_on};
+use rbd_addons::testkit::interleave::{CpuHog, MEMBERS, Writer, arm_writer, first_gap, join_writer, records_on};
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(150);
@@ -60,8 +60,15 @@ async fn one_cut(lab: &Lab, sites: &SitePair, round: usize, rng: &mut u64, honou
     let cluster_a = connect(lab, Site::A);
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
-    let armed =
-        arm_writer(cluster_a, lab.pool_id(Site::A), names.clone(), stop.clone(), written.clone(), None, honour_quiesce);
+    let armed = arm_writer(Writer {
+        cluster: cluster_a,
+        pool_id: lab.pool_id(Site::A),
+        images: names.clone(),
+        stop: stop.clone(),
+        written: written.clone(),
+        acks: None,
+        honour_quiesce,
+    });
     // At the default generationInterval: the proof holds for what admins get.
     a.enable(&Subject::group(&gid), HashMap::new()).await.expect("enable group replication");
     // Site-b holds every member, replaying.

@@ -16,7 +16,7 @@ use common::*;
 use rbd_addons::client::Connection;
 use rbd_addons::proto::csi::v1::VolumeGroupSnapshot;
 use rbd_addons::testkit::IoCtx;
-use rbd_addons::testkit::interleave::{MEMBERS, arm_writer, first_gap, join_writer, records_on};
+use rbd_addons::testkit::interleave::{MEMBERS, Writer, arm_writer, first_gap, join_writer, records_on};
 use serde_json::Value;
 use tonic::Code;
 
@@ -139,15 +139,15 @@ async fn group_snapshots_restore_as_ceph_csi_does_and_hold_one_instant() {
     let cluster = connect(&lab, Site::A);
     let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let w = arm_writer(
+    let w = arm_writer(Writer {
         cluster,
-        lab.pool_id(Site::A),
-        names.clone(),
-        stop.clone(),
-        written.clone(),
-        Some(latencies.clone()),
-        true,
-    )
+        pool_id: lab.pool_id(Site::A),
+        images: names.clone(),
+        stop: stop.clone(),
+        written: written.clone(),
+        acks: Some(latencies.clone()),
+        honour_quiesce: true,
+    })
     .start();
     let cluster = connect(&lab, Site::A);
     let pool = lab.pool_id(Site::A);
@@ -588,15 +588,15 @@ async fn a_replicated_volume_groups_rbd_group_is_reused_beside_its_generations()
     // Generations are taken while the members change: the writer changes
     // them. It is armed before the first generation can quiesce its images.
     let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let armed = arm_writer(
-        connect(&lab, Site::A),
-        lab.pool_id(Site::A),
-        names.clone(),
-        stop.clone(),
-        written.clone(),
-        None,
-        true,
-    );
+    let armed = arm_writer(Writer {
+        cluster: connect(&lab, Site::A),
+        pool_id: lab.pool_id(Site::A),
+        images: names.clone(),
+        stop: stop.clone(),
+        written: written.clone(),
+        acks: None,
+        honour_quiesce: true,
+    });
     a.enable(&Subject::group(&gid), params_2s).await.expect("enable group replication");
     let rbd_group = format!("{}/csi-vol-group-{}", lab.pool(), uuid_of(&gid));
     let generations =

@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use rbd_addons::client::ClientError;
 use serde_json::Value;
 
-use super::{ClientArgs, Format, Run, SecretsArg, params, render};
+use super::{ClassParams, ClientArgs, Format, Run, SecretsArg, render};
 
 #[derive(Subcommand)]
 pub(crate) enum FenceCommand {
@@ -20,9 +20,8 @@ pub(crate) enum FenceCommand {
 pub(crate) struct Cluster {
     #[command(flatten)]
     client: ClientArgs,
-    /// A parameter as in a NetworkFenceClass (repeatable); clusterID is required.
-    #[arg(long = "param", value_name = "KEY=VALUE")]
-    params: Vec<String>,
+    #[command(flatten)]
+    params: ClassParams,
     #[command(flatten)]
     secrets: SecretsArg,
 }
@@ -50,7 +49,7 @@ impl Run for FenceCommand {
             Self::Remove(b) => (Some(false), b.cluster, b.cidrs),
             Self::List(c) => (None, c, Vec::new()),
         };
-        let params = params(&cluster.params)?;
+        let params = cluster.params.parse()?;
         let conn = cluster.client.connect(Some(&cluster.secrets)).await?;
         match fence {
             Some(fence) => {

@@ -5,36 +5,19 @@ use clap::{Args, Subcommand};
 use rbd_addons::client::ClientError;
 use serde_json::Value;
 
-use super::{ClientArgs, Format, Run, SecretsArg, params, render};
+use super::{ClientArgs, Creation, Format, Run, SecretsArg, render};
 
 #[derive(Subcommand)]
 pub(crate) enum GroupSnapshotCommand {
     /// Take a crash-consistent snapshot of volumes (CreateVolumeGroupSnapshot);
     /// idempotent by name. Each member restores with csi-rbdplugin.
-    Create(Create),
+    Create(Creation),
     /// Show a group snapshot and whether every member is ready (GetVolumeGroupSnapshot).
     Get(SnapshotId),
     /// Delete a group snapshot and its member snapshots (DeleteVolumeGroupSnapshot).
     Delete(SnapshotId),
     /// List what the CSI front's GroupController advertises.
     Capabilities(ClientArgs),
-}
-
-#[derive(Args)]
-pub(crate) struct Create {
-    #[command(flatten)]
-    client: ClientArgs,
-    /// The request name (the snapshotter uses groupsnapshot-<uid>).
-    #[arg(long)]
-    name: String,
-    /// A source volume handle (repeatable).
-    #[arg(long = "volume-id", required = true)]
-    volume_ids: Vec<String>,
-    /// A class parameter (repeatable): clusterID, pool.
-    #[arg(long = "param", value_name = "KEY=VALUE")]
-    params: Vec<String>,
-    #[command(flatten)]
-    secrets: SecretsArg,
 }
 
 #[derive(Args)]
@@ -60,10 +43,12 @@ impl Run for GroupSnapshotCommand {
     async fn run(self) -> Result<Value, ClientError> {
         match self {
             Self::Create(a) => {
-                let params = params(&a.params)?;
+                if a.volume_ids.is_empty() {
+                    return Err(ClientError::Usage("a group snapshot needs at least one --volume-id".into()));
+                }
+                let params = a.params.parse()?;
                 let conn = a.client.connect(Some(&a.secrets)).await?;
-                let ids: Vec<&str> = a.volume_ids.iter().map(String::as_str).collect();
-                Ok(render::group_snapshot(&conn.group_snapshot_create(&a.name, &ids, params).await?))
+                Ok(render::group_snapshot(&conn.group_snapshot_create(&a.name, &a.volume_ids(), params).await?))
             }
             Self::Get(a) => {
                 let conn = a.client.connect(Some(&a.secrets)).await?;

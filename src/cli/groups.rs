@@ -5,12 +5,12 @@ use clap::{Args, Subcommand};
 use rbd_addons::client::{self, ClientError};
 use serde_json::Value;
 
-use super::{CephCsiFiles, ClientArgs, Format, OutputArgs, Run, SecretsArg, params, render};
+use super::{CephCsiFiles, ClassParams, ClientArgs, Creation, Format, OutputArgs, Run, SecretsArg, render};
 
 #[derive(Subcommand)]
 pub(crate) enum GroupCommand {
     /// Create a group (CreateVolumeGroup); idempotent by name.
-    Create(Create),
+    Create(Creation),
     /// Set a group's members to exactly the given volumes (ModifyVolumeGroupMembership).
     Modify(Modify),
     /// Delete an empty group (DeleteVolumeGroup).
@@ -21,23 +21,6 @@ pub(crate) enum GroupCommand {
     List(List),
     /// List the consistency generations on each member, read from Ceph directly.
     Generations(Generations),
-}
-
-#[derive(Args)]
-pub(crate) struct Create {
-    #[command(flatten)]
-    client: ClientArgs,
-    /// The request name (the VolumeGroupReplicationContent's name).
-    #[arg(long)]
-    name: String,
-    /// A member volume handle (repeatable).
-    #[arg(long = "volume-id")]
-    volume_ids: Vec<String>,
-    /// A class parameter (repeatable); clusterID and pool are required.
-    #[arg(long = "param", value_name = "KEY=VALUE")]
-    params: Vec<String>,
-    #[command(flatten)]
-    secrets: SecretsArg,
 }
 
 #[derive(Args)]
@@ -58,8 +41,8 @@ pub(crate) struct Modify {
     /// A member volume handle (repeatable); none removes every member.
     #[arg(long = "volume-id")]
     volume_ids: Vec<String>,
-    #[arg(long = "param", value_name = "KEY=VALUE")]
-    params: Vec<String>,
+    #[command(flatten)]
+    params: ClassParams,
 }
 
 #[derive(Args)]
@@ -86,10 +69,6 @@ pub(crate) struct Generations {
     output: OutputArgs,
 }
 
-fn ids(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 impl Run for GroupCommand {
     fn format(&self) -> Format {
         match self {
@@ -104,14 +83,15 @@ impl Run for GroupCommand {
     async fn run(self) -> Result<Value, ClientError> {
         match self {
             Self::Create(a) => {
-                let params = params(&a.params)?;
+                let params = a.params.parse()?;
                 let conn = a.client.connect(Some(&a.secrets)).await?;
-                Ok(render::group(&conn.group_create(&a.name, &ids(&a.volume_ids), params).await?))
+                Ok(render::group(&conn.group_create(&a.name, &a.volume_ids(), params).await?))
             }
             Self::Modify(a) => {
-                let params = params(&a.params)?;
+                let params = a.params.parse()?;
                 let conn = a.group.client.connect(Some(&a.group.secrets)).await?;
-                Ok(render::group(&conn.group_modify(&a.group.group_id, &ids(&a.volume_ids), params).await?))
+                let ids: Vec<&str> = a.volume_ids.iter().map(String::as_str).collect();
+                Ok(render::group(&conn.group_modify(&a.group.group_id, &ids, params).await?))
             }
             Self::Delete(a) => {
                 a.client.connect(Some(&a.secrets)).await?.group_delete(&a.group_id).await?;

@@ -127,7 +127,7 @@ impl OutputArgs {
 }
 
 #[derive(Args)]
-struct SecretsArg {
+pub(crate) struct SecretsArg {
     /// File with the secret (userID, userKey): a JSON object or key=value
     /// lines. Never passed on the command line, where `ps` would show it.
     #[arg(long, env = "RBD_ADDONS_SECRETS_FILE")]
@@ -147,8 +147,43 @@ impl ClientArgs {
     }
 }
 
-fn params(pairs: &[String]) -> Result<client::Params, ClientError> {
-    client::parse_params(pairs)
+/// Parameters as a class sets them (VolumeReplicationClass,
+/// VolumeGroupReplicationClass, NetworkFenceClass, VolumeGroupSnapshotClass).
+#[derive(Args)]
+pub(crate) struct ClassParams {
+    /// A class parameter (repeatable), e.g. clusterID=<id>, pool=<pool>, mirroringMode=journal.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+}
+
+impl ClassParams {
+    fn parse(&self) -> Result<client::Params, ClientError> {
+        client::parse_params(&self.params)
+    }
+}
+
+/// What a create carries: its name (a retry with the same name answers what
+/// the first one made), the volumes, the class's parameters and the secret.
+#[derive(Args)]
+pub(crate) struct Creation {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The request name (a VolumeGroupReplicationContent's, or groupsnapshot-<uid>).
+    #[arg(long)]
+    name: String,
+    /// A volume handle (repeatable).
+    #[arg(long = "volume-id")]
+    volume_ids: Vec<String>,
+    #[command(flatten)]
+    params: ClassParams,
+    #[command(flatten)]
+    secrets: SecretsArg,
+}
+
+impl Creation {
+    fn volume_ids(&self) -> Vec<&str> {
+        self.volume_ids.iter().map(String::as_str).collect()
+    }
 }
 
 fn run_client(command: impl Run) -> ExitCode {

@@ -5,7 +5,7 @@ use clap::Args;
 use rbd_addons::client::{ClientError, Connection, Params, Subject};
 use serde_json::Value;
 
-use super::{ClientArgs, Format, Run, SecretsArg, params, render};
+use super::{ClassParams, ClientArgs, Format, Run, SecretsArg, render};
 
 /// What every replication command is about and carries.
 #[derive(Args)]
@@ -18,9 +18,8 @@ struct Target {
     /// A volume group handle instead: the call acts on every member.
     #[arg(long)]
     group_id: Option<String>,
-    /// A replication parameter, as in a VolumeReplicationClass (repeatable).
-    #[arg(long = "param", value_name = "KEY=VALUE")]
-    params: Vec<String>,
+    #[command(flatten)]
+    params: ClassParams,
     #[command(flatten)]
     secrets: SecretsArg,
 }
@@ -35,7 +34,7 @@ impl Target {
     }
 
     async fn open(&self) -> Result<(Connection, Subject, Params), ClientError> {
-        let params = params(&self.params)?;
+        let params = self.params.parse()?;
         let conn = self.client.connect(Some(&self.secrets)).await?;
         Ok((conn, self.subject(), params))
     }

@@ -482,10 +482,7 @@ pub(crate) fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::params;
 
     #[test]
     fn create_parameters_as_ceph_csi_reads_them() {

@@ -829,10 +829,7 @@ fn not_found_is_missing(e: Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::params;
 
     #[test]
     fn parameters_are_ceph_csis_class_keys() {

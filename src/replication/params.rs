@@ -133,10 +133,7 @@ fn parse_start_time(v: &str) -> Result<String, ParamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::params as p;
 
     #[test]
     fn defaults_to_snapshot_without_schedule() {

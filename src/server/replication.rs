@@ -486,18 +486,34 @@ fn group_info_response(i: groups::GroupInfo) -> GetVolumeReplicationInfoResponse
     }
 }
 
+impl ReplicationService {
+    /// A call that may change roles: the op on the request's target, then
+    /// the metrics told the state it left (None: no longer replicated).
+    async fn change<O: Op>(
+        &self,
+        op: O,
+        (legacy_id, source): (&str, Option<&ReplicationSource>),
+        secrets: &HashMap<String, String>,
+        state: impl FnOnce(&O::Out) -> Option<ReplicationState>,
+    ) -> Result<O::Out, Status> {
+        let target = target(legacy_id, source);
+        let id = target_id(&target);
+        let out = self.run(op, target, secrets).await?;
+        self.observe(&id, state(&out));
+        Ok(out)
+    }
+}
+
 #[tonic::async_trait]
 impl Controller for ReplicationService {
     async fn enable_volume_replication(
         &self,
         request: Request<EnableVolumeReplicationRequest>,
     ) -> Result<Response<EnableVolumeReplicationResponse>, Status> {
-        let req = request.into_inner();
+        let r = request.into_inner();
         #[allow(deprecated)]
-        let target = target(&req.volume_id, req.replication_source.as_ref());
-        let id = target_id(&target);
-        self.run(Enable { parameters: req.parameters }, target, &req.secrets).await?;
-        self.observe(&id, Some(ReplicationState::Primary));
+        let on = (r.volume_id.as_str(), r.replication_source.as_ref());
+        self.change(Enable { parameters: r.parameters }, on, &r.secrets, |_| Some(ReplicationState::Primary)).await?;
         Ok(Response::new(EnableVolumeReplicationResponse {}))
     }
 
@@ -505,12 +521,10 @@ impl Controller for ReplicationService {
         &self,
         request: Request<DisableVolumeReplicationRequest>,
     ) -> Result<Response<DisableVolumeReplicationResponse>, Status> {
-        let req = request.into_inner();
+        let r = request.into_inner();
         #[allow(deprecated)]
-        let target = target(&req.volume_id, req.replication_source.as_ref());
-        let id = target_id(&target);
-        self.run(Disable { parameters: req.parameters }, target, &req.secrets).await?;
-        self.observe(&id, None);
+        let on = (r.volume_id.as_str(), r.replication_source.as_ref());
+        self.change(Disable { parameters: r.parameters }, on, &r.secrets, |_| None).await?;
         Ok(Response::new(DisableVolumeReplicationResponse {}))
     }
 
@@ -547,12 +561,11 @@ impl Controller for ReplicationService {
         &self,
         request: Request<PromoteVolumeRequest>,
     ) -> Result<Response<PromoteVolumeResponse>, Status> {
-        let req = request.into_inner();
+        let r = request.into_inner();
         #[allow(deprecated)]
-        let target = target(&req.volume_id, req.replication_source.as_ref());
-        let id = target_id(&target);
-        self.run(Promote { force: req.force, parameters: req.parameters }, target, &req.secrets).await?;
-        self.observe(&id, Some(ReplicationState::Primary));
+        let on = (r.volume_id.as_str(), r.replication_source.as_ref());
+        let op = Promote { force: r.force, parameters: r.parameters };
+        self.change(op, on, &r.secrets, |_| Some(ReplicationState::Primary)).await?;
         Ok(Response::new(PromoteVolumeResponse {}))
     }
 
@@ -560,12 +573,11 @@ impl Controller for ReplicationService {
         &self,
         request: Request<DemoteVolumeRequest>,
     ) -> Result<Response<DemoteVolumeResponse>, Status> {
-        let req = request.into_inner();
+        let r = request.into_inner();
         #[allow(deprecated)]
-        let target = target(&req.volume_id, req.replication_source.as_ref());
-        let id = target_id(&target);
-        self.run(Demote { force: req.force, parameters: req.parameters }, target, &req.secrets).await?;
-        self.observe(&id, Some(ReplicationState::Secondary));
+        let on = (r.volume_id.as_str(), r.replication_source.as_ref());
+        let op = Demote { force: r.force, parameters: r.parameters };
+        self.change(op, on, &r.secrets, |_| Some(ReplicationState::Secondary)).await?;
         Ok(Response::new(DemoteVolumeResponse {}))
     }
 
@@ -573,12 +585,11 @@ impl Controller for ReplicationService {
         &self,
         request: Request<ResyncVolumeRequest>,
     ) -> Result<Response<ResyncVolumeResponse>, Status> {
-        let req = request.into_inner();
+        let r = request.into_inner();
         #[allow(deprecated)]
-        let target = target(&req.volume_id, req.replication_source.as_ref());
-        let id = target_id(&target);
-        let ready = self.run(Resync { force: req.force, parameters: req.parameters }, target, &req.secrets).await?;
-        self.observe(&id, Some(if ready { ReplicationState::Secondary } else { ReplicationState::Resyncing }));
+        let on = (r.volume_id.as_str(), r.replication_source.as_ref());
+        let state = |ready: &bool| Some(if *ready { ReplicationState::Secondary } else { ReplicationState::Resyncing });
+        let ready = self.change(Resync { force: r.force, parameters: r.parameters }, on, &r.secrets, state).await?;
         Ok(Response::new(ResyncVolumeResponse { ready }))
     }
 }

@@ -86,20 +86,11 @@ pub struct ArmedWriter {
 }
 
 /// Starts a writer thread and waits until it is armed (bounded).
-pub fn arm_writer(
-    cluster: Arc<Cluster>,
-    pool_id: i64,
-    images: Vec<String>,
-    stop: Arc<AtomicBool>,
-    written: Arc<AtomicU64>,
-    acks: Option<Acks>,
-    honour_quiesce: bool,
-) -> ArmedWriter {
+pub fn arm_writer(w: Writer) -> ArmedWriter {
     let (ready_tx, ready_rx) = sync_channel(1);
     let (go_tx, go_rx) = sync_channel(1);
     let arming = Arming { ready: ready_tx, go: go_rx };
-    let thread =
-        std::thread::spawn(move || writer(cluster, pool_id, images, stop, written, acks, honour_quiesce, arming));
+    let thread = std::thread::spawn(move || writer(w, arming));
     ready_rx.recv_timeout(Duration::from_secs(60)).expect("the writer did not open its images within 60 s");
     ArmedWriter { go: go_tx, thread }
 }
@@ -112,6 +103,22 @@ impl ArmedWriter {
     }
 }
 
+/// The interleaved writer's setup.
+pub struct Writer {
+    pub cluster: Arc<Cluster>,
+    pub pool_id: i64,
+    /// The members' image names, in the pool's default namespace.
+    pub images: Vec<String>,
+    /// Set to stop writing.
+    pub stop: Arc<AtomicBool>,
+    /// The last record acknowledged.
+    pub written: Arc<AtomicU64>,
+    /// When given, receives every record's acknowledgement.
+    pub acks: Option<Acks>,
+    /// Pause while librbd asks writers to quiesce (as `rbd-nbd --quiesce`).
+    pub honour_quiesce: bool,
+}
+
 /// Writes records 1, 2, 3, ... until stopped or cut off, each after the last
 /// was acknowledged; `acks`, when given, receives every record's
 /// acknowledgement.
@@ -120,17 +127,8 @@ impl ArmedWriter {
 /// pause it and a group snapshot may split one of its instants. It says
 /// through `arming` when it is ready and waits to be let go (see
 /// [`arm_writer`]). Returns how many quiesce requests paused it.
-#[allow(clippy::too_many_arguments)]
-fn writer(
-    cluster: Arc<Cluster>,
-    pool_id: i64,
-    images: Vec<String>,
-    stop: Arc<AtomicBool>,
-    written: Arc<AtomicU64>,
-    acks: Option<Acks>,
-    honour_quiesce: bool,
-    arming: Arming,
-) -> u64 {
+fn writer(w: Writer, arming: Arming) -> u64 {
+    let Writer { cluster, pool_id, images, stop, written, acks, honour_quiesce } = w;
     let io = IoCtx::open(&cluster, pool_id, "").expect("open pool");
     let handles: Vec<Image<'_>> = images.iter().map(|n| Image::open(&io, n).expect("open member")).collect();
     let gate = WriteGate::new();
