@@ -435,20 +435,20 @@ impl GenerationTimes {
         self.listed.lock().unwrap_or_else(|p| p.into_inner()).remove(group_id);
     }
 
-    /// The time of the newest generation (group snapshot) taken no later
-    /// than `until`, from the last listing when it covers `until`, else read
-    /// from one member: every member holds every generation.
+    /// The time of the newest generation (group snapshot) taken before
+    /// `until`, from the last listing when it covers `until`, else read from
+    /// one member: every member holds every generation.
     fn newest_before(&self, group: &Group, member: &Member, until: i64) -> Result<i64, Error> {
         let known = {
             let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
-            listed.get(&group.id.uuid).filter(|l| until < l.at).map(|l| newest_at_or_before(&l.times, until))
+            listed.get(&group.id.uuid).filter(|l| until < l.at).map(|l| newest_before_second(&l.times, until))
         };
         let newest = match known {
             Some(newest) => newest,
             None => {
                 let at = crate::unix_now();
                 let times = generation_times(member)?;
-                let newest = newest_at_or_before(&times, until);
+                let newest = newest_before_second(&times, until);
                 let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
                 // Bounded like the metrics: a runaway caller cannot grow it.
                 if listed.len() < crate::metrics::MAX_TRACKED || listed.contains_key(&group.id.uuid) {
@@ -463,8 +463,12 @@ impl GenerationTimes {
     }
 }
 
-fn newest_at_or_before(times: &[i64], until: i64) -> Option<i64> {
-    times.iter().copied().filter(|t| *t <= until).max()
+/// Both times are whole seconds: a generation stamped in the very second
+/// the peer reported itself caught up may have been taken after the report
+/// (seen: Info named a generation no member held on the peer yet), so only
+/// an earlier second counts.
+fn newest_before_second(times: &[i64], until: i64) -> Option<i64> {
+    times.iter().copied().filter(|t| *t < until).max()
 }
 
 /// The times of the generations (group snapshots) one member holds.
@@ -514,11 +518,12 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_generation_no_later_than_the_peers_sync() {
-        assert_eq!(newest_at_or_before(&[100, 160, 220], 200), Some(160));
-        assert_eq!(newest_at_or_before(&[100, 160, 220], 220), Some(220));
-        assert_eq!(newest_at_or_before(&[100, 160], 99), None);
-        assert_eq!(newest_at_or_before(&[], 1_000), None);
+    fn the_newest_generation_before_the_peers_sync() {
+        assert_eq!(newest_before_second(&[100, 160, 220], 200), Some(160));
+        // Taken in the second of the report: perhaps after it.
+        assert_eq!(newest_before_second(&[100, 160, 220], 220), Some(160));
+        assert_eq!(newest_before_second(&[100, 160], 99), None);
+        assert_eq!(newest_before_second(&[], 1_000), None);
     }
 
     #[test]
