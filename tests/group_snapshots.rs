@@ -546,8 +546,10 @@ async fn dells_extension_round_trip() {
         remove_images(&lab, &[r]);
     }
     // Dell's extension has no delete: the CSI front's GroupController does it.
-    let conn =
-        Connection::open(&format!("unix://{}", server.front().display()), Duration::from_secs(60)).await.unwrap();
+    let conn = Connection::open(&format!("unix://{}", server.front().display()), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .with_secrets(lab.secrets());
     conn.group_snapshot_delete(&resp.snapshot_group_id, &[]).await.expect("delete");
 
     // Without a mounted Secret the extension says what is missing.
