@@ -132,7 +132,7 @@ pub struct Reclaimed {
 #[derive(Debug, Clone)]
 pub struct Generations {
     pub group_id: String,
-    /// The newest generation complete (group snapshot held) on every member.
+    /// The fence post of the newest cut (group snapshot) every member holds.
     pub newest_common: Option<u64>,
     pub members: Vec<MemberGenerations>,
 }
@@ -146,11 +146,12 @@ pub struct MemberGenerations {
 
 #[derive(Debug, Clone, Copy)]
 pub struct HeldGeneration {
+    /// Its fence post's number.
     pub number: u64,
     /// Unix seconds of its fence post.
     pub taken: i64,
-    /// Whether the member holds the group snapshot too, not only the fence post.
-    pub complete: bool,
+    /// The cuts (group snapshots) after the fence post the member holds.
+    pub cuts: usize,
 }
 
 /// A connection to a running server, typed as the csi-addons sidecar calls it:
@@ -424,23 +425,18 @@ pub fn generations(
     let group = groups::find(&resolver, &id, &creds).map_err(fail)?;
     let members = groups::members_unguarded(&resolver, &group, &creds).map_err(fail)?;
     let held = groups::generations::held(&groups::open_members(&members).map_err(fail)?).map_err(fail)?;
+    let newest_common = held.newest_common;
     let members: Vec<MemberGenerations> = held
+        .members
         .into_iter()
         .map(|(volume_id, gens)| MemberGenerations {
             volume_id,
             generations: gens
                 .iter()
-                .map(|g| HeldGeneration { number: g.number, taken: g.taken, complete: g.complete })
+                .map(|g| HeldGeneration { number: g.number, taken: g.taken, cuts: g.cuts })
                 .collect(),
         })
         .collect();
-    let newest_common = members
-        .iter()
-        .map(|m| {
-            m.generations.iter().filter(|g| g.complete).map(|g| g.number).collect::<std::collections::BTreeSet<_>>()
-        })
-        .reduce(|a, b| a.intersection(&b).copied().collect())
-        .and_then(|s| s.last().copied());
     Ok(Generations { group_id: group_id.to_owned(), newest_common, members })
 }
 

@@ -561,8 +561,14 @@ async fn one_server_takes_the_generations_and_old_ones_are_pruned_on_both_sites(
     let t = twin.client(&lab).await;
     // Any call makes the twin watch the group too; the RADOS lock decides.
     t.info(&Subject::group(&gid)).await.ok();
+    // Written to for 12 s at least, and until five fence posts were taken
+    // (one serves up to four cuts): more than pruning keeps.
+    let newest_post = |spec: &str| {
+        snap_names(&lab, Site::A, spec).iter().filter_map(|n| n.strip_prefix("rbd-addons.pre.")?.parse().ok()).max()
+    };
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(12) {
+    while started.elapsed() < Duration::from_secs(12) || newest_post(&vols[0].spec).unwrap_or(0) < 5 {
+        assert!(started.elapsed() < LIMIT, "no fifth fence post after {:?}", started.elapsed());
         for v in &vols {
             write_data(&lab, Site::A, &v.spec);
         }
@@ -592,10 +598,11 @@ async fn one_server_takes_the_generations_and_old_ones_are_pruned_on_both_sites(
     let (by_a, by_twin) = (taken(&sites.a), taken(&twin));
     assert!(by_a >= 4, "the lock holder took {by_a} generations");
     assert_eq!(by_twin, 0, "the twin took generations while another server held the group's lock");
-    // The three newest stay, and those taken within ten intervals (10 s) of
-    // the newest, here and (through replay) on site-b: at most 11 at one a
-    // second, and a 12th while a generation is being taken, until its prune.
-    // Generations were taken for more than 10 s, so the first ones are gone.
+    // The three newest fence posts stay, and those taken within ten
+    // intervals (10 s) of the newest, here and (through replay) on site-b: at
+    // most 11 at one a second, and a 12th while a generation is being taken,
+    // until its prune. Fence posts were taken for more than 10 s, so the
+    // first ones are gone.
     for v in &vols {
         let posts = |s: Site| -> Vec<u64> {
             snap_names(&lab, s, &v.spec)

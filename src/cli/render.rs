@@ -117,7 +117,12 @@ pub(super) fn generations(g: &Generations) -> Value {
                 .generations
                 .iter()
                 .map(|h| {
-                    format!("{}@{}{}", h.number, rfc3339(h.taken), if h.complete { "" } else { " (fence post only)" })
+                    let cuts = match h.cuts {
+                        0 => " (fence post only)".to_owned(),
+                        1 => String::new(),
+                        k => format!(" ({k} cuts)"),
+                    };
+                    format!("{}@{}{cuts}", h.number, rfc3339(h.taken))
                 })
                 .collect();
             format!("{}: {}", m.volume_id, if held.is_empty() { "none".to_owned() } else { held.join(" ") })

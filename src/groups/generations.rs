@@ -1,13 +1,19 @@
-//! Consistency generations: generation n is a user snapshot `rbd-addons.pre.n`
-//! on every member (a fence post) followed by one group snapshot
-//! `rbd-addons.gen.n` (the crash-consistent cut: librbd holds every member's
-//! exclusive lock, so no member is written, while it snapshots them). In
-//! journal mirroring both replay on the peer at the same place in each
-//! member's write stream, so after a failover every
-//! member can be brought back to the newest cut that all of them received.
+//! Consistency generations. A generation is one RBD group snapshot
+//! `rbd-addons.gen.n.j` (the crash-consistent cut: librbd holds every
+//! member's exclusive lock, so no member is written, while it snapshots them)
+//! taken after a user snapshot `rbd-addons.pre.n` on every member (a fence
+//! post). In journal mirroring both replay on the peer at the same place in
+//! each member's write stream, so after a failover every member can be
+//! brought back to the newest cut that all of them received: a revert
+//! rewrites what changed since the fence post with the cut's data.
 //!
-//! Nothing here is kept in memory: the generation number, its time and where
-//! each member stands are read back from the members' snapshot lists.
+//! A fence post serves up to `CUTS_PER_FENCE` cuts taken within as many
+//! intervals: each fence post costs every writer one more lock hand-over,
+//! and any fence post before a cut serves its revert (the diff is larger by
+//! what was written between the two).
+//!
+//! Nothing here is kept in memory: numbers, times and where each member
+//! stands are read back from the members' snapshot lists.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,129 +26,188 @@ use crate::ceph::{CephError, Image, IoCtx, SnapInfo, SnapKind};
 
 pub(crate) const PRE_PREFIX: &str = "rbd-addons.pre.";
 pub(crate) const GEN_PREFIX: &str = "rbd-addons.gen.";
-/// Generations kept on the primary (and, through replay, on the peer)...
+/// Fence posts kept on the primary (and, through replay, on the peer)...
 pub(crate) const KEEP: usize = 3;
-/// ...and every generation taken less than `retention(interval)` before the
-/// newest. The peer replays each member's journal on its own, so one member
-/// may lag another by several generations at a short interval; a lagging
-/// member must still find a generation that the others have not pruned yet,
-/// or no cut is common to all of them after a site loss.
+/// ...and every fence post taken less than `retention(interval)` before the
+/// newest, with their cuts. The peer replays each member's journal on its
+/// own, so one member may lag another by several generations at a short
+/// interval; a lagging member must still find a cut that the others have
+/// not pruned yet, or no cut is common to all of them after a site loss.
 pub(crate) fn retention(interval: Duration) -> Duration {
     (interval * 10).min(Duration::from_secs(60))
 }
+/// Cuts one fence post serves, taken within as many intervals of it.
+pub(crate) const CUTS_PER_FENCE: usize = 4;
 /// Revert copies at most this much per read/write.
 const CHUNK: u64 = 4 << 20;
 
-/// Where one generation stands on one member.
+/// One fence post on one member, and the cuts (group snapshots) that came
+/// after it in the member's write stream, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MemberCut {
+pub(crate) struct FencePost {
     pub pre_id: u64,
-    /// The member's snapshot of the group snapshot, if it has arrived.
-    pub group_snap_id: Option<u64>,
-    /// The group snapshot's own ID (the last part of `.group.<pool>_<group>_<snap>`),
-    /// equal on every member of one group snapshot.
-    pub group_snap_key: Option<String>,
+    pub cuts: Vec<Cut>,
 }
 
-/// The generations one member holds, by number.
-pub(crate) fn member_cuts(snaps: &[SnapInfo]) -> BTreeMap<u64, MemberCut> {
-    let mut cuts = BTreeMap::new();
+/// A member's snapshot of one group snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cut {
+    pub snap_id: u64,
+    /// The group snapshot's own ID (the last part of `.group.<pool>_<group>_<snap>`),
+    /// equal on every member of one group snapshot.
+    pub key: String,
+}
+
+/// Where one member stands at the cut a revert goes back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemberCut {
+    /// A fence post before the cut: what changed since it is rewritten.
+    pub pre_id: u64,
+    pub group_snap_id: u64,
+}
+
+/// The fence posts one member holds, by number, with their cuts.
+pub(crate) fn fence_posts(snaps: &[SnapInfo]) -> BTreeMap<u64, FencePost> {
+    let mut posts = BTreeMap::new();
     let mut last_pre: Option<u64> = None;
     for s in snaps {
         match s.kind {
             SnapKind::User => {
                 if let Some(n) = s.name.strip_prefix(PRE_PREFIX).and_then(|n| n.parse::<u64>().ok()) {
-                    cuts.insert(n, MemberCut { pre_id: s.id, group_snap_id: None, group_snap_key: None });
+                    posts.insert(n, FencePost { pre_id: s.id, cuts: Vec::new() });
                     last_pre = Some(n);
                 }
             }
-            // A group snapshot belongs to the nearest fence post before it: the
-            // two are taken in that order and replayed in that order.
+            // A group snapshot belongs to the nearest fence post before it:
+            // the two are taken in that order and replayed in that order.
             SnapKind::Group => {
-                if let Some(cut) = last_pre.and_then(|n| cuts.get_mut(&n))
-                    && cut.group_snap_id.is_none()
-                {
-                    cut.group_snap_id = Some(s.id);
-                    cut.group_snap_key = s.name.rsplit('_').next().map(str::to_owned);
+                if let (Some(post), Some(key)) = (last_pre.and_then(|n| posts.get_mut(&n)), s.name.rsplit('_').next()) {
+                    post.cuts.push(Cut { snap_id: s.id, key: key.to_owned() });
                 }
             }
             _ => {}
         }
     }
-    cuts
+    posts
 }
 
-/// The newest generation whose group snapshot every member holds, with each
-/// member's cut. The group snapshot must be the same one on every member.
-pub(crate) fn newest_common(per_member: &[BTreeMap<u64, MemberCut>]) -> Option<(u64, Vec<MemberCut>)> {
+/// The newest cut every member holds, after the same fence post on each,
+/// with that fence post's number and each member's place. The group
+/// snapshot must be the same one on every member.
+pub(crate) fn newest_common(per_member: &[BTreeMap<u64, FencePost>]) -> Option<(u64, Vec<MemberCut>)> {
     let first = per_member.first()?;
-    'generation: for (&n, cut) in first.iter().rev() {
-        let Some(key) = &cut.group_snap_key else { continue };
-        let mut all = Vec::with_capacity(per_member.len());
-        for cuts in per_member {
-            match cuts.get(&n) {
-                Some(c) if c.group_snap_key.as_ref() == Some(key) => all.push(c.clone()),
-                _ => continue 'generation,
+    for (&n, post) in first.iter().rev() {
+        'cut: for cut in post.cuts.iter().rev() {
+            let mut all = Vec::with_capacity(per_member.len());
+            for posts in per_member {
+                let Some(p) = posts.get(&n) else { continue 'cut };
+                match p.cuts.iter().find(|c| c.key == cut.key) {
+                    Some(c) => all.push(MemberCut { pre_id: p.pre_id, group_snap_id: c.snap_id }),
+                    None => continue 'cut,
+                }
             }
+            return Some((n, all));
         }
-        return Some((n, all));
     }
     None
 }
 
-/// The next generation number: one past every fence post on any member, so
+/// The next fence post's number: one past every fence post on any member, so
 /// numbering goes on across failovers.
-pub(crate) fn next_number(per_member: &[BTreeMap<u64, MemberCut>]) -> u64 {
+pub(crate) fn next_number(per_member: &[BTreeMap<u64, FencePost>]) -> u64 {
     per_member.iter().filter_map(|c| c.keys().next_back()).max().map_or(1, |n| n + 1)
 }
 
-pub(crate) fn cuts_of(image: &Image<'_>) -> Result<BTreeMap<u64, MemberCut>, Error> {
-    Ok(member_cuts(&image.snapshots().map_err(Error::ceph(format!("cannot list the snapshots of {}", image.name())))?))
+pub(crate) fn cuts_of(image: &Image<'_>) -> Result<BTreeMap<u64, FencePost>, Error> {
+    Ok(fence_posts(&image.snapshots().map_err(Error::ceph(format!("cannot list the snapshots of {}", image.name())))?))
 }
 
-/// One generation as a member holds it.
+/// The fence post number a group snapshot's name in this site's group
+/// carries: `rbd-addons.gen.n.j` (and `rbd-addons.gen.n`, one cut a fence
+/// post, as before).
+fn generation_of(name: &str) -> Option<u64> {
+    name.strip_prefix(GEN_PREFIX)?.split('.').next()?.parse().ok()
+}
+
+/// Whether the newest fence post can serve one more cut: every member holds
+/// it, this site's group took cuts after it (a fence post replayed from the
+/// peer's stream before a failover starts no series here), fewer than
+/// `CUTS_PER_FENCE` of them, and it is younger than that many intervals (a
+/// revert rewrites everything written since).
+fn reusable_fence(
+    posts: &[BTreeMap<u64, FencePost>],
+    ours: &[String],
+    age: impl FnOnce(u64) -> Result<Duration, Error>,
+    interval: Duration,
+) -> Result<Option<u64>, Error> {
+    let Some(&n) = posts.first().and_then(|p| p.keys().next_back()) else { return Ok(None) };
+    if !posts.iter().all(|p| p.contains_key(&n)) {
+        return Ok(None);
+    }
+    let cuts_here = ours.iter().filter(|name| generation_of(name) == Some(n)).count();
+    if cuts_here == 0 || cuts_here >= CUTS_PER_FENCE {
+        return Ok(None);
+    }
+    let pre_id = posts[0][&n].pre_id;
+    Ok((age(pre_id)? < interval * CUTS_PER_FENCE as u32).then_some(n))
+}
+
+/// One fence post as a member holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Held {
     pub number: u64,
     /// Unix seconds of the fence post.
     pub taken: i64,
-    /// Whether the member holds the group snapshot too (the cut itself).
-    pub complete: bool,
+    /// The cuts (group snapshots) after it the member holds.
+    pub cuts: usize,
 }
 
-/// The generations each member holds, oldest first, for operators.
-pub(crate) fn held(members: &[OpenMember<'_>]) -> Result<Vec<(String, Vec<Held>)>, Error> {
+/// What each member holds, for operators.
+pub(crate) struct Holdings {
+    /// Each member's fence posts, oldest first, by volume ID.
+    pub members: Vec<(String, Vec<Held>)>,
+    /// The fence post of the newest cut every member holds (what a promote
+    /// would revert to).
+    pub newest_common: Option<u64>,
+}
+
+pub(crate) fn held(members: &[OpenMember<'_>]) -> Result<Holdings, Error> {
     let mut out = Vec::with_capacity(members.len());
+    let mut all = Vec::with_capacity(members.len());
     for m in members {
+        let posts = cuts_of(&m.image)?;
         let mut gens = Vec::new();
-        for (n, cut) in cuts_of(&m.image)? {
-            let taken = m.image.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?;
-            gens.push(Held { number: n, taken, complete: cut.group_snap_id.is_some() });
+        for (n, post) in &posts {
+            let taken = m.image.snap_timestamp(post.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?;
+            gens.push(Held { number: *n, taken, cuts: post.cuts.len() });
         }
         out.push((m.member.volume_id.clone(), gens));
+        all.push(posts);
     }
-    Ok(out)
+    Ok(Holdings { members: out, newest_common: newest_common(&all).map(|(n, _)| n) })
 }
 
 /// A generation just taken.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Taken {
+    /// Its fence post's number.
     pub number: u64,
-    /// How long the fence posts took (each briefly holds its member's writes).
+    /// How long the fence posts took (each briefly holds its member's
+    /// writes); zero when an earlier fence post served.
     pub fence: Duration,
     /// How long the group snapshot (the write barrier) took.
     pub pause: Duration,
 }
 
-/// Takes generation n on a primary group and prunes old ones. Idempotent per
-/// number: an existing fence post or group snapshot is reused. The fence
-/// posts are taken on every member at once, so a writer is held once for
-/// them, not once per member. Nothing here asks writers to quiesce (librbd's
-/// default for every snapshot, which would pause each writer once per member
-/// and generation, and freeze a filesystem behind `rbd-nbd --quiesce` every
-/// few seconds): a fence post need only come before the cut in each member's
-/// write stream, and the cut is crash-consistent by the members' exclusive
-/// locks alone.
+/// Takes a generation on a primary group and prunes old ones: fence posts
+/// on every member unless the newest one can serve another cut (see
+/// `reusable_fence`), then the group snapshot. The fence posts are taken on
+/// every member at once, so a writer is held once for them, not once per
+/// member. Nothing here asks writers to quiesce (librbd's default for every
+/// snapshot, which would pause each writer once per member and generation,
+/// and freeze a filesystem behind `rbd-nbd --quiesce` every few seconds): a
+/// fence post need only come before the cut in each member's write stream,
+/// and the cut is crash-consistent by the members' exclusive locks alone.
 pub(crate) fn take(
     group_io: &IoCtx,
     rbd_group: &str,
@@ -150,25 +215,25 @@ pub(crate) fn take(
     interval: Duration,
 ) -> Result<Taken, Error> {
     let images: Vec<&Image<'_>> = members.iter().map(|m| &m.image).collect();
-    let cuts: Vec<_> = images.iter().map(|i| cuts_of(i)).collect::<Result<_, _>>()?;
-    let n = next_number(&cuts);
-    let pre = format!("{PRE_PREFIX}{n}");
+    let posts: Vec<_> = images.iter().map(|i| cuts_of(i)).collect::<Result<_, _>>()?;
+    let ours = group_io.group_snap_list(rbd_group).map_err(Error::ceph("cannot list group snapshots"))?;
+    let age = |pre_id| {
+        let at = images[0].snap_timestamp(pre_id).map_err(Error::ceph("cannot read a snapshot time"))?;
+        Ok(Duration::from_secs((crate::unix_now() - at).max(0) as u64))
+    };
     let fencing = Instant::now();
-    for (image, made) in images.iter().zip(Image::snap_create_unquiesced_each(&images, &pre)) {
-        match made {
-            Ok(()) => {}
-            Err(e) if e.is(libc::EEXIST) => {}
-            Err(e) => {
-                return Err(Error::Ceph {
-                    what: format!("cannot take fence post {pre} of {}", image.name()),
-                    source: e,
-                });
-            }
+    let n = match reusable_fence(&posts, &ours, age, interval)? {
+        Some(n) => n,
+        None => {
+            let n = next_number(&posts);
+            fence_all(&images, n)?;
+            n
         }
-    }
+    };
     let fence = fencing.elapsed();
     let started = Instant::now();
-    let name = format!("{GEN_PREFIX}{n}");
+    let cut = ours.iter().filter(|name| generation_of(name) == Some(n)).count() + 1;
+    let name = format!("{GEN_PREFIX}{n}.{cut}");
     let mut attempts = 1;
     loop {
         match group_io.group_snap_create(rbd_group, &name, false) {
@@ -194,31 +259,55 @@ pub(crate) fn take(
         }
     }
     let pause = started.elapsed();
-    prune(group_io, rbd_group, &images, n, retention(interval))?;
+    prune(group_io, rbd_group, &ours, &images, n, retention(interval))?;
     Ok(Taken { number: n, fence, pause })
 }
 
-/// Keeps the newest KEEP generations; removes older group snapshots of this
-/// site's group, older fence posts, and group snapshots replayed from the
+/// Fence post n on every member; one already there is kept.
+fn fence_all(images: &[&Image<'_>], n: u64) -> Result<(), Error> {
+    let pre = format!("{PRE_PREFIX}{n}");
+    for (image, made) in images.iter().zip(Image::snap_create_unquiesced_each(images, &pre)) {
+        match made {
+            Ok(()) => {}
+            Err(e) if e.is(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(Error::Ceph {
+                    what: format!("cannot take fence post {pre} of {}", image.name()),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the newest KEEP fence posts and their cuts; removes older group
+/// snapshots of this site's group (`ours`: as listed before this
+/// generation's), older fence posts, and group snapshots replayed from the
 /// peer's group before a failover (their group does not exist here).
-fn prune(group_io: &IoCtx, rbd_group: &str, images: &[&Image<'_>], newest: u64, keep: Duration) -> Result<(), Error> {
+fn prune(
+    group_io: &IoCtx,
+    rbd_group: &str,
+    ours: &[String],
+    images: &[&Image<'_>],
+    newest: u64,
+    keep: Duration,
+) -> Result<(), Error> {
     let oldest_kept = oldest_kept(images[0], newest, keep)?;
     if oldest_kept <= 1 {
         return Ok(());
     }
-    let ours = group_io.group_snap_list(rbd_group).map_err(Error::ceph("cannot list group snapshots"))?;
     for name in ours {
-        if let Some(n) = name.strip_prefix(GEN_PREFIX).and_then(|n| n.parse::<u64>().ok())
+        if let Some(n) = generation_of(name)
             && n < oldest_kept
-            && let Err(e) = group_io.group_snap_remove(rbd_group, &name)
+            && let Err(e) = group_io.group_snap_remove(rbd_group, name)
         {
             warn!(group = rbd_group, snap = %name, error = %e, "could not prune a group snapshot");
         }
     }
     for image in images {
         let snaps = image.snapshots().map_err(Error::ceph(format!("cannot list the snapshots of {}", image.name())))?;
-        let cuts = member_cuts(&snaps);
-        let Some(kept_pre) = cuts.get(&oldest_kept).map(|c| c.pre_id) else { continue };
+        let Some(kept_pre) = fence_posts(&snaps).get(&oldest_kept).map(|p| p.pre_id) else { continue };
         for s in snaps.iter().filter(|s| s.id < kept_pre) {
             let ours = s.kind == SnapKind::User && s.name.starts_with(PRE_PREFIX);
             // Group snapshots still listed here after our group's own were
@@ -237,12 +326,12 @@ fn prune(group_io: &IoCtx, rbd_group: &str, images: &[&Image<'_>], newest: u64, 
     Ok(())
 }
 
-/// The oldest generation to keep (see `oldest_to_keep`), by the first
-/// member's fence posts.
+/// The oldest fence post to keep (see `oldest_to_keep`), by the first
+/// member's.
 fn oldest_kept(first: &Image<'_>, newest: u64, keep: Duration) -> Result<u64, Error> {
     let mut taken = Vec::new();
-    for (n, cut) in cuts_of(first)? {
-        taken.push((n, first.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?));
+    for (n, post) in cuts_of(first)? {
+        taken.push((n, first.snap_timestamp(post.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?));
     }
     Ok(oldest_to_keep(&taken, newest, keep))
 }
@@ -302,8 +391,7 @@ pub(crate) fn revert(
 ) -> Result<Reverted, Error> {
     let mut bytes = 0;
     for ((m, head), cut) in members.iter().zip(heads).zip(cuts) {
-        let Some(snap_id) = cut.group_snap_id else { continue };
-        let at_cut = open_at(m.member, snap_id, n)?;
+        let at_cut = open_at(m.member, cut.group_snap_id, n)?;
         let copied = copy_back(m.member, head, &at_cut, n)?;
         let checked = check_at(m.member, head, &at_cut, n)?;
         info!(member = %m.member.volume_id, generation = n, bytes = copied, checked_bytes = checked,
@@ -396,20 +484,51 @@ mod tests {
     }
 
     #[test]
-    fn a_group_snapshot_belongs_to_the_fence_post_before_it() {
-        let cuts = member_cuts(&[
+    fn group_snapshots_belong_to_the_fence_post_before_them() {
+        let posts = fence_posts(&[
             user(4, "rbd-addons.pre.1"),
             group(6, "aaa"),
-            user(7, "rbd-addons.pre.2"),
-            user(9, "rbd-addons.pre.3"),
-            group(10, "ccc"),
-            user(11, "someone-elses"),
+            group(8, "bbb"),
+            user(9, "rbd-addons.pre.2"),
+            user(10, "rbd-addons.pre.3"),
+            group(12, "ccc"),
+            user(13, "someone-elses"),
         ]);
-        assert_eq!(cuts[&1].group_snap_id, Some(6));
-        assert_eq!(cuts[&1].group_snap_key.as_deref(), Some("aaa"));
-        assert_eq!(cuts[&2].group_snap_id, None, "generation 2's group snapshot never came");
-        assert_eq!(cuts[&3].group_snap_id, Some(10));
-        assert_eq!(next_number(&[cuts]), 4);
+        let keys = |n: u64| posts[&n].cuts.iter().map(|c| c.key.as_str()).collect::<Vec<_>>();
+        assert_eq!(keys(1), ["aaa", "bbb"]);
+        assert_eq!(posts[&1].cuts[1].snap_id, 8);
+        assert!(keys(2).is_empty(), "fence post 2's group snapshot never came");
+        assert_eq!(keys(3), ["ccc"]);
+        assert_eq!(next_number(&[posts]), 4);
+    }
+
+    #[test]
+    fn group_snapshot_names_carry_their_fence_post() {
+        assert_eq!(generation_of("rbd-addons.gen.12.3"), Some(12));
+        assert_eq!(generation_of("rbd-addons.gen.7"), Some(7), "one cut a fence post, as before");
+        assert_eq!(generation_of("rbd-addons.gen.x.1"), None);
+        assert_eq!(generation_of("groupsnapshot-1"), None);
+    }
+
+    #[test]
+    fn a_fence_post_serves_a_few_recent_cuts_of_this_site() {
+        let posts = |snaps: &[SnapInfo]| vec![fence_posts(snaps), fence_posts(snaps)];
+        let one = posts(&[user(1, "rbd-addons.pre.5"), group(2, "g1")]);
+        let ours = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let young = |_| Ok(Duration::from_secs(5));
+        let interval = Duration::from_secs(10);
+        assert_eq!(reusable_fence(&one, &ours(&["rbd-addons.gen.5.1"]), young, interval).unwrap(), Some(5));
+        // Served enough cuts, too old, or begun by the peer's group (replayed
+        // before a failover): a new fence post.
+        let full = ours(&["rbd-addons.gen.5.1", "rbd-addons.gen.5.2", "rbd-addons.gen.5.3", "rbd-addons.gen.5.4"]);
+        assert_eq!(reusable_fence(&one, &full, young, interval).unwrap(), None);
+        let old = |_| Ok(Duration::from_secs(41));
+        assert_eq!(reusable_fence(&one, &ours(&["rbd-addons.gen.5.1"]), old, interval).unwrap(), None);
+        assert_eq!(reusable_fence(&one, &ours(&["rbd-addons.gen.4.1"]), young, interval).unwrap(), None);
+        // A member without it (one that joined since): a new fence post.
+        let joined = vec![fence_posts(&[user(1, "rbd-addons.pre.5"), group(2, "g1")]), BTreeMap::new()];
+        assert_eq!(reusable_fence(&joined, &ours(&["rbd-addons.gen.5.1"]), young, interval).unwrap(), None);
+        assert_eq!(reusable_fence(&[], &[], young, interval).unwrap(), None);
     }
 
     #[test]
@@ -431,19 +550,32 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_generation_every_member_holds_wins() {
-        let a =
-            member_cuts(&[user(1, "rbd-addons.pre.1"), group(2, "g1"), user(3, "rbd-addons.pre.2"), group(4, "g2")]);
-        // b has replayed generation 2's fence post but not its group snapshot.
-        let b = member_cuts(&[user(1, "rbd-addons.pre.1"), group(2, "g1"), user(3, "rbd-addons.pre.2")]);
+    fn the_newest_cut_every_member_holds_wins() {
+        let a = fence_posts(&[
+            user(1, "rbd-addons.pre.1"),
+            group(2, "g1"),
+            user(3, "rbd-addons.pre.2"),
+            group(4, "g2"),
+            group(5, "g3"),
+        ]);
+        // b has replayed fence post 2 and its first cut, not the second.
+        let b = fence_posts(&[
+            user(11, "rbd-addons.pre.1"),
+            group(12, "g1"),
+            user(13, "rbd-addons.pre.2"),
+            group(14, "g2"),
+        ]);
         let (n, cuts) = newest_common(&[a.clone(), b]).unwrap();
-        assert_eq!(n, 1);
-        assert_eq!(cuts.len(), 2);
-        let (n, _) = newest_common(&[a.clone(), a.clone()]).unwrap();
         assert_eq!(n, 2);
+        assert_eq!(cuts, [MemberCut { pre_id: 3, group_snap_id: 4 }, MemberCut { pre_id: 13, group_snap_id: 14 }]);
+        let (_, cuts) = newest_common(&[a.clone(), a.clone()]).unwrap();
+        assert_eq!(cuts[0].group_snap_id, 5);
+        // Only fence post 2 so far: the cut before it.
+        let c = fence_posts(&[user(1, "rbd-addons.pre.1"), group(2, "g1"), user(3, "rbd-addons.pre.2")]);
+        assert_eq!(newest_common(&[a.clone(), c]).unwrap().0, 1);
         // A group snapshot that is not the same one on every member is no cut.
-        let c = member_cuts(&[user(1, "rbd-addons.pre.1"), group(2, "other")]);
-        assert_eq!(newest_common(&[a, c]), None);
+        let d = fence_posts(&[user(1, "rbd-addons.pre.1"), group(2, "other")]);
+        assert_eq!(newest_common(&[a, d]), None);
         assert_eq!(newest_common(&[]), None);
         assert_eq!(next_number(&[]), 1);
     }

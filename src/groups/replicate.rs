@@ -306,7 +306,7 @@ fn revert_to_newest_common(
                 .iter()
                 .zip(&cuts)
                 .map(|(m, c)| {
-                    let complete = c.iter().rev().find(|(_, cut)| cut.group_snap_id.is_some()).map(|(n, _)| *n);
+                    let complete = c.iter().rev().find(|(_, post)| !post.cuts.is_empty()).map(|(n, _)| *n);
                     format!(
                         "{}: {}",
                         m.member.volume_id,
@@ -476,9 +476,8 @@ fn generation_times(member: &Member) -> Result<Vec<i64>, Error> {
     let image = Image::open_read_only(&member.vol.io, &member.vol.image)
         .map_err(|e| Error::Ceph { what: format!("cannot open member {}", member.vol.spec()), source: e })?;
     let mut times = Vec::new();
-    for cut in generations::cuts_of(&image)?.values() {
-        let Some(id) = cut.group_snap_id else { continue };
-        match image.snap_timestamp(id) {
+    for cut in generations::cuts_of(&image)?.values().flat_map(|post| &post.cuts) {
+        match image.snap_timestamp(cut.snap_id) {
             Ok(ts) => times.push(ts),
             // Pruned by a generation taken since the listing (a read takes
             // no key): an older cut is no answer anyway.

@@ -195,13 +195,17 @@ fn all_primary_journal(members: &[OpenMember<'_>]) -> bool {
     members.iter().all(|m| m.is_primary() && m.mode == Some(MirrorImageMode::Journal))
 }
 
-/// Whether no member has been written since the newest complete generation.
+/// Whether no member has been written since the newest fence post, which
+/// has a cut after it. (librbd diffs only from a user snapshot: writes
+/// between the fence post and the newest cut count too, so a group that
+/// has just gone quiet takes a cut or a few more, until the next fence
+/// post.)
 fn unchanged_since_newest(members: &[OpenMember<'_>]) -> Result<bool, Error> {
     for m in members {
         let image = &m.image;
-        let cuts = generations::cuts_of(image)?;
-        let Some((n, cut)) = cuts.iter().next_back() else { return Ok(false) };
-        if cut.group_snap_id.is_none() {
+        let posts = generations::cuts_of(image)?;
+        let Some((n, post)) = posts.iter().next_back() else { return Ok(false) };
+        if post.cuts.is_empty() {
             return Ok(false);
         }
         let pre = format!("{}{n}", generations::PRE_PREFIX);
@@ -213,11 +217,13 @@ fn unchanged_since_newest(members: &[OpenMember<'_>]) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// How long ago the newest fence post was taken (on the first member).
+/// How long ago the newest generation was taken (on the first member): its
+/// cut, or its fence post while the cut is missing.
 fn newest_age(_group: &Group, members: &[OpenMember<'_>]) -> Result<Option<Duration>, Error> {
     let image = &members[0].image;
-    let cuts = generations::cuts_of(image)?;
-    let Some(cut) = cuts.values().next_back() else { return Ok(None) };
-    let ts = image.snap_timestamp(cut.pre_id).map_err(Error::ceph("cannot read a snapshot time"))?;
+    let posts = generations::cuts_of(image)?;
+    let Some(post) = posts.values().next_back() else { return Ok(None) };
+    let newest = post.cuts.last().map_or(post.pre_id, |c| c.snap_id);
+    let ts = image.snap_timestamp(newest).map_err(Error::ceph("cannot read a snapshot time"))?;
     Ok(Some(Duration::from_secs((crate::unix_now() - ts).max(0) as u64)))
 }
