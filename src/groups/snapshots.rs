@@ -178,16 +178,15 @@ impl Located {
     }
 }
 
-/// The first step of CreateVolumeGroupSnapshot: the instant, the journal,
-/// and (with `rbd_clone4`) the member images. Answers whether copies remain,
-/// which `copy_members` then makes.
+/// The first step of CreateVolumeGroupSnapshot (its name, class
+/// parameters and source volumes): the instant, the journal, and (with
+/// `rbd_clone4`) the member images. Answers whether copies remain, which
+/// `copy_members` then makes.
 pub(crate) fn create(
     resolver: &Resolver,
     creds: &Credentials,
     claims: &Claims,
-    name: &str,
-    params: &CreateParams,
-    volume_ids: &[String],
+    (name, params, volume_ids): (&str, &CreateParams, &[String]),
 ) -> Result<(GroupSnapshotView, bool), Error> {
     let mut members = Vec::with_capacity(volume_ids.len());
     let mut guards: Vec<KeyGuard> = Vec::with_capacity(volume_ids.len());

@@ -72,7 +72,7 @@ impl GroupSnapshots {
                 secrets,
                 check,
                 |(name, params, _, ordered), resolver, creds, claims| {
-                    snapshots::create(resolver, creds, claims, &name, &params, &ordered)
+                    snapshots::create(resolver, creds, claims, (&name, &params, &ordered))
                 },
             )
             .await?;

@@ -114,7 +114,7 @@ impl ReplicationService {
 /// a volume or on a volume group. Both run off the runtime, in the envelope.
 trait Op: Send + 'static {
     const METHOD: &'static str;
-    const CHANGES_ROLES: bool;
+    const CHANGES_ROLES: bool = true;
     /// What the checks hand the work (parsed parameters, say).
     type Checked: Send + 'static;
     type Out: Send + 'static;
@@ -137,7 +137,6 @@ struct Enable {
 
 impl Op for Enable {
     const METHOD: &'static str = "EnableVolumeReplication";
-    const CHANGES_ROLES: bool = true;
     type Checked = (EnableParams, Option<Duration>);
     type Out = ();
 
@@ -160,7 +159,6 @@ struct Disable {
 
 impl Op for Disable {
     const METHOD: &'static str = "DisableVolumeReplication";
-    const CHANGES_ROLES: bool = true;
     type Checked = DisableParams;
     type Out = ();
 
@@ -186,7 +184,6 @@ struct Promote {
 
 impl Op for Promote {
     const METHOD: &'static str = "PromoteVolume";
-    const CHANGES_ROLES: bool = true;
     type Checked = (EnableParams, Option<Duration>);
     type Out = ();
 
@@ -212,7 +209,6 @@ struct Demote {
 
 impl Op for Demote {
     const METHOD: &'static str = "DemoteVolume";
-    const CHANGES_ROLES: bool = true;
     type Checked = ();
     type Out = ();
 
@@ -236,7 +232,6 @@ struct Resync {
 
 impl Op for Resync {
     const METHOD: &'static str = "ResyncVolume";
-    const CHANGES_ROLES: bool = true;
     type Checked = ();
     /// Whether the copy is ready.
     type Out = bool;
