@@ -589,16 +589,9 @@ async fn a_replicated_volume_groups_rbd_group_is_reused_beside_its_generations()
     let params_2s = HashMap::from([("generationInterval".to_owned(), "2s".to_owned())]);
     // Generations are taken while the members change: the writer changes
     // them. It is armed before the first generation can quiesce its images.
-    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let armed = arm_writer(Writer {
-        cluster: connect(&lab, Site::A),
-        pool_id: lab.pool_id(Site::A),
-        images: names.clone(),
-        stop: stop.clone(),
-        written: written.clone(),
-        acks: None,
-        honour_quiesce: true,
-    });
+    let writer = Writer::new(connect(&lab, Site::A), lab.pool_id(Site::A), names.clone());
+    let (stop, written) = (writer.stop.clone(), writer.written.clone());
+    let armed = arm_writer(writer);
     a.enable(&Subject::group(&gid), params_2s).await.expect("enable group replication");
     let rbd_group = format!("{}/csi-vol-group-{}", lab.pool(), uuid_of(&gid));
     let generations =

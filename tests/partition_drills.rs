@@ -387,7 +387,6 @@ async fn a_flapping_link_during_resync_finishes_it_once() {
 #[ignore = "needs the namespaced lab: scripts/lab.sh up --netns (scripts/test.sh runs it)"]
 async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary() {
     use rbd_addons::testkit::interleave::{MEMBERS, Writer, arm_writer, first_gap, join_writer, records_on};
-    use std::sync::atomic::AtomicU64;
 
     let lab = Lab::load();
     let mut drill = Drill::new(&lab);
@@ -406,16 +405,9 @@ async fn group_partition_keeps_a_gap_free_prefix_and_resyncs_to_the_new_primary(
         .expect("create group")
         .volume_group_id;
     // The writer is armed before the first generation can quiesce its images.
-    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let armed = arm_writer(Writer {
-        cluster: connect(&lab, Site::A),
-        pool_id: lab.pool_id(Site::A),
-        images: names.clone(),
-        stop: stop.clone(),
-        written: written.clone(),
-        acks: None,
-        honour_quiesce: true,
-    });
+    let writer = Writer::new(connect(&lab, Site::A), lab.pool_id(Site::A), names.clone());
+    let (stop, written) = (writer.stop.clone(), writer.written.clone());
+    let armed = arm_writer(writer);
     let params = std::collections::HashMap::from([("generationInterval".to_owned(), "2s".to_owned())]);
     a.enable(&Subject::group(&gid), params).await.expect("enable group replication");
     for v in &vols {

@@ -119,6 +119,15 @@ pub struct Writer {
     pub honour_quiesce: bool,
 }
 
+impl Writer {
+    /// A writer on `images` with its own stop flag and progress counter,
+    /// honouring quiesce requests, no acknowledgement log.
+    pub fn new(cluster: Arc<Cluster>, pool_id: i64, images: Vec<String>) -> Self {
+        let (stop, written) = (Arc::default(), Arc::default());
+        Self { cluster, pool_id, images, stop, written, acks: None, honour_quiesce: true }
+    }
+}
+
 /// Writes records 1, 2, 3, ... until stopped or cut off, each after the last
 /// was acknowledged; `acks`, when given, receives every record's
 /// acknowledgement.
