@@ -396,6 +396,16 @@ pub(crate) fn info(
         // The first member's mode, as every other call reads it.
         mode.get_or_insert(i.mode);
     }
+    // Generations taken before the peer replayed every member (at Enable,
+    // say) exist here but not there: its initial sync copies no group
+    // snapshot. Until the first one taken since is marked, none is a cut the
+    // peer holds (seen: Info named one no member on site-b had).
+    if mode == Some(MirrorImageMode::Journal) && !seeded(group)? {
+        return Err(Error::NoInfoYet(format!(
+            "no generation of group {} has reached the peer since it began replaying every member",
+            group.id
+        )));
+    }
     let last_sync_time = match mode {
         Some(MirrorImageMode::Journal) => times.newest_before(group, &members[0], all_synced_until)?,
         _ => all_synced_until,
