@@ -187,6 +187,16 @@ pub(crate) fn held(members: &[OpenMember<'_>]) -> Result<Holdings, Error> {
     Ok(Holdings { members: out, newest_common: newest_common(&all).map(|(n, _)| n) })
 }
 
+/// Whether a generation may cut after the newest fence post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fence {
+    /// When `reusable_fence` allows it.
+    ReuseRecent,
+    /// Always a new one: its number then marks where a series begins that
+    /// holds no cut taken before (see the group's `seeded` state).
+    New,
+}
+
 /// A generation just taken.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Taken {
@@ -213,6 +223,7 @@ pub(crate) fn take(
     rbd_group: &str,
     members: &[OpenMember<'_>],
     interval: Duration,
+    post: Fence,
 ) -> Result<Taken, Error> {
     let images: Vec<&Image<'_>> = members.iter().map(|m| &m.image).collect();
     let posts: Vec<_> = images.iter().map(|i| cuts_of(i)).collect::<Result<_, _>>()?;
@@ -222,7 +233,11 @@ pub(crate) fn take(
         Ok(Duration::from_secs((crate::unix_now() - at).max(0) as u64))
     };
     let fencing = Instant::now();
-    let n = match reusable_fence(&posts, &ours, age, interval)? {
+    let reused = match post {
+        Fence::ReuseRecent => reusable_fence(&posts, &ours, age, interval)?,
+        Fence::New => None,
+    };
+    let n = match reused {
         Some(n) => n,
         None => {
             let n = next_number(&posts);

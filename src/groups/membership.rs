@@ -163,6 +163,12 @@ fn apply_membership(
             r => r.map_err(on_member(&m))?,
         }
     }
+    if !added.is_empty() {
+        // The peer will sync a newcomer from scratch, with none of the cuts
+        // taken before: the group's generations reach it anew only from a
+        // seed taken once it replays every member.
+        super::replicate::unseed(group)?;
+    }
     journal::remove_members(&group.io, group.uuid(), &to_remove)
         .map_err(Error::ceph("cannot update the group journal"))?;
     journal::add_members(&group.io, group.uuid(), &to_add).map_err(Error::ceph("cannot update the group journal"))?;

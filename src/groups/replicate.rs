@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::generations::{self, Reverted, Taken};
+use super::generations::{self, Fence, Reverted, Taken};
 use super::{
     Group, Member, OpenMember, ensure_rbd_group, index, link, on_member, open_members, sign, state_object, tag,
 };
@@ -27,10 +27,12 @@ const INTERVAL_KEY: &str = "generation-interval";
 /// primary and reverted: a promote interrupted in between is finished by the
 /// next call, revert included.
 const PROMOTING_KEY: &str = "promoting";
-/// The first generation taken once the peer replays every member: the
-/// peer's initial image sync copies fence posts but no group snapshot, so
-/// only generations taken after it can ever be a cut there. Cleared when
-/// this site's role changes.
+/// The fence post number of the first generation taken once the peer
+/// replays every member (a new fence post, so every cut after it is one of
+/// that generation or later): the peer's initial image sync copies fence
+/// posts but no group snapshot, so only cuts from it on can be a cut there.
+/// Cleared when this site's role changes and when a member joins (the peer
+/// syncs the newcomer from scratch).
 const SEEDED_KEY: &str = "seeded";
 
 /// The group parameter for how often a primary group takes a generation
@@ -128,7 +130,7 @@ pub(crate) fn enable(
         MirrorImageMode::Journal => {
             if opened.iter().all(OpenMember::is_primary) {
                 ensure_rbd_group_members(group, &opened)?;
-                take_generation(group, &opened)?;
+                take_generation(group, &opened, Fence::ReuseRecent)?;
             }
         }
         MirrorImageMode::Snapshot => warn!(
@@ -152,8 +154,8 @@ fn ensure_rbd_group_members(group: &Group, members: &[OpenMember<'_>]) -> Result
 }
 
 /// Takes one generation now (the group must be primary here, in journal mode).
-pub(crate) fn take_generation(group: &Group, members: &[OpenMember<'_>]) -> Result<Taken, Error> {
-    let taken = generations::take(&group.io, &group.rbd_group, members, interval_of(group)?)?;
+pub(crate) fn take_generation(group: &Group, members: &[OpenMember<'_>], post: Fence) -> Result<Taken, Error> {
+    let taken = generations::take(&group.io, &group.rbd_group, members, interval_of(group)?, post)?;
     info!(group = %group.id, generation = taken.number, fence_ms = taken.fence.as_millis() as u64,
         pause_ms = taken.pause.as_millis() as u64, "consistency generation taken");
     Ok(taken)
@@ -202,7 +204,7 @@ pub(crate) fn demote(group: &Group, members: &[Member], force: bool) -> Result<(
     // is still primary; a retry after a partial demote already has it.
     if opened.iter().all(OpenMember::is_primary) && members_mode(&opened) == Some(MirrorImageMode::Journal) {
         ensure_rbd_group_members(group, &opened)?;
-        take_generation(group, &opened)?;
+        take_generation(group, &opened, Fence::ReuseRecent)?;
     }
     // Once this site is primary again, its peer bootstraps anew.
     clear_state(&group.io, group.uuid(), &[SEEDED_KEY])?;
@@ -271,7 +273,7 @@ pub(crate) fn promote(
         }
         clear_state(&group.io, group.uuid(), &[PROMOTING_KEY])?;
         if mode == Some(MirrorImageMode::Journal) {
-            take_generation(group, &opened)?;
+            take_generation(group, &opened, Fence::ReuseRecent)?;
         }
         info!(group = %group.id, force, reverted_bytes = done.reverted.map_or(0, |r| r.bytes), "group promoted");
     } else if let Some(i) = interval {
@@ -333,14 +335,21 @@ pub(super) fn promote_unfinished(group: &Group) -> Result<bool, Error> {
     Ok(read_state(&group.io, group.uuid())?.contains_key(PROMOTING_KEY))
 }
 
-/// Whether a generation was taken since the peer replays every member.
-pub(super) fn seeded(group: &Group) -> Result<bool, Error> {
-    Ok(read_state(&group.io, group.uuid())?.contains_key(SEEDED_KEY))
+/// The fence post from which on cuts were taken while the peer replayed
+/// every member, if any was yet.
+pub(super) fn seed(group: &Group) -> Result<Option<u64>, Error> {
+    Ok(read_state(&group.io, group.uuid())?.get(SEEDED_KEY).and_then(|n| n.parse().ok()))
 }
 
-/// Records that generation `n` was taken while the peer replayed every member.
+/// Records that generation `n`, on a new fence post, was taken while the
+/// peer replayed every member.
 pub(super) fn mark_seeded(group: &Group, n: u64) -> Result<(), Error> {
     write_state(&group.io, group.uuid(), &[(SEEDED_KEY, &n.to_string())])
+}
+
+/// A member joined: the peer holds no cut of it until it has synced it.
+pub(super) fn unseed(group: &Group) -> Result<(), Error> {
+    clear_state(&group.io, group.uuid(), &[SEEDED_KEY])
 }
 
 /// Every member must have a destination on the peer before any is given:
@@ -396,16 +405,6 @@ pub(crate) fn info(
         // The first member's mode, as every other call reads it.
         mode.get_or_insert(i.mode);
     }
-    // Generations taken before the peer replayed every member (at Enable,
-    // say) exist here but not there: its initial sync copies no group
-    // snapshot. Until the first one taken since is marked, none is a cut the
-    // peer holds (seen: Info named one no member on site-b had).
-    if mode == Some(MirrorImageMode::Journal) && !seeded(group)? {
-        return Err(Error::NoInfoYet(format!(
-            "no generation of group {} has reached the peer since it began replaying every member",
-            group.id
-        )));
-    }
     let last_sync_time = match mode {
         Some(MirrorImageMode::Journal) => times.newest_before(group, &members[0], all_synced_until)?,
         _ => all_synced_until,
@@ -431,8 +430,12 @@ pub(crate) struct GenerationTimes {
 struct Listed {
     /// Unix seconds when the listing began.
     at: i64,
-    /// The group snapshots' times.
-    times: Vec<i64>,
+    /// The group's seed then (see `SEEDED_KEY`); it changes only with the
+    /// group's role (which forgets the listing) or its members (whose
+    /// newcomer reports caught up after the change, so past `at`).
+    seed: u64,
+    /// Each cut's fence post number and time.
+    cuts: Vec<(u64, i64)>,
 }
 
 impl GenerationTimes {
@@ -445,24 +448,35 @@ impl GenerationTimes {
         self.listed.lock().unwrap_or_else(|p| p.into_inner()).remove(group_id);
     }
 
-    /// The time of the newest generation (group snapshot) taken before
-    /// `until`, from the last listing when it covers `until`, else read from
-    /// one member: every member holds every generation.
+    /// The time of the newest generation (group snapshot) the peer holds on
+    /// every member, taken before `until`: from the last listing when it
+    /// covers `until`, else read from one member (every member holds every
+    /// generation) and the group's state.
     fn newest_before(&self, group: &Group, member: &Member, until: i64) -> Result<i64, Error> {
         let known = {
             let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
-            listed.get(&group.id.uuid).filter(|l| until < l.at).map(|l| newest_before_second(&l.times, until))
+            listed.get(&group.id.uuid).filter(|l| until < l.at).map(|l| newest_held(&l.cuts, l.seed, until))
         };
         let newest = match known {
             Some(newest) => newest,
             None => {
                 let at = crate::unix_now();
-                let times = generation_times(member)?;
-                let newest = newest_before_second(&times, until);
+                // Generations taken before the peer replayed every member (at
+                // Enable, say) exist here but not there: its initial sync
+                // copies no group snapshot (seen: Info named one no member on
+                // site-b had).
+                let Some(seed) = seed(group)? else {
+                    return Err(Error::NoInfoYet(format!(
+                        "no generation of group {} has reached the peer since it began replaying every member",
+                        group.id
+                    )));
+                };
+                let cuts = generation_times(member)?;
+                let newest = newest_held(&cuts, seed, until);
                 let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
                 // Bounded like the metrics: a runaway caller cannot grow it.
                 if listed.len() < crate::metrics::MAX_TRACKED || listed.contains_key(&group.id.uuid) {
-                    listed.insert(group.id.uuid.clone(), Listed { at, times });
+                    listed.insert(group.id.uuid.clone(), Listed { at, seed, cuts });
                 }
                 newest
             }
@@ -473,29 +487,32 @@ impl GenerationTimes {
     }
 }
 
-/// Both times are whole seconds: a generation stamped in the very second
-/// the peer reported itself caught up may have been taken after the report
-/// (seen: Info named a generation no member held on the peer yet), so only
-/// an earlier second counts.
-fn newest_before_second(times: &[i64], until: i64) -> Option<i64> {
-    times.iter().copied().filter(|t| *t < until).max()
+/// The time of the newest cut from fence post `seed` on (the ones the peer
+/// can hold), stamped before `until`. Both times are whole seconds: a
+/// generation stamped in the very second the peer reported itself caught up
+/// may have been taken after the report (seen: Info named a generation no
+/// member held on the peer yet), so only an earlier second counts.
+fn newest_held(cuts: &[(u64, i64)], seed: u64, until: i64) -> Option<i64> {
+    cuts.iter().filter(|(n, t)| *n >= seed && *t < until).map(|(_, t)| *t).max()
 }
 
-/// The times of the generations (group snapshots) one member holds.
-fn generation_times(member: &Member) -> Result<Vec<i64>, Error> {
+/// Each cut (group snapshot) one member holds: its fence post and time.
+fn generation_times(member: &Member) -> Result<Vec<(u64, i64)>, Error> {
     let image = Image::open_read_only(&member.vol.io, &member.vol.image)
         .map_err(|e| Error::Ceph { what: format!("cannot open member {}", member.vol.spec()), source: e })?;
-    let mut times = Vec::new();
-    for cut in generations::cuts_of(&image)?.values().flat_map(|post| &post.cuts) {
-        match image.snap_timestamp(cut.snap_id) {
-            Ok(ts) => times.push(ts),
-            // Pruned by a generation taken since the listing (a read takes
-            // no key): an older cut is no answer anyway.
-            Err(e) if e.is(libc::ENOENT) => {}
-            Err(e) => return Err(Error::ceph("cannot read a snapshot time")(e)),
+    let mut cuts = Vec::new();
+    for (n, post) in generations::cuts_of(&image)? {
+        for cut in &post.cuts {
+            match image.snap_timestamp(cut.snap_id) {
+                Ok(ts) => cuts.push((n, ts)),
+                // Pruned by a generation taken since the listing (a read takes
+                // no key): an older cut is no answer anyway.
+                Err(e) if e.is(libc::ENOENT) => {}
+                Err(e) => return Err(Error::ceph("cannot read a snapshot time")(e)),
+            }
         }
     }
-    Ok(times)
+    Ok(cuts)
 }
 
 fn rank(h: Health) -> u8 {
@@ -528,11 +545,21 @@ mod tests {
 
     #[test]
     fn the_newest_generation_before_the_peers_sync() {
-        assert_eq!(newest_before_second(&[100, 160, 220], 200), Some(160));
+        let cuts = [(1, 100), (2, 160), (2, 190), (3, 220)];
+        assert_eq!(newest_held(&cuts, 1, 200), Some(190));
         // Taken in the second of the report: perhaps after it.
-        assert_eq!(newest_before_second(&[100, 160, 220], 220), Some(160));
-        assert_eq!(newest_before_second(&[100, 160], 99), None);
-        assert_eq!(newest_before_second(&[], 1_000), None);
+        assert_eq!(newest_held(&cuts, 1, 220), Some(190));
+        assert_eq!(newest_held(&cuts, 1, 99), None);
+        assert_eq!(newest_held(&[], 1, 1_000), None);
+    }
+
+    #[test]
+    fn cuts_before_the_seed_are_not_on_the_peer() {
+        let cuts = [(1, 100), (1, 130), (2, 160), (2, 190)];
+        assert_eq!(newest_held(&cuts, 2, 200), Some(190));
+        // The peer reported before the seed: only pre-seed cuts are older.
+        assert_eq!(newest_held(&cuts, 2, 150), None);
+        assert_eq!(newest_held(&cuts, 3, 1_000), None);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::{Group, OpenMember, find, generations, members_unguarded, open_members, state_object};
+use super::generations::{self, Fence};
+use super::{Group, OpenMember, find, members_unguarded, open_members, state_object};
 use crate::Error;
 use crate::ceph::{MirrorImageMode, SiteState};
 use crate::cephcsi::{Credentials, CsiId, Resolver};
@@ -150,12 +151,12 @@ fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> R
         Err(e) if e.is(libc::EBUSY) || e.is(libc::EEXIST) => return Ok(Outcome::Next(interval)),
         Err(e) => return Err(Error::ceph("cannot lock the group's state")(e)),
     }
-    let seeded = super::replicate::seeded(&group)?;
+    let seeded = super::replicate::seed(&group)?.is_some();
     if !seeded && peer_replays_all(&members)? {
         // Until the peer replays every member, no generation reaches it as a
         // cut (its initial sync copies no group snapshot): take one as soon
-        // as it does, written to or not.
-        let taken = super::replicate::take_generation(&group, &members)?;
+        // as it does, written to or not, on a fence post of its own.
+        let taken = super::replicate::take_generation(&group, &members, Fence::New)?;
         super::replicate::mark_seeded(&group, taken.number)?;
         info!(group = %group.id, generation = taken.number, "first generation since the peer replays every member");
         return Ok(Outcome::Next(interval));
@@ -174,7 +175,7 @@ fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> R
         // without moving the recovery point.
         return Ok(Outcome::Next(next));
     }
-    let taken = super::replicate::take_generation(&group, &members)?;
+    let taken = super::replicate::take_generation(&group, &members, Fence::ReuseRecent)?;
     debug!(group = %group.id, generation = taken.number, "scheduled generation taken");
     Ok(Outcome::Next(next))
 }
