@@ -424,10 +424,10 @@ pub(crate) fn info(
 /// a generation taken since has a later time and cannot be the answer.
 #[derive(Default)]
 pub(crate) struct GenerationTimes {
-    listed: Mutex<HashMap<String, Listed>>,
+    listed: Mutex<HashMap<String, Arc<Listed>>>,
 }
 
-struct Listed {
+pub(crate) struct Listed {
     /// Unix seconds when the listing began.
     at: i64,
     /// The group's seed then (see `SEEDED_KEY`); it changes only with the
@@ -450,8 +450,7 @@ impl GenerationTimes {
 
     /// The time of the newest generation (group snapshot) the peer holds on
     /// every member, taken before `until`: from the last listing when it
-    /// covers `until`, else read from one member (every member holds every
-    /// generation) and the group's state.
+    /// covers `until`, else listed anew.
     fn newest_before(&self, group: &Group, member: &Member, until: i64) -> Result<i64, Error> {
         let known = {
             let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
@@ -460,30 +459,39 @@ impl GenerationTimes {
         let newest = match known {
             Some(newest) => newest,
             None => {
-                let at = crate::unix_now();
-                // Generations taken before the peer replayed every member (at
-                // Enable, say) exist here but not there: its initial sync
-                // copies no group snapshot (seen: Info named one no member on
-                // site-b had).
-                let Some(seed) = seed(group)? else {
-                    return Err(Error::NoInfoYet(format!(
+                let l = self.relist(group, member)?.ok_or_else(|| {
+                    Error::NoInfoYet(format!(
                         "no generation of group {} has reached the peer since it began replaying every member",
                         group.id
-                    )));
-                };
-                let cuts = generation_times(member)?;
-                let newest = newest_held(&cuts, seed, until);
-                let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
-                // Bounded like the metrics: a runaway caller cannot grow it.
-                if listed.len() < crate::metrics::MAX_TRACKED || listed.contains_key(&group.id.uuid) {
-                    listed.insert(group.id.uuid.clone(), Listed { at, seed, cuts });
-                }
-                newest
+                    ))
+                })?;
+                newest_held(&l.cuts, l.seed, until)
             }
         };
         newest.ok_or_else(|| {
             Error::NoInfoYet(format!("the peer has not reported a complete generation of group {} yet", group.id))
         })
+    }
+
+    /// Lists the group's cuts from one member (every member holds every
+    /// generation) and its seed, and keeps the listing; none while the group
+    /// is not seeded: generations taken before the peer replayed every
+    /// member (at Enable, say) exist here but not there, its initial sync
+    /// copies no group snapshot (seen: Info named one no member on site-b
+    /// had).
+    pub(crate) fn relist(&self, group: &Group, member: &Member) -> Result<Option<Arc<Listed>>, Error> {
+        let at = crate::unix_now();
+        let Some(seed) = seed(group)? else {
+            self.forget(&group.id.uuid);
+            return Ok(None);
+        };
+        let l = Arc::new(Listed { at, seed, cuts: generation_times(member)? });
+        let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the metrics: a runaway caller cannot grow it.
+        if listed.len() < crate::metrics::MAX_TRACKED || listed.contains_key(&group.id.uuid) {
+            listed.insert(group.id.uuid.clone(), l.clone());
+        }
+        Ok(Some(l))
     }
 }
 

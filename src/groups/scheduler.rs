@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::generations::{self, Fence};
+use super::replicate::GenerationTimes;
 use super::{Group, OpenMember, find, members_unguarded, open_members, state_object};
 use crate::Error;
 use crate::ceph::{MirrorImageMode, SiteState};
@@ -42,6 +43,8 @@ pub(crate) struct Scheduler {
     watches: Mutex<HashMap<String, Watch>>,
     /// Identifies this server as a lock holder.
     cookie: String,
+    /// The generations' times Info answers from, kept listed by each look.
+    times: Arc<GenerationTimes>,
 }
 
 /// What one look at a group found.
@@ -55,7 +58,12 @@ enum Outcome {
 impl Scheduler {
     pub(crate) fn new() -> Arc<Self> {
         let cookie = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap_or_default().trim().to_owned();
-        Arc::new(Self { watches: Mutex::new(HashMap::new()), cookie })
+        Arc::new(Self { watches: Mutex::new(HashMap::new()), cookie, times: Arc::new(GenerationTimes::new()) })
+    }
+
+    /// What Info reads the generations' times from.
+    pub(crate) fn times(&self) -> Arc<GenerationTimes> {
+        self.times.clone()
     }
 
     /// Starts (or refreshes) watching a group.
@@ -98,9 +106,9 @@ impl Scheduler {
                     // started twice.
                     this.reschedule(&uuid, Duration::from_secs(3600));
                     tokio::spawn(async move {
-                        let cookie = this.cookie.clone();
+                        let (cookie, times) = (this.cookie.clone(), this.times.clone());
                         let key = super::generations_key(&id);
-                        let r = exec.run(&key, move || look(&resolver, &id, &creds, &cookie)).await;
+                        let r = exec.run(&key, move || look(&resolver, &times, &id, &creds, &cookie)).await;
                         match r {
                             Ok(Outcome::Next(after)) => this.reschedule(&uuid, after),
                             Ok(Outcome::Forget) => {
@@ -127,7 +135,13 @@ impl Scheduler {
     }
 }
 
-fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> Result<Outcome, Error> {
+fn look(
+    resolver: &Resolver,
+    times: &GenerationTimes,
+    id: &CsiId,
+    creds: &Credentials,
+    cookie: &str,
+) -> Result<Outcome, Error> {
     let group = match find(resolver, id, creds) {
         Ok(g) => g,
         Err(Error::Missing(_)) => return Ok(Outcome::Forget),
@@ -151,33 +165,44 @@ fn look(resolver: &Resolver, id: &CsiId, creds: &Credentials, cookie: &str) -> R
         Err(e) if e.is(libc::EBUSY) || e.is(libc::EEXIST) => return Ok(Outcome::Next(interval)),
         Err(e) => return Err(Error::ceph("cannot lock the group's state")(e)),
     }
-    let seeded = super::replicate::seed(&group)?.is_some();
-    if !seeded && peer_replays_all(&members)? {
+    let next = generation_due(&group, &members, interval)?;
+    // Info lists the generations only when a peer report is newer than the
+    // last listing; listed here after each look, it seldom needs to.
+    if let Err(e) = times.relist(&group, members[0].member) {
+        debug!(group = %group.id, error = %e, "could not list the generations for Info");
+    }
+    Ok(Outcome::Next(next))
+}
+
+/// Takes a generation if one is due; when to look again.
+fn generation_due(group: &Group, members: &[OpenMember<'_>], interval: Duration) -> Result<Duration, Error> {
+    let seeded = super::replicate::seed(group)?.is_some();
+    if !seeded && peer_replays_all(members)? {
         // Until the peer replays every member, no generation reaches it as a
         // cut (its initial sync copies no group snapshot): take one as soon
         // as it does, written to or not, on a fence post of its own.
-        let taken = super::replicate::take_generation(&group, &members, Fence::New)?;
-        super::replicate::mark_seeded(&group, taken.number)?;
+        let taken = super::replicate::take_generation(group, members, Fence::New)?;
+        super::replicate::mark_seeded(group, taken.number)?;
         info!(group = %group.id, generation = taken.number, "first generation since the peer replays every member");
-        return Ok(Outcome::Next(interval));
+        return Ok(interval);
     }
     // Not seeded yet: look again soon.
     let next = if seeded { interval } else { SEED_POLL.min(interval) };
-    let age = newest_age(&group, &members)?;
+    let age = newest_age(members)?;
     if let Some(age) = age
         && age < interval
     {
-        return Ok(Outcome::Next((interval - age).min(next)));
+        return Ok((interval - age).min(next));
     }
-    if unchanged_since_newest(&members)? {
+    if unchanged_since_newest(members)? {
         // Nothing written since the last cut: another would add journal
         // traffic (and keep the peer from ever reporting itself caught up)
         // without moving the recovery point.
-        return Ok(Outcome::Next(next));
+        return Ok(next);
     }
-    let taken = super::replicate::take_generation(&group, &members, Fence::ReuseRecent)?;
+    let taken = super::replicate::take_generation(group, members, Fence::ReuseRecent)?;
     debug!(group = %group.id, generation = taken.number, "scheduled generation taken");
-    Ok(Outcome::Next(next))
+    Ok(next)
 }
 
 /// Whether the peer's rbd-mirror reports every member replaying (its
@@ -220,7 +245,7 @@ fn unchanged_since_newest(members: &[OpenMember<'_>]) -> Result<bool, Error> {
 
 /// How long ago the newest generation was taken (on the first member): its
 /// cut, or its fence post while the cut is missing.
-fn newest_age(_group: &Group, members: &[OpenMember<'_>]) -> Result<Option<Duration>, Error> {
+fn newest_age(members: &[OpenMember<'_>]) -> Result<Option<Duration>, Error> {
     let image = &members[0].image;
     let posts = generations::cuts_of(image)?;
     let Some(post) = posts.values().next_back() else { return Ok(None) };

@@ -14,8 +14,12 @@ use crate::ceph::{Cluster, Image, MirrorInfo, MirrorState, SiteState};
 use crate::cephcsi::ResolvedVolume;
 
 /// How long a promote retries while the local rbd-mirror still holds the
-/// image right after the peer's demote (EROFS; measured 0.05–1.75 s).
-const PROMOTE_SETTLE: Duration = Duration::from_secs(10);
+/// image right after the peer's demote (EROFS; measured 0.05–1.75 s for one
+/// image, but a thousand demotions at once keep rbd-mirror busy for a minute
+/// and more: at 10 s, 128 of 1,000 promotes answered UNAVAILABLE twice). The
+/// wait gives its `--max-concurrent-ops` slot back (`exec::idle`), so a long
+/// one holds nobody up, and it stays well within the controller's 3 minutes.
+const PROMOTE_SETTLE: Duration = Duration::from_secs(30);
 
 /// How long a non-forced promote keeps retrying EBUSY ("the peer is primary")
 /// before believing it: right after the peer's demote this site answers EBUSY

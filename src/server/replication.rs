@@ -31,9 +31,9 @@ impl ReplicationService {
     pub(super) fn new(exec: Arc<Executor>, resolver: Arc<Resolver>, scheduler: Arc<Scheduler>) -> Self {
         Self {
             envelope: Envelope::new(exec, resolver),
+            generation_times: scheduler.times(),
             scheduler,
             statuses: Arc::new(StatusCache::new()),
-            generation_times: Arc::new(groups::GenerationTimes::new()),
         }
     }
 
