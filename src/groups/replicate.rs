@@ -479,9 +479,21 @@ impl GenerationTimes {
     /// member (at Enable, say) exist here but not there, its initial sync
     /// copies no group snapshot (seen: Info named one no member on site-b
     /// had).
-    pub(crate) fn relist(&self, group: &Group, member: &Member) -> Result<Option<Arc<Listed>>, Error> {
+    fn relist(&self, group: &Group, member: &Member) -> Result<Option<Arc<Listed>>, Error> {
         let at = crate::unix_now();
-        let Some(seed) = seed(group)? else {
+        let seed = seed(group)?;
+        self.list(group, member, seed, at)
+    }
+
+    /// `relist` with the seed the caller has just read (at `at` or later).
+    pub(crate) fn list(
+        &self,
+        group: &Group,
+        member: &Member,
+        seed: Option<u64>,
+        at: i64,
+    ) -> Result<Option<Arc<Listed>>, Error> {
+        let Some(seed) = seed else {
             self.forget(&group.id.uuid);
             return Ok(None);
         };

@@ -165,18 +165,25 @@ fn look(
         Err(e) if e.is(libc::EBUSY) || e.is(libc::EEXIST) => return Ok(Outcome::Next(interval)),
         Err(e) => return Err(Error::ceph("cannot lock the group's state")(e)),
     }
-    let next = generation_due(&group, &members, interval)?;
+    let at = crate::unix_now();
+    let (next, seed) = generation_due(&group, &members, interval)?;
     // Info lists the generations only when a peer report is newer than the
     // last listing; listed here after each look, it seldom needs to.
-    if let Err(e) = times.relist(&group, members[0].member) {
+    if let Err(e) = times.list(&group, members[0].member, seed, at) {
         debug!(group = %group.id, error = %e, "could not list the generations for Info");
     }
     Ok(Outcome::Next(next))
 }
 
-/// Takes a generation if one is due; when to look again.
-fn generation_due(group: &Group, members: &[OpenMember<'_>], interval: Duration) -> Result<Duration, Error> {
-    let seeded = super::replicate::seed(group)?.is_some();
+/// Takes a generation if one is due; when to look again, and the group's
+/// seed (see `replicate::seed`) after the look.
+fn generation_due(
+    group: &Group,
+    members: &[OpenMember<'_>],
+    interval: Duration,
+) -> Result<(Duration, Option<u64>), Error> {
+    let seed = super::replicate::seed(group)?;
+    let seeded = seed.is_some();
     if !seeded && peer_replays_all(members)? {
         // Until the peer replays every member, no generation reaches it as a
         // cut (its initial sync copies no group snapshot): take one as soon
@@ -184,7 +191,7 @@ fn generation_due(group: &Group, members: &[OpenMember<'_>], interval: Duration)
         let taken = super::replicate::take_generation(group, members, Fence::New)?;
         super::replicate::mark_seeded(group, taken.number)?;
         info!(group = %group.id, generation = taken.number, "first generation since the peer replays every member");
-        return Ok(interval);
+        return Ok((interval, Some(taken.number)));
     }
     // Not seeded yet: look again soon.
     let next = if seeded { interval } else { SEED_POLL.min(interval) };
@@ -192,17 +199,17 @@ fn generation_due(group: &Group, members: &[OpenMember<'_>], interval: Duration)
     if let Some(age) = age
         && age < interval
     {
-        return Ok((interval - age).min(next));
+        return Ok(((interval - age).min(next), seed));
     }
     if unchanged_since_newest(members)? {
         // Nothing written since the last cut: another would add journal
         // traffic (and keep the peer from ever reporting itself caught up)
         // without moving the recovery point.
-        return Ok(next);
+        return Ok((next, seed));
     }
     let taken = super::replicate::take_generation(group, members, Fence::ReuseRecent)?;
     debug!(group = %group.id, generation = taken.number, "scheduled generation taken");
-    Ok(next)
+    Ok((next, seed))
 }
 
 /// Whether the peer's rbd-mirror reports every member replaying (its
