@@ -316,17 +316,11 @@ async fn group_planned_failover_and_failback_lose_nothing() {
     // generation common to all of them there is newer than the peer's status
     // reports (every 30 s) can have told.
     let named = info.last_sync_time.unwrap().seconds;
-    let on_a = group_snapshots(&lab, Site::A, &vols[0].spec);
-    let key = on_a.iter().find(|(_, t)| *t == named).map(|(k, _)| k.clone());
-    let key =
-        key.unwrap_or_else(|| panic!("no generation of {} on site-a was taken at {named}: {on_a:?}", vols[0].spec));
-    let on_b: Vec<Vec<String>> =
-        vols.iter().map(|v| group_snapshots(&lab, Site::B, &v.spec).into_iter().map(|(k, _)| k).collect()).collect();
-    assert!(on_b.iter().all(|m| m.contains(&key)), "generation {key} is not on every member on site-b: {on_b:?}");
-    let newest_common = on_a.iter().filter(|(k, _)| on_b.iter().all(|m| m.contains(k))).map(|(_, t)| *t).max();
+    let specs: Vec<&str> = vols.iter().map(|v| v.spec.as_str()).collect();
+    let newest_common = generation_on_every_member_on_b(&lab, named, &specs);
     assert!(
-        newest_common.is_some_and(|t| t - named <= 35),
-        "Info names the generation of {named}; site-b holds one of {newest_common:?} on every member"
+        newest_common - named <= 35,
+        "Info names the generation of {named}; site-b holds one of {newest_common} on every member"
     );
     for v in &vols {
         assert_eq!(is_primary(&lab, Site::A, &v.spec), Some(true));
@@ -696,13 +690,45 @@ async fn the_peer_sees_members_join_and_leave_through_its_index() {
     }
     assert!(index().contains(&uuid_of(&gid).to_owned()), "site-b indexed the group: {:?}", index());
 
+    // The group's seed (the fence post from which on its cuts can be on
+    // site-b) is recorded once site-b replays both members...
+    let started = Instant::now();
+    let seed = loop {
+        if let Some(seed) = seed_on_a(&lab, &gid) {
+            break seed;
+        }
+        assert!(started.elapsed() < LIMIT, "the group was never seeded on site-a");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     ga.group_modify(&gid, &ids, Params::new()).await.expect("a third member joins on site-a");
+    // ...and a join drops it (site-b syncs the newcomer without the cuts
+    // taken before): none, or a newer one taken since site-b replays all three.
+    assert!(
+        seed_on_a(&lab, &gid).is_none_or(|now| now > seed),
+        "the seed {seed} outlived the join: {:?}",
+        seed_on_a(&lab, &gid)
+    );
     let started = Instant::now();
     while members_on_b(gb.group_get(&gid).await.expect("get on site-b")) != want(&ids) {
         assert!(started.elapsed() < LIMIT, "site-b never saw the member join");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     println!("site-b saw the join after {:.1} s", started.elapsed().as_secs_f64());
+    // The newcomer's initial sync copies none of the group's earlier cuts:
+    // Info names only a generation every member, the newcomer too, holds on
+    // site-b (the group is seeded anew once site-b replays all three).
+    let started = Instant::now();
+    let named = loop {
+        match c.info(&Subject::group(&gid)).await {
+            Ok(i) => break i.last_sync_time.unwrap().seconds,
+            Err(e) if e.code() == Code::NotFound && started.elapsed() < LIMIT => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Err(e) => panic!("group info after the join: {e:?}"),
+        }
+    };
+    let specs: Vec<&str> = vols.iter().map(|v| v.spec.as_str()).collect();
+    generation_on_every_member_on_b(&lab, named, &specs);
 
     ga.group_modify(&gid, &ids[1..], Params::new()).await.expect("the first member leaves on site-a");
     let started = Instant::now();
@@ -724,6 +750,36 @@ async fn the_peer_sees_members_join_and_leave_through_its_index() {
 
     c.disable(&Subject::group(&gid), Params::new()).await.expect("disable");
     retire_group(&ga, &lab, &gid, &vols).await;
+}
+
+/// The group's seed on site-a, as the server recorded it in RADOS (the
+/// group's state object), if any.
+fn seed_on_a(lab: &Lab, gid: &str) -> Option<u64> {
+    let file = std::env::temp_dir().join(format!("rbd-addons-seed-{}", new_uuid()));
+    let oid = format!("rbd-addons.group.{}", uuid_of(gid));
+    let ok = rbd_addons::testkit::lab::lab_tool(60, "rados")
+        .args(["-c", &lab.conf(Site::A), "-p", &lab.pool(), "getomapval", &oid, "seeded"])
+        .arg(&file)
+        .output()
+        .expect("rados")
+        .status
+        .success();
+    let seed = ok.then(|| std::fs::read_to_string(&file).ok()).flatten().and_then(|v| v.trim().parse().ok());
+    let _ = std::fs::remove_file(&file);
+    seed
+}
+
+/// Ceph's view: the generation taken at `named` (found by its time on
+/// site-a) is held by every member on site-b. Answers the time of the newest
+/// generation every member holds there.
+fn generation_on_every_member_on_b(lab: &Lab, named: i64, specs: &[&str]) -> i64 {
+    let on_a = group_snapshots(lab, Site::A, specs[0]);
+    let key = on_a.iter().find(|(_, t)| *t == named).map(|(k, _)| k.clone());
+    let key = key.unwrap_or_else(|| panic!("no generation of {} on site-a was taken at {named}: {on_a:?}", specs[0]));
+    let on_b: Vec<Vec<String>> =
+        specs.iter().map(|v| group_snapshots(lab, Site::B, v).into_iter().map(|(k, _)| k).collect()).collect();
+    assert!(on_b.iter().all(|m| m.contains(&key)), "generation {key} is not on every member on site-b: {on_b:?}");
+    on_a.iter().filter(|(k, _)| on_b.iter().all(|m| m.contains(k))).map(|(_, t)| *t).max().unwrap_or(named)
 }
 
 /// Ceph's view of the group snapshots a member holds on a site: (the group
