@@ -35,9 +35,10 @@
 //! 3. Per group size, what it bought and cost: the group's RPO (the writes
 //!    lost at each cut, in time: from when the newest record kept was
 //!    acknowledged to the freeze), bytes the revert rewrote (site-b's server
-//!    log), the writer's stall per generation (its writes slower than 5x
-//!    their median, those within a second of each other counted as one
-//!    stall, beyond the median) and as a share of the time it wrote, the
+//!    log), the writer's stall per generation (what its writes overlapping
+//!    the generation took beyond their median, and the slow writes right
+//!    after it while it took its members' locks back) and as a share of the
+//!    time it wrote, the
 //!    group snapshot's duration (site-a's server log), and the OSDs'
 //!    snap-trim queues afterwards. For 10 members or more, issue 22's goals.
 
@@ -354,9 +355,11 @@ struct Series {
     lost: Vec<Duration>,
     promotes: Vec<Duration>,
     attempts: Vec<usize>,
-    /// The writer's stall per generation taken while it wrote (see
-    /// `generation_stalls`).
+    /// The writer's stall per generation taken while it wrote, in all (see
+    /// `generation_stalls`)...
     stalls: Vec<Duration>,
+    /// ...and its part during the barrier alone.
+    barrier_stalls: Vec<Duration>,
     /// All its slow writes, generations or not (see `slow_writes`).
     slow: Duration,
     written_for: Duration,
@@ -385,13 +388,18 @@ fn median_latency(acks: &[(Instant, Duration)]) -> Duration {
     percentile(&sorted, 0.5)
 }
 
+/// A slow write: over 5× the median latency, and at least 10 ms.
+fn slow_threshold(median: Duration) -> Duration {
+    (median * 5).max(Duration::from_millis(10))
+}
+
 /// How long the writer wrote, and what its slow writes (over 5× its median
 /// latency, and at least 10 ms) held it beyond the median, whatever slowed
 /// them: the journal's own flushes and trims, the OSD, the CPU.
 fn slow_writes(acks: &[(Instant, Duration)]) -> (Duration, Duration) {
     let (Some(first), Some(last)) = (acks.first(), acks.last()) else { return (Duration::ZERO, Duration::ZERO) };
     let median = median_latency(acks);
-    let threshold = (median * 5).max(Duration::from_millis(10));
+    let threshold = slow_threshold(median);
     let slow = acks.iter().filter(|a| a.1 > threshold).map(|a| a.1 - median).sum();
     (last.0 - (first.0 - first.1), slow)
 }
@@ -436,30 +444,40 @@ fn parse_utc(t: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_secs_f64(frac))
 }
 
-/// The writer's stall per generation of its group taken while it wrote:
-/// what its writes overlapping the generation (from its first fence post to
-/// the end of its group snapshot) took beyond its median latency. `clock`
-/// maps the writer's instants to wall-clock time.
+/// The writer's stall per generation of its group taken while it wrote, as
+/// (during the barrier, in all): what its writes overlapping the generation
+/// (from its first fence post to the end of its group snapshot) took beyond
+/// its median latency, then also the run of slow writes right after it. The
+/// group snapshot took every member's exclusive lock, and a writer takes each
+/// back (lock, journal open) only when it next writes there: one member after
+/// another for this writer, which writes one record at a time. `clock` maps
+/// the writer's instants to wall-clock time.
 fn generation_stalls(
     acks: &[(Instant, Duration)],
     generations: &[Generation],
     group: &str,
     clock: (Instant, SystemTime),
-) -> Vec<Duration> {
+) -> Vec<(Duration, Duration)> {
     let (Some(first), Some(last)) = (acks.first(), acks.last()) else { return Vec::new() };
     let wall = |i: Instant| clock.1 + (i - clock.0);
     let (from, to) = (wall(first.0 - first.1), wall(last.0));
     let median = median_latency(acks);
+    let slow = slow_threshold(median);
     generations
         .iter()
         .filter(|g| g.group == group)
         .filter_map(|g| {
             let start = g.ended.checked_sub(g.fence + g.pause)?;
             (start >= from && g.ended <= to).then(|| {
-                acks.iter()
-                    .filter(|a| wall(a.0 - a.1) < g.ended && wall(a.0) > start)
-                    .map(|a| a.1.saturating_sub(median))
-                    .sum()
+                // Acknowledgements are in order: the first one after the
+                // generation started opens its window.
+                let mut rest = acks[acks.partition_point(|a| wall(a.0) <= start)..].iter().peekable();
+                let mut during = Duration::ZERO;
+                while let Some(a) = rest.next_if(|a| wall(a.0 - a.1) < g.ended) {
+                    during += a.1.saturating_sub(median);
+                }
+                let after: Duration = rest.take_while(|a| a.1 > slow).map(|a| a.1 - median).sum();
+                (during, during + after)
             })
         })
         .collect()
@@ -694,7 +712,11 @@ impl Bench<'_> {
         let (wrote, slow) = slow_writes(&acked_log);
         s.written_for += wrote;
         s.slow += slow;
-        s.stalls.extend(generation_stalls(&acked_log, &generations_logged(&self.a, logs_from.0), &gid, self.clock));
+        let generations = generations_logged(&self.a, logs_from.0);
+        for (barrier, all) in generation_stalls(&acked_log, &generations, &gid, self.clock) {
+            s.barrier_stalls.push(barrier);
+            s.stalls.push(all);
+        }
         s.latencies.extend(acked_log.iter().map(|a| a.1));
         println!(
             "cut {round:2}: {} members, {acked:5} acknowledged, per-volume failover {}, group failover {} (prefix \
@@ -800,13 +822,19 @@ fn report(s: &Series, quiesce: bool, load: bool, kill: bool, interval: &str) {
         p.get(p.len() / 2).copied().unwrap_or(0.0),
         p.last().copied().unwrap_or(0.0)
     );
+    let mut barrier = s.barrier_stalls.clone();
+    barrier.sort();
     println!(
-        "  writer's stall per generation (p50 / p99 / max): {:.0} / {:.0} / {:.0} ms over {} generations; {:.2}% of \
-         {:.0} s of writing (all its slow writes, generations or not: {:.2}%)",
+        "  writer's stall per generation (p50 / p99 / max): {:.0} / {:.0} / {:.0} ms over {} generations, {:.0} / \
+         {:.0} / {:.0} ms of it during the barrier, the rest taking its locks back; {:.2}% of {:.0} s of writing \
+         (all its slow writes, generations or not: {:.2}%)",
         ms(percentile(&stalls, 0.5)),
         ms(percentile(&stalls, 0.99)),
         ms(percentile(&stalls, 1.0)),
         stalls.len(),
+        ms(percentile(&barrier, 0.5)),
+        ms(percentile(&barrier, 0.99)),
+        ms(percentile(&barrier, 1.0)),
         100.0 * s.stall_share(),
         s.written_for.as_secs_f64(),
         100.0 * s.slow_share()
