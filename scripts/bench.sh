@@ -5,7 +5,7 @@
 #   2. group Info of a 10-member group beside volume Info (bench_replication --group-info);
 #   3. a planned failover of VOLUMES volumes through the servers beside librbd with
 #      16 threads per site (bench_replication --scale).
-# Not part of the tests: figures, not verdicts on correctness. Takes about 45 minutes.
+# Not part of the tests: figures, not verdicts on correctness. Takes about 30 minutes.
 #
 #   scripts/bench.sh [CUTS] [VOLUMES]      defaults: 10 1000
 set -euo pipefail
