@@ -9,8 +9,44 @@ use rbd_sys as sys;
 use super::rbd::owned;
 use super::{CephError, Image, IoCtx, c_string};
 
-/// How many snapshots `snap_create_unquiesced_each` takes at once.
-const PARALLEL_SNAPSHOTS: usize = 16;
+/// How many images `on_each_at_once` works on at once.
+const AT_ONCE: usize = 16;
+
+/// Runs one librbd call on each of `images` at once (a thread per image, at
+/// most `AT_ONCE` at a time) and answers per image, in order.
+fn on_each_at_once(
+    images: &[&Image<'_>],
+    what: &'static str,
+    call: impl Fn(sys::rbd_image_t) -> c_int + Sync,
+) -> Vec<Result<(), CephError>> {
+    /// A handle lent to one thread for one call.
+    struct Lent(sys::rbd_image_t);
+    // SAFETY: librbd image handles are not tied to the thread that opened
+    // them; each is lent to exactly one thread, and the scope below ends
+    // before `images`, which own and close them, can go.
+    unsafe impl Send for Lent {}
+    impl Lent {
+        fn handle(&self) -> sys::rbd_image_t {
+            self.0
+        }
+    }
+    let mut out = Vec::with_capacity(images.len());
+    for chunk in images.chunks(AT_ONCE) {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = chunk
+                .iter()
+                .map(|image| {
+                    let (lent, call) = (Lent(image.raw()), &call);
+                    scope.spawn(move || call(lent.handle()))
+                })
+                .collect();
+            for t in running {
+                out.push(CephError::check(what, t.join().unwrap_or(-libc::EIO)).map(drop));
+            }
+        });
+    }
+    out
+}
 
 /// Which kind of snapshot an image snapshot is (`rbd_snap_namespace_type_t`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,54 +132,43 @@ impl Image<'_> {
 
     /// Creates the same user snapshot on each of `images` without asking
     /// writers to quiesce, all at once (a thread per image, at most
-    /// `PARALLEL_SNAPSHOTS` at a time). A snapshot holds its image's writes
+    /// `AT_ONCE` at a time). A snapshot holds its image's writes
     /// while librbd takes it; taken one after another they would hold a writer
     /// that writes across the images once per image. Answers per image.
     pub fn snap_create_unquiesced_each(images: &[&Image<'_>], name: &str) -> Vec<Result<(), CephError>> {
-        /// A handle lent to one thread for one call.
-        struct Lent(sys::rbd_image_t);
-        // SAFETY: librbd image handles are not tied to the thread that
-        // opened them; each is lent to exactly one thread, and the scope
-        // below ends before `images`, which own and close them, can go.
-        unsafe impl Send for Lent {}
-        impl Lent {
-            fn snap_create(&self, name: &std::ffi::CStr) -> c_int {
-                unsafe extern "C" fn no_progress(_: u64, _: u64, _: *mut c_void) -> c_int {
-                    0
-                }
-                // SAFETY: a valid image (see `Lent`) and C string; the
-                // callback takes no argument and runs only during the call.
-                unsafe {
-                    sys::rbd_snap_create2(
-                        self.0,
-                        name.as_ptr(),
-                        sys::RBD_SNAP_CREATE_SKIP_QUIESCE,
-                        Some(no_progress),
-                        std::ptr::null_mut(),
-                    )
-                }
-            }
+        unsafe extern "C" fn no_progress(_: u64, _: u64, _: *mut c_void) -> c_int {
+            0
         }
         let n = match c_string("rbd_snap_create2", name) {
             Ok(n) => n,
             Err(e) => return images.iter().map(|_| Err(e)).collect(),
         };
-        let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(PARALLEL_SNAPSHOTS) {
-            std::thread::scope(|scope| {
-                let running: Vec<_> = chunk
-                    .iter()
-                    .map(|image| {
-                        let (lent, n) = (Lent(image.raw()), &n);
-                        scope.spawn(move || lent.snap_create(n))
-                    })
-                    .collect();
-                for t in running {
-                    out.push(CephError::check("rbd_snap_create2", t.join().unwrap_or(-libc::EIO)).map(drop));
-                }
-            });
-        }
-        out
+        on_each_at_once(images, "rbd_snap_create2", |image| {
+            // SAFETY: a valid image lent to this call alone (`on_each_at_once`)
+            // and a C string that outlives it; the callback takes no argument
+            // and runs only during the call.
+            unsafe {
+                sys::rbd_snap_create2(
+                    image,
+                    n.as_ptr(),
+                    sys::RBD_SNAP_CREATE_SKIP_QUIESCE,
+                    Some(no_progress),
+                    std::ptr::null_mut(),
+                )
+            }
+        })
+    }
+
+    /// Force-promotes each of `images`, all at once (as above). A forced
+    /// promote right after a site loss waits 5 s on every watch the lost
+    /// site's clients still hold on the image's journal (until the OSDs time
+    /// them out); one after another, ten images took up to 35 s. Answers per
+    /// image.
+    pub fn mirror_promote_forced_each(images: &[&Image<'_>]) -> Vec<Result<(), CephError>> {
+        on_each_at_once(images, "rbd_mirror_image_promote", |image| {
+            // SAFETY: a valid image lent to this call alone (`on_each_at_once`).
+            unsafe { sys::rbd_mirror_image_promote(image, true) }
+        })
     }
 
     /// Removes a snapshot of any namespace by its ID; this is how a group

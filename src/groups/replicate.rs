@@ -253,6 +253,16 @@ pub(crate) fn promote(
         clear_state(&group.io, group.uuid(), &[SEEDED_KEY])?;
     }
     let since = Instant::now();
+    if force {
+        // All at once: after a site loss each waits seconds on the lost
+        // site's watches (see `mirror_promote_forced_each`). What each
+        // answered is not used: the loop below checks every member again
+        // and answers for it, finding the promoted ones primary.
+        let pending: Vec<&Image<'_>> = opened.iter().filter(|m| !m.is_primary()).map(|m| &m.image).collect();
+        let promoted = Image::mirror_promote_forced_each(&pending).iter().filter(|r| r.is_ok()).count();
+        info!(group = %group.id, promoted, of = pending.len(), ms = since.elapsed().as_millis() as u64,
+            "members force-promoted at once");
+    }
     for m in &opened {
         if !m.is_primary() {
             replication::promote_image(&m.image, &m.member.vol, force, schedule).map_err(on_member(m.member))?;
